@@ -1,0 +1,203 @@
+"""What a failed item becomes: `TaskError` (raised), `Failure` (returned).
+
+A worker exception keeps its type: the worker pickles the exception object
+itself and its formatted traceback text; the parent attaches that text as
+the exception's ``__cause__`` (a `RemoteTraceback`, as
+``concurrent.futures`` does) and raises `TaskError` from the original.
+Only an exception that cannot be pickled at all is replaced, by a
+`RemoteError` that keeps its type name and message.
+"""
+
+from __future__ import annotations
+
+import pickle
+import reprlib
+import signal
+import traceback
+from typing import Any
+
+__all__ = [
+    "TaskError",
+    "Failure",
+    "WorkerDied",
+    "ItemTimeout",
+    "RemoteTraceback",
+    "RemoteError",
+]
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = 6
+_short.maxtuple = 6
+_short.maxdict = 4
+
+
+def short_repr(obj: Any) -> str:
+    """Return a repr of an item short enough for an error message."""
+    try:
+        return _short.repr(obj)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(obj).__name__} object>"
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in a worker."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb.rstrip()}\n"""'
+
+
+class RemoteError(Exception):
+    """Stands for a worker exception that could not be pickled."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while it held an item."""
+
+    def __init__(self, exitcode: int | None, stage: str = "") -> None:
+        self.exitcode = exitcode
+        super().__init__(describe_exit(exitcode, stage))
+
+
+class ItemTimeout(TimeoutError):
+    """An item ran longer than its stage's ``timeout``."""
+
+
+def describe_exit(exitcode: int | None, stage: str = "") -> str:
+    """Say how a worker process ended, with the likely cause."""
+    where = f" of stage {stage!r}" if stage else ""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = ""
+        if -exitcode == signal.SIGKILL:
+            hint = " (the OS may have killed it for lack of memory)"
+        elif -exitcode == signal.SIGSEGV:
+            hint = " (a crash in native code)"
+        return f"worker process{where} died from {name}{hint}"
+    return f"worker process{where} exited unexpectedly with code {exitcode}"
+
+
+class Failure:
+    """An item that failed, standing in the results in place of its value.
+
+    Attributes:
+        item: the input the failing stage received.
+        index: the item's position in the source.
+        stage: the failing stage's name.
+        error: the exception, with its original type.
+        traceback: the worker's traceback text.
+        attempts: how many times the item was tried.
+    """
+
+    __slots__ = ("item", "index", "stage", "error", "traceback", "attempts")
+
+    def __init__(
+        self,
+        item: Any,
+        index: int,
+        stage: str,
+        error: BaseException,
+        traceback: str = "",
+        attempts: int = 1,
+    ) -> None:
+        self.item = item
+        self.index = index
+        self.stage = stage
+        self.error = error
+        self.traceback = traceback
+        self.attempts = attempts
+
+    def __repr__(self) -> str:
+        return (
+            f"Failure(stage={self.stage!r}, index={self.index}, "
+            f"item={short_repr(self.item)}, error={self.error!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Failure):
+            return NotImplemented
+        return (self.index, self.stage, type(self.error), str(self.error)) == (
+            other.index,
+            other.stage,
+            type(other.error),
+            str(other.error),
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return (Failure, (self.item, self.index, self.stage, self.error, self.traceback, self.attempts))
+
+    def to_error(self) -> "TaskError":
+        """Return the `TaskError` that ``errors="raise"`` raises for this failure."""
+        return TaskError(self)
+
+
+class TaskError(Exception):
+    """An item failed in a stage run with ``errors="raise"``.
+
+    The original exception is ``__cause__``; its own ``__cause__`` holds the
+    worker's traceback text.
+
+    Attributes:
+        stage, index, item, traceback, attempts: as on `Failure`.
+        failure: the `Failure` record itself.
+    """
+
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+        self.stage = failure.stage
+        self.index = failure.index
+        self.item = failure.item
+        self.traceback = failure.traceback
+        self.attempts = failure.attempts
+        err = failure.error
+        tries = f" after {failure.attempts} attempts" if failure.attempts > 1 else ""
+        super().__init__(
+            f"stage {failure.stage!r} failed on item {failure.index} "
+            f"({short_repr(failure.item)}){tries}: {type(err).__name__}: {err}"
+        )
+        self.__cause__ = err
+
+    def __reduce__(self) -> tuple:
+        return (TaskError, (self.failure,))
+
+
+def pack_exception(exc: BaseException) -> tuple[BaseException, str]:
+    """Return a picklable exception of the same type, and its traceback text."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=5))
+        exc.__traceback__ = None  # frames do not pickle; the text keeps them
+        exc.__context__ = None
+        exc.__cause__ = None
+        return exc, tb
+    except Exception:
+        pass
+    try:
+        import dill
+
+        dill.loads(dill.dumps(exc))
+        exc.__traceback__ = None
+        return exc, tb
+    except Exception:
+        return RemoteError(type(exc).__qualname__, str(exc)), tb
+
+
+def attach_traceback(exc: BaseException, tb: str) -> BaseException:
+    """Chain the worker's traceback text to ``exc`` so tracebacks show it."""
+    if tb and exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(tb)
+    return exc

@@ -1,0 +1,203 @@
+"""The stats model: one frozen record per stage, read by every observer.
+
+    engine (parent threads)  --increments-->  _Counters (one per stage, mutable)
+                                                   |  snapshot()
+                                                   v
+    flow.stats / handle.stats / tqdm bars / notebook panel  <--  FlowStats(StageStats...)
+
+Counters are plain ints and floats updated by the engine's threads in the
+parent, once per chunk, never per item on a hot path; readers take a
+snapshot, a frozen record, so a view never reaches into the engine.
+
+Invariant, for ``map`` and ``filter`` stages, at any time::
+
+    items_in == items_out + filtered + errors + skipped + in_flight
+
+``flat_map`` and ``batch`` stages count what they emit in ``items_out``
+(more or fewer items than came in).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+__all__ = ["StageStats", "FlowStats"]
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Figures of one stage at one moment."""
+
+    name: str
+    kind: str  # "map" | "filter" | "flat_map" | "batch" | "unbatch"
+    mode: str  # "process" | "thread" | "async" | "dask" | "inline"
+    workers: int
+    items_in: int = 0  # taken from the input queue
+    items_out: int = 0  # emitted downstream (results and pass-throughs)
+    filtered: int = 0  # dropped by a filter predicate
+    errors: int = 0  # failures made by this stage (raised or returned)
+    skipped: int = 0  # failures dropped by errors="skip"
+    retries: int = 0  # extra attempts made
+    in_flight: int = 0  # taken but not yet accounted for
+    busy_seconds: float = 0.0  # summed compute time in workers
+    elapsed: float = 0.0  # seconds since the stage took its first item
+    queue_depth: int = 0  # items waiting in the input queue now
+    queue_max: int = 0  # most items ever waiting there
+    queue_fill: float = 0.0  # input queue use now, 0..1 (1: this stage is the bottleneck)
+    total: int | None = None  # items expected, when the source has a length
+    state: str = "pending"  # "pending" | "running" | "done" | "failed" | "cancelled"
+    error: str | None = None  # what failed, for a failed stage
+
+    @property
+    def done(self) -> int:
+        """Items this stage has finished with."""
+        return self.items_in - self.in_flight
+
+    @property
+    def throughput(self) -> float:
+        """Average items per second since the stage started."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def busy(self) -> float:
+        """Fraction of worker time spent computing, 0..1."""
+        denom = self.elapsed * max(self.workers, 1)
+        return min(1.0, self.busy_seconds / denom) if denom > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FlowStats:
+    """Figures of a whole flow run: one `StageStats` per stage."""
+
+    stages: tuple[StageStats, ...] = ()
+    elapsed: float = 0.0
+    state: str = "pending"
+    total: int | None = None
+    error: str | None = None
+
+    def __iter__(self) -> Iterator[StageStats]:
+        return iter(self.stages)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __getitem__(self, key: int | str) -> StageStats:
+        if isinstance(key, str):
+            for stage in self.stages:
+                if stage.name == key:
+                    return stage
+            names = ", ".join(repr(s.name) for s in self.stages)
+            raise KeyError(f"no stage named {key!r}; stages are {names}")
+        return self.stages[key]
+
+    @property
+    def bottleneck(self) -> StageStats | None:
+        """The stage whose workers are busiest (None before any work)."""
+        running = [s for s in self.stages if s.elapsed > 0 and s.kind != "batch"]
+        return max(running, key=lambda s: s.busy, default=None)
+
+    def __repr__(self) -> str:
+        head = ("stage", "mode", "in", "out", "err", "skip", "items/s", "busy", "queue")
+        rows = [head]
+        for s in self.stages:
+            rows.append(
+                (
+                    s.name,
+                    f"{s.mode}x{s.workers}",
+                    human(s.items_in),
+                    human(s.items_out),
+                    str(s.errors),
+                    str(s.skipped),
+                    human(s.throughput),
+                    f"{s.busy:.0%}",
+                    f"{s.queue_depth}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = [
+            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in rows
+        ]
+        title = f"FlowStats({self.state}, {self.elapsed:.2f}s"
+        title += f", error={self.error!r})" if self.error else ")"
+        return "\n".join([title, *lines])
+
+
+def human(x: float) -> str:
+    """Format a count or rate compactly: 950, 1.2k, 3.4M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}" if float(x).is_integer() or abs(x) >= 10 else f"{x:.1f}"
+
+
+@dataclass
+class _Counters:
+    """Mutable per-stage counters; the engine writes, `snapshot` reads."""
+
+    name: str
+    kind: str
+    mode: str
+    workers: int
+    capacity: int = 1  # input queue capacity, in chunks
+    items_in: int = 0
+    items_done: int = 0
+    items_out: int = 0
+    filtered: int = 0
+    errors: int = 0
+    skipped: int = 0
+    retries: int = 0
+    busy_seconds: float = 0.0
+    queue_depth: int = 0
+    queue_chunks: int = 0
+    queue_max: int = 0
+    total: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    state: str = "pending"
+    error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+            self.state = "running"
+
+    def finish(self, state: str = "done", error: str | None = None) -> None:
+        if self.finished is None:
+            self.finished = time.perf_counter()
+        if self.state in ("pending", "running"):
+            self.state = state
+            self.error = error
+
+    def snapshot(self) -> StageStats:
+        if self.started is None:
+            elapsed = 0.0
+        else:
+            end = self.finished if self.finished is not None else time.perf_counter()
+            elapsed = end - self.started
+        in_flight = max(0, self.items_in - self.items_done)
+        return StageStats(
+            name=self.name,
+            kind=self.kind,
+            mode=self.mode,
+            workers=self.workers,
+            items_in=self.items_in,
+            items_out=self.items_out,
+            filtered=self.filtered,
+            errors=self.errors,
+            skipped=self.skipped,
+            retries=self.retries,
+            in_flight=in_flight,
+            busy_seconds=self.busy_seconds,
+            elapsed=elapsed,
+            queue_depth=self.queue_depth,
+            queue_max=self.queue_max,
+            queue_fill=min(1.0, self.queue_chunks / self.capacity) if self.capacity else 0.0,
+            total=self.total,
+            state=self.state,
+            error=self.error,
+        )
