@@ -1,0 +1,116 @@
+"""Bounded, closable queues of chunks between stages.
+
+    source/stage --put(chunk)--> [ Channel: at most `capacity` chunks ] --get()--> stage/consumer
+
+A full channel blocks its producer: that is how a slow stage slows the
+source down and memory stays flat on an endless input. `close()` is a
+graceful end (readers drain what is left, then see `EndOfStream`);
+`cancel()` wakes every blocked reader and writer at once with `Cancelled`,
+which is how an error or Ctrl-C stops a whole run without polling.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+from ._stats import _Counters
+
+__all__ = ["Channel", "Cancelled", "EndOfStream"]
+
+
+class Cancelled(Exception):
+    """The run was cancelled while waiting on a channel."""
+
+
+class EndOfStream(Exception):
+    """The channel was closed and every chunk has been read."""
+
+
+class Channel:
+    """A bounded FIFO of chunks with graceful close and instant cancel."""
+
+    def __init__(self, capacity: int, counters: _Counters | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._cancelled = False
+        # the receiving stage's counters: queue depth is shown for the stage it feeds
+        self._counters = counters
+        if counters is not None:
+            counters.capacity = capacity
+
+    def put(self, chunk: Any, size: int = 0) -> None:
+        """Append a chunk of `size` items, waiting while the channel is full."""
+        with self._cond:
+            while len(self._items) >= self.capacity and not self._cancelled:
+                self._cond.wait()
+            if self._cancelled:
+                raise Cancelled
+            if self._closed:
+                raise RuntimeError("put() on a closed channel")
+            self._items.append((chunk, size))
+            self._account(size)
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the next chunk; None if `timeout` passes first.
+
+        Raises:
+            EndOfStream: the channel is closed and empty.
+            Cancelled: the run was cancelled.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                if self._cancelled:
+                    raise Cancelled
+                if self._closed:
+                    raise EndOfStream
+                if deadline is None:
+                    self._cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._cond.wait(left)
+            if self._cancelled:
+                raise Cancelled
+            chunk, size = self._items.popleft()
+            self._account(-size)
+            self._cond.notify_all()
+            return chunk
+
+    def close(self) -> None:
+        """End the stream: readers get what is left, then `EndOfStream`."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """Wake every waiter with `Cancelled` and drop what is queued."""
+        with self._cond:
+            self._cancelled = True
+            self._items.clear()
+            if self._counters is not None:
+                self._counters.queue_depth = 0
+                self._counters.queue_chunks = 0
+            self._cond.notify_all()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def _account(self, size: int) -> None:
+        c = self._counters
+        if c is None:
+            return
+        c.queue_depth += size
+        c.queue_chunks = len(self._items)
+        if c.queue_depth > c.queue_max:
+            c.queue_max = c.queue_depth

@@ -1,0 +1,280 @@
+"""`Flow`: the chainable, immutable builder of multi-stage pipelines.
+
+    Flow(source).map(f).filter(p).batch(32).map(g)   # builds a plan, runs nothing
+        .collect() / iteration / .start()            # each makes a fresh `Run`
+
+Every builder method validates its options and returns a new Flow; a Flow
+can be run many times (a generator source, of course, only yields once).
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+
+from ._plan import StageSpec, make_batch, make_stage, make_unbatch
+from ._run import Run
+from ._stats import FlowStats
+
+__all__ = ["Flow"]
+
+
+def _observer(progress: Any) -> Any:
+    if progress is False:
+        return None
+    try:
+        from ._progress import make_observer
+    except ImportError:  # the progress views are optional at this layer
+        return None
+    return make_observer(progress)
+
+
+class Flow:
+    """A pipeline of stages over a source iterable.
+
+    Args:
+        source: any iterable: a list, a generator (consumed lazily, as the
+            stages ask for more), or an `ezflow.Q` (its messages' data).
+    """
+
+    def __init__(self, source: Iterable[Any]) -> None:
+        if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+            raise TypeError(
+                f"Flow needs an iterable source (a list, a generator, an ezflow.Q), got {type(source).__name__}"
+            )
+        self._source = source
+        self._stages: tuple[StageSpec, ...] = ()
+        self._last: Run | None = None
+
+    def _with(self, spec: StageSpec) -> "Flow":
+        names = {s.name for s in self._stages}
+        if spec.name in names:
+            base, n = spec.name, 2
+            while f"{base}_{n}" in names:
+                n += 1
+            spec = _rename(spec, f"{base}_{n}")
+        new = Flow.__new__(Flow)
+        new._source = self._source
+        new._stages = self._stages + (spec,)
+        new._last = None
+        return new
+
+    # -- builders -----------------------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        /,
+        *,
+        workers: int | None = None,
+        mode: str | None = None,
+        name: str | None = None,
+        when: Callable[[Any], bool] | None = None,
+        errors: str = "raise",
+        ordered: bool = True,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        timeout: float | None = None,
+        rate: float | None = None,
+        burst: int = 1,
+        chunksize: int | None = None,
+        start_method: str | None = None,
+        backend: Any = None,
+        share_arrays: bool | int | None = None,
+    ) -> "Flow":
+        """Add a stage that replaces each item with ``fn(item)``.
+
+        Args:
+            fn: a function, or a class (instantiated once per worker, inside
+                it; each item then calls the instance; ``close()`` is called
+                when the worker is done), or a coroutine function (async mode).
+            workers: parallel workers (default: CPUs for processes,
+                `NUM_THREADS` for threads, 16 for async).
+            mode: "process" (default), "thread" or "async" (default for
+                coroutine functions).
+            name: the stage's name in errors and stats (default: fn's name).
+            when: a predicate; items for which it is false skip this stage.
+            errors: "raise" (stop and raise `TaskError`), "return" (a
+                `Failure` in place of the value) or "skip" (drop, count it).
+            ordered: keep source order (default) or yield as ready.
+            retries, retry_on, backoff: retry failing items whose error is
+                one of ``retry_on``, waiting ``backoff * 2**n`` seconds.
+            timeout: seconds per item; a process worker stuck longer is
+                replaced and the item fails with `ItemTimeout`.
+            rate, burst: at most ``rate`` calls per second across workers.
+            chunksize: items per message to a worker (default: adaptive).
+            start_method: "fork", "spawn" or "forkserver" (default: the
+                global multiprocessing choice if set, else ezflow's).
+            backend: a dask Client, scheduler address or "dask".
+            share_arrays: move large numpy results into shared memory.
+
+        Returns:
+            A new Flow with the stage added.
+
+        Raises:
+            TypeError, ValueError: an option is invalid (the message says which).
+        """
+        return self._with(make_stage("map", fn, **_opts(locals())))
+
+    def filter(
+        self,
+        pred: Callable[[Any], Any],
+        /,
+        *,
+        workers: int | None = None,
+        mode: str | None = None,
+        name: str | None = None,
+        when: Callable[[Any], bool] | None = None,
+        errors: str = "raise",
+        ordered: bool = True,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        timeout: float | None = None,
+        rate: float | None = None,
+        burst: int = 1,
+        chunksize: int | None = None,
+        start_method: str | None = None,
+        backend: Any = None,
+        share_arrays: bool | int | None = None,
+    ) -> "Flow":
+        """Add a stage that keeps the items for which ``pred(item)`` is true.
+
+        Takes the same options as `map`.
+        """
+        return self._with(make_stage("filter", pred, **_opts(locals(), "pred")))
+
+    def flat_map(
+        self,
+        fn: Callable[[Any], Iterable[Any]],
+        /,
+        *,
+        workers: int | None = None,
+        mode: str | None = None,
+        name: str | None = None,
+        when: Callable[[Any], bool] | None = None,
+        errors: str = "raise",
+        ordered: bool = True,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        timeout: float | None = None,
+        rate: float | None = None,
+        burst: int = 1,
+        chunksize: int | None = None,
+        start_method: str | None = None,
+        backend: Any = None,
+        share_arrays: bool | int | None = None,
+    ) -> "Flow":
+        """Add a stage that replaces each item with the items of ``fn(item)``.
+
+        Takes the same options as `map`.
+        """
+        return self._with(make_stage("flat_map", fn, **_opts(locals())))
+
+    def batch(self, size: int, *, timeout: float | None = None, name: str | None = None) -> "Flow":
+        """Add a stage that groups items into lists of at most `size`.
+
+        Args:
+            size: the largest batch.
+            timeout: emit a partial batch this many seconds after its first
+                item arrived (default: only when full or at the end).
+            name: the stage's name (default "batch").
+        """
+        return self._with(make_batch(size, timeout, name))
+
+    def unbatch(self, *, name: str | None = None) -> "Flow":
+        """Add a stage that flattens lists back into single items."""
+        return self._with(make_unbatch(name))
+
+    # -- running ------------------------------------------------------------
+
+    def _run(self, progress: Any) -> Run:
+        run = Run(self._source, self._stages, _observer(progress))
+        self._last = run
+        return run
+
+    def collect(self, *, progress: Any = None) -> list:
+        """Run the flow to the end and return its results as a list.
+
+        Args:
+            progress: None (auto: a live view in notebooks and terminals for
+                runs longer than a second), True, False, "tqdm", "notebook",
+                or an observer object.
+
+        Raises:
+            TaskError: an item failed in a stage with ``errors="raise"``.
+            StageError: a stage could not start (its class failed to build).
+        """
+        return self._run(progress).collect()
+
+    def iter(self, *, progress: Any = None) -> Iterator[Any]:
+        """Return an iterator over the results, computed as you consume them."""
+        return iter(self._run(progress))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iter()
+
+    def start(self, *, progress: Any = None, timeout: float | None = None) -> Any:
+        """Start the flow in the background and return its `Handle`."""
+        from ._handle import Handle
+
+        return Handle(self._run(progress), timeout=timeout)
+
+    async def acollect(self, *, progress: Any = None) -> list:
+        """Run the flow without blocking the event loop; return the results."""
+        import asyncio
+
+        return await asyncio.to_thread(self.collect, progress=progress)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        import asyncio
+
+        it = self.iter()
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, it, done)
+            if item is done:
+                return
+            yield item
+
+    @property
+    def stats(self) -> FlowStats:
+        """The figures of the latest run (live while it runs)."""
+        if self._last is None:
+            from ._run import stage_totals, source_length
+
+            from ._stats import _Counters
+
+            totals = stage_totals(source_length(self._source), self._stages)
+            return FlowStats(
+                stages=tuple(
+                    _Counters(s.name, s.kind, s.mode, s.workers, total=t).snapshot()
+                    for s, t in zip(self._stages, totals)
+                )
+            )
+        return self._last.snapshot()
+
+    @property
+    def stages(self) -> tuple[StageSpec, ...]:
+        """The plan: one frozen spec per stage."""
+        return self._stages
+
+    def __repr__(self) -> str:
+        parts = [f"Flow({type(self._source).__name__})"]
+        for s in self._stages:
+            if s.kind in ("batch", "unbatch"):
+                parts.append(f".{s.kind}({s.size or ''})")
+            else:
+                parts.append(f".{s.kind}({s.name}, {s.mode}x{s.workers})")
+        return "".join(parts)
+
+
+def _opts(scope: dict, fn_arg: str = "fn") -> dict:
+    return {k: v for k, v in scope.items() if k not in ("self", fn_arg)}
+
+
+def _rename(spec: StageSpec, name: str) -> StageSpec:
+    from dataclasses import replace
+
+    return replace(spec, name=name)

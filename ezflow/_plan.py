@@ -1,0 +1,184 @@
+"""The plan: a flow is its source plus a tuple of frozen `StageSpec` records.
+
+Specs are plain data, validated when built (so a typo fails at the call
+that made it, not deep inside a worker); executors turn them into workers
+and queues only when the flow runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ._env import NUM_CPUS, NUM_THREADS
+
+__all__ = ["StageSpec", "make_stage", "MODES", "ERRORS", "KINDS"]
+
+MODES = ("process", "thread", "async")
+ERRORS = ("raise", "return", "skip")
+KINDS = ("map", "filter", "flat_map", "batch", "unbatch")
+START_METHODS = ("fork", "spawn", "forkserver")
+DEFAULT_ASYNC_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a flow, as plain data."""
+
+    kind: str
+    fn: Any = None
+    name: str = ""
+    workers: int = 1
+    mode: str = "inline"  # "inline" for batch/unbatch, run in the parent
+    when: Callable[[Any], bool] | None = None
+    errors: str = "raise"
+    ordered: bool = True
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 0.0
+    timeout: float | None = None
+    rate: float | None = None
+    burst: int = 1
+    chunksize: int | None = None
+    start_method: str | None = None
+    backend: Any = None
+    share_arrays: bool | int | None = None
+    size: int = 0  # batch size
+    batch_timeout: float | None = None
+    is_class: bool = field(default=False)
+
+
+def _fn_name(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def _check_seconds(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value}")
+    return float(value)
+
+
+def make_stage(
+    kind: str,
+    fn: Any,
+    *,
+    workers: int | None = None,
+    mode: str | None = None,
+    name: str | None = None,
+    when: Callable[[Any], bool] | None = None,
+    errors: str = "raise",
+    ordered: bool = True,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: float = 0.0,
+    timeout: float | None = None,
+    rate: float | None = None,
+    burst: int = 1,
+    chunksize: int | None = None,
+    start_method: str | None = None,
+    backend: Any = None,
+    share_arrays: bool | int | None = None,
+) -> StageSpec:
+    """Validate a stage's options and return its spec.
+
+    Raises:
+        TypeError, ValueError: an option is of the wrong type or out of range;
+            the message names the option and the allowed values.
+    """
+    if not callable(fn):
+        raise TypeError(f"{kind}() needs a callable, got {type(fn).__name__} {fn!r}")
+    if when is not None and not callable(when):
+        raise TypeError(f"when must be a callable predicate or None, got {when!r}")
+    is_coro = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)
+    )
+    if mode is None:
+        mode = "async" if is_coro else "process"
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    if is_coro and mode != "async":
+        raise ValueError(
+            f"{_fn_name(fn)} is a coroutine function: use mode='async' "
+            f"(or leave mode unset), not mode={mode!r}"
+        )
+    if errors not in ERRORS:
+        raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}; got {errors!r}")
+    if workers is None:
+        workers = {"process": NUM_CPUS, "thread": NUM_THREADS}.get(mode, DEFAULT_ASYNC_WORKERS)
+    _check_int("workers", workers, 1)
+    _check_int("retries", retries, 0)
+    if chunksize is not None:
+        _check_int("chunksize", chunksize, 1)
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    retry_on = tuple(retry_on)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise TypeError(f"retry_on must be exception types, got {retry_on!r}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0:
+        raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
+    timeout = _check_seconds("timeout", timeout)
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+            raise ValueError(f"rate must be > 0 calls per second, got {rate!r}")
+        rate = float(rate)
+    _check_int("burst", burst, 1)
+    if start_method is not None:
+        if start_method not in START_METHODS:
+            raise ValueError(
+                f"start_method must be None or one of {', '.join(map(repr, START_METHODS))}; "
+                f"got {start_method!r}"
+            )
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"start_method {start_method!r} is not available on this platform")
+    if name is None:
+        name = _fn_name(fn)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    return StageSpec(
+        kind=kind,
+        fn=fn,
+        name=name,
+        workers=workers,
+        mode=mode,
+        when=when,
+        errors=errors,
+        ordered=bool(ordered),
+        retries=retries,
+        retry_on=retry_on,
+        backoff=float(backoff),
+        timeout=timeout,
+        rate=rate,
+        burst=burst,
+        chunksize=chunksize,
+        start_method=start_method,
+        backend=backend,
+        share_arrays=share_arrays,
+        is_class=inspect.isclass(fn),
+    )
+
+
+def make_batch(size: int, timeout: float | None, name: str | None) -> StageSpec:
+    """Validate a batch stage's options and return its spec."""
+    _check_int("batch size", size, 1)
+    timeout = _check_seconds("batch timeout", timeout)
+    return StageSpec(kind="batch", name=name or "batch", size=size, batch_timeout=timeout)
+
+
+def make_unbatch(name: str | None) -> StageSpec:
+    """Return the spec of a stage that flattens lists into their items."""
+    return StageSpec(kind="unbatch", name=name or "unbatch")

@@ -1,0 +1,186 @@
+"""Warm worker processes, kept between calls and never leaked.
+
+A `ProcessPool` is a set of worker processes (see `_worker`), each with its
+own duplex pipe. A run checks a pool out for one stage and gives it back
+when the stage ends cleanly; the next call with the same start method and
+worker count gets it warm, without paying process start-up again. A pool
+whose run was cancelled or failed is discarded: its workers are killed.
+Idle pools are stopped at interpreter exit, or by `ezflow.shutdown()`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import multiprocessing
+import os
+import threading
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ._worker import worker_main
+
+__all__ = ["ProcessPool", "WorkerProc", "acquire", "release", "shutdown"]
+
+MAX_IDLE_POOLS = 4
+_ids = itertools.count()
+
+
+class WorkerProc:
+    """One worker process and the pieces it holds."""
+
+    __slots__ = ("proc", "conn", "outstanding", "sent_at", "__weakref__")
+
+    def __init__(self, proc: Any, conn: Connection) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.outstanding: collections.deque = collections.deque()
+        self.sent_at = 0.0  # when the oldest outstanding piece was sent (timeouts)
+
+
+class ProcessPool:
+    """A fixed number of worker processes started with one start method."""
+
+    def __init__(self, start_method: str, size: int) -> None:
+        self.start_method = start_method
+        self.size = size
+        self.ctx = multiprocessing.get_context(start_method)
+        self.workers: list[WorkerProc] = []
+        self.broken = False
+        _live.add(self)
+        try:
+            for _ in range(size):
+                self.workers.append(self.spawn())
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.start_method, self.size)
+
+    def spawn(self) -> WorkerProc:
+        """Start one worker process."""
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(
+            target=worker_main,
+            args=(child_conn, os.getpid()),
+            name=f"ezflow-worker-{next(_ids)}",
+            daemon=False,  # a daemonic worker could not start processes of its own
+        )
+        try:
+            proc.start()
+        finally:
+            child_conn.close()
+        return WorkerProc(proc, parent_conn)
+
+    def replace(self, worker: WorkerProc) -> WorkerProc:
+        """Reap a dead (or stuck) worker and start a fresh one in its place."""
+        _stop_proc(worker, kill=True)
+        fresh = self.spawn()
+        self.workers[self.workers.index(worker)] = fresh
+        return fresh
+
+    def alive(self) -> bool:
+        return not self.broken and all(w.proc.is_alive() for w in self.workers)
+
+    def kill(self) -> None:
+        """Stop every worker now."""
+        self.broken = True
+        for w in self.workers:
+            try:
+                w.proc.kill()
+            except Exception:
+                pass
+        for w in self.workers:
+            _stop_proc(w, kill=True)
+        _live.discard(self)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Ask every worker to exit; kill those that do not in time."""
+        from ._serialize import dumps
+
+        self.broken = True
+        msg = dumps(("exit",))
+        for w in self.workers:
+            try:
+                w.conn.send_bytes(msg)
+            except Exception:
+                pass
+        for w in self.workers:
+            w.proc.join(timeout)
+            _stop_proc(w, kill=True)
+        _live.discard(self)
+
+
+def _stop_proc(worker: WorkerProc, kill: bool) -> None:
+    proc = worker.proc
+    if proc.is_alive() and kill:
+        try:
+            proc.kill()
+        except Exception:
+            pass
+    proc.join(5)
+    try:
+        worker.conn.close()
+    except Exception:
+        pass
+    try:
+        proc.close()
+    except Exception:
+        pass
+
+
+_lock = threading.Lock()
+_idle: collections.OrderedDict[int, ProcessPool] = collections.OrderedDict()
+_live: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
+
+
+def acquire(start_method: str, size: int) -> ProcessPool:
+    """Return a warm idle pool of this kind, or start a new one."""
+    with _lock:
+        for pid, pool in list(_idle.items()):
+            if pool.key == (start_method, size):
+                del _idle[pid]
+                if pool.alive():
+                    return pool
+                pool.kill()
+    return ProcessPool(start_method, size)
+
+
+def release(pool: ProcessPool, healthy: bool) -> None:
+    """Give a pool back after a run; a pool that is not healthy is killed."""
+    if not healthy or not pool.alive():
+        pool.kill()
+        return
+    evict = []
+    with _lock:
+        _idle[id(pool)] = pool
+        while len(_idle) > MAX_IDLE_POOLS:
+            evict.append(_idle.popitem(last=False)[1])
+    for old in evict:
+        old.close()
+
+
+def shutdown() -> None:
+    """Stop every idle warm worker pool now (they restart on the next call)."""
+    with _lock:
+        pools = list(_idle.values())
+        _idle.clear()
+    for pool in pools:
+        pool.close()
+
+
+def _at_exit() -> None:
+    with _lock:
+        pools = list(_idle.values())
+        _idle.clear()
+    for pool in pools:
+        pool.close(timeout=0.5)
+    for pool in list(_live):
+        pool.kill()
+
+
+atexit.register(_at_exit)

@@ -1,0 +1,145 @@
+"""Terminal progress: one tqdm bar per stage, stacked in plan order.
+
+    FlowStats --update()--> TqdmObserver --bar.update(done delta)--> tqdm bar i (position=i)
+                                          --set_postfix_str-->        busy, queue, errors
+
+    load    :  45%|#####     | 450/1000 [00:03<00:04, 130it/s, busy 40%, queue 10%]
+    resize  :  44%|####4     | 440/1000 [00:03<00:04, 128it/s, busy 98%, queue 100%, bottleneck]
+    save    :  44%|####4     | 439/1000 [00:03<00:04, 128it/s, busy 5%, queue 0%]
+
+tqdm is imported here only, and this module only when a tqdm view is made.
+Bars are fed the stage's finished count as deltas and run on the stage's
+own clock (``StageStats.elapsed``), so tqdm's smoothed rate and ETA apply
+while its elapsed time and final average rate are the stats' figures. They
+redraw on every observer tick (the engine already throttles ticks to ~5 a
+second, so ``mininterval=0`` costs nothing more).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from ._progress import bottleneck, summary
+from ._stats import FlowStats, StageStats
+
+__all__ = ["TqdmObserver", "summary"]
+
+_ERROR_CHARS = 60
+# A fixed bar width keeps the stacked bars aligned whatever each postfix says.
+_BAR_FORMAT = "{l_bar}{bar:20}{r_bar}"  # a longer message would squeeze the bar; summary() has it whole
+
+
+class TqdmObserver:
+    """Show one tqdm bar per stage; on failure the failing stage's bar turns red and stays."""
+
+    def __init__(
+        self,
+        *,
+        file: TextIO | None = None,
+        print_summary: bool = False,
+        tqdm_class: Any = None,
+    ) -> None:
+        self.file = file
+        self.print_summary = print_summary
+        self.tqdm_class = tqdm_class
+        self.bars: list[Any] = []
+        self._clocks: list[list[float]] = []
+
+    def open(self, stats: FlowStats) -> None:
+        cls = self.tqdm_class
+        if cls is None:
+            # tqdm.auto: text bars in a terminal, tqdm's own widget bars if
+            # someone asks for "tqdm" inside a notebook.
+            from tqdm.auto import tqdm as cls
+        width = max((len(s.name) for s in stats.stages), default=0)
+        self.bars = []
+        self._clocks = []
+        for i, s in enumerate(stats.stages):
+            bar = cls(
+                total=s.total,
+                desc=s.name.ljust(width),
+                position=i,
+                leave=True,  # final figures stay on screen, a failed bar too
+                unit="it",
+                bar_format=_BAR_FORMAT if s.total is not None else None,
+                dynamic_ncols=True,
+                mininterval=0,
+                smoothing=0.3,
+                file=self.file,
+            )
+            # Run the bar on the stage's own clock, not the wall clock, so
+            # its elapsed, rate and ETA are the stats' figures ("one stats
+            # model, the same numbers everywhere"): a delayed view opens a
+            # second into the run, and a finished stage's clock stops while
+            # the flow goes on. tqdm reads time only through `_time`.
+            clock = [s.elapsed]
+            bar._time = lambda clock=clock: clock[0]
+            bar.start_t = 0.0
+            bar.last_print_t = s.elapsed
+            # Set what is already done directly: through update() it would
+            # count as one huge step in tqdm's smoothed rate.
+            bar.n = bar.last_print_n = s.done
+            self.bars.append(bar)
+            self._clocks.append(clock)
+        self._draw(stats)
+
+    def update(self, stats: FlowStats) -> None:
+        self._draw(stats)
+
+    def close(self, stats: FlowStats) -> None:
+        self._draw(stats)
+        # Close in position order: each closing bar redraws on the cursor's
+        # line and moves down one, which is exactly where the next bar sits.
+        for bar in self.bars:
+            bar.close()
+        if self.print_summary:
+            file = self.file
+            if file is None:
+                import sys
+
+                file = sys.stderr
+            print(summary(stats), file=file, flush=True)
+
+    def _draw(self, stats: FlowStats) -> None:
+        slow = bottleneck(stats)
+        for bar, clock, stage in zip(self.bars, self._clocks, stats.stages):
+            clock[0] = stage.elapsed
+            if stage.total is not None and bar.total != stage.total:
+                bar.total = stage.total
+                bar.bar_format = _BAR_FORMAT
+            failed = stage.state == "failed"
+            if failed:
+                bar.colour = "red"
+            bar.set_postfix_str(_postfix(stage, stage is slow), refresh=False)
+            delta = stage.done - bar.n
+            if delta > 0:
+                bar.update(delta)  # redraws: mininterval is 0
+            else:
+                bar.refresh()
+
+    def __repr__(self) -> str:
+        return f"TqdmObserver(bars={len(self.bars)})"
+
+
+def _postfix(stage: StageStats, is_bottleneck: bool) -> str:
+    parts = []
+    if stage.state == "failed":
+        error = stage.error or "failed"
+        if len(error) > _ERROR_CHARS:
+            error = error[: _ERROR_CHARS - 3] + "..."
+        parts.append(f"FAILED: {error}")  # first: the end of a long line gets cut
+    elif stage.state == "cancelled":
+        parts.append("cancelled")
+    parts += [f"busy {stage.busy:.0%}", f"queue {stage.queue_fill:.0%}"]
+    if is_bottleneck:
+        parts[-1] += " << bottleneck"
+    for count, word in ((stage.errors, "error"), (stage.skipped, "skipped"), (stage.retries, "retr")):
+        if count:
+            parts.append(f"{count} {_plural(count, word)}")
+    return ", ".join(parts)
+
+
+def _plural(count: int, word: str) -> str:
+    if word == "retr":
+        return "retry" if count == 1 else "retries"
+    return word if count == 1 or word == "skipped" else word + "s"

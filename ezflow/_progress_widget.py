@@ -1,0 +1,289 @@
+"""Notebook progress: one live panel per run in the cell's output.
+
+    FlowStats --update()--> WidgetObserver --render_html()--> ipywidgets.HTML.value  (live, <= ~4/s)
+                                 |
+                                 +--open/close--> display bundle (display_id):
+                                                  widget view  + text/html copy + text/plain summary
+
+The panel is a single ``ipywidgets.HTML`` whose value is a table: an HTML
+table aligns the columns in every front end, needs no JavaScript of ours,
+and its final value lands in the saved widget state. The display bundle
+also carries a static HTML copy and a text summary, replaced with the final
+figures at ``close``, so a notebook viewed where widgets cannot render
+(GitHub, nbviewer without state) still shows how the run went.
+
+Hooks for tests and users' CSS: the widget has the class ``ezflow-panel``;
+the root element has ``data-state``; each stage row has ``data-stage``,
+``data-done``, ``data-total`` and ``data-state``.
+
+ipywidgets and IPython are imported here only, and this module only when a
+notebook view is made.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+import ipywidgets
+from IPython.display import display
+
+from ._progress import _clock, bottleneck, eta, fraction, summary
+from ._stats import FlowStats, StageStats, human
+
+__all__ = ["WidgetObserver", "render_html"]
+
+# Front-end colours: JupyterLab's theme variables when there, fallbacks
+# elsewhere; tints are translucent so they read on light and dark themes.
+_STATE_COLOURS = {
+    "pending": "#8a8a8a",
+    "running": "#2f80ed",
+    "done": "#1e9e5a",
+    "failed": "#d64541",
+    "cancelled": "#b7791f",
+}
+_STATE_MARKS = {"pending": "○", "running": "●", "done": "✓", "failed": "✖", "cancelled": "■"}
+_AMBER = "#e08a00"
+_FG = "var(--jp-ui-font-color1, #1f1f1f)"
+_MUTED = "var(--jp-ui-font-color2, #6b6b6b)"
+_RULE = "var(--jp-border-color2, #e3e3e3)"
+_TRACK = "var(--jp-layout-color3, #e8e8e8)"
+
+
+class WidgetObserver:
+    """Show a run as a live panel in the notebook cell that started it."""
+
+    def __init__(self, *, min_interval: float = 0.25) -> None:
+        self.min_interval = min_interval
+        self.widget: Any = None
+        self._handle: Any = None
+        self._last_draw = 0.0
+
+    def open(self, stats: FlowStats) -> None:
+        self.widget = ipywidgets.HTML(value=render_html(stats))
+        self.widget.add_class("ezflow-panel")
+        self._last_draw = time.monotonic()
+        self._handle = display(self._bundle(stats), raw=True, display_id=True)
+
+    def update(self, stats: FlowStats) -> None:
+        now = time.monotonic()
+        # Each draw sends the whole table to the browser: a few a second is
+        # as fast as anyone reads, whatever rate the engine ticks at.
+        if self.widget is None or now - self._last_draw < self.min_interval:
+            return
+        self._last_draw = now
+        self._set(render_html(stats))
+
+    def close(self, stats: FlowStats) -> None:
+        if self.widget is None:
+            self.open(stats)
+        self._set(render_html(stats))
+        if self._handle is not None:
+            # Final figures for readers without the widget front end too.
+            self._handle.update(self._bundle(stats), raw=True)
+
+    def _set(self, value: str) -> None:
+        if value != self.widget.value:  # unchanged: send nothing
+            self.widget.value = value
+
+    def _bundle(self, stats: FlowStats) -> dict[str, Any]:
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["text/html"] = self.widget.value
+        bundle["text/plain"] = summary(stats)
+        return bundle
+
+    def __repr__(self) -> str:
+        return f"WidgetObserver(min_interval={self.min_interval})"
+
+
+def render_html(stats: FlowStats) -> str:
+    """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only)."""
+    state = stats.state
+    colour = _STATE_COLOURS.get(state, _MUTED)
+    slow = bottleneck(stats)
+    rows = "".join(_row(s, s is slow) for s in stats.stages)
+    return (
+        f'<div class="ezflow-run" data-state="{_e(state)}" style="'
+        f"font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);"
+        f"font-size:13px;line-height:1.45;color:{_FG};"
+        f"border:1px solid {_RULE};border-left:4px solid {colour};border-radius:6px;"
+        f"padding:8px 12px;margin:2px 0;display:inline-block;min-width:560px;max-width:100%;box-sizing:border-box;"
+        f'{"background:rgba(214,69,65,0.06);" if state == "failed" else ""}">'
+        f"{_header(stats, colour)}"
+        f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
+        f'margin-top:6px;">'
+        f"<thead>{_head_row()}</thead><tbody>{rows}</tbody></table>"
+        f"{_footer(stats, slow)}"
+        f"</div>"
+    )
+
+
+def _header(stats: FlowStats, colour: str) -> str:
+    bits = [f"<span>{_clock(stats.elapsed)}</span>"]
+    frac = fraction(stats)
+    if frac is not None:
+        bits.append(f"<span>{frac:.0%} done</span>")
+    if stats.state == "running":
+        left = eta(stats)
+        if left is not None:
+            bits.append(f"<span>ETA {_clock(left)}</span>")
+    if stats.total is not None:
+        bits.append(f"<span>{_count(stats.total)} items</span>")
+    sep = f'<span style="color:{_MUTED};">·</span>'
+    badge = (
+        f'<span style="background:{colour};color:#fff;border-radius:9px;padding:1px 9px;'
+        f'font-size:11px;font-weight:600;letter-spacing:0.04em;text-transform:uppercase;">'
+        f"{_e(stats.state)}</span>"
+    )
+    return (
+        f'<div style="display:flex;gap:10px;align-items:center;flex-wrap:wrap;">'
+        f'<span style="font-weight:700;">ezflow</span>{badge}'
+        f'<span style="display:flex;gap:8px;color:{_MUTED};">{sep.join(bits)}</span>'
+        f"</div>"
+    )
+
+
+_COLUMNS = (
+    # title, alignment, tooltip
+    ("stage", "left", ""),
+    ("mode", "left", "executor x workers"),
+    ("progress", "left", "items finished of items expected"),
+    ("done", "right", "items finished / items expected"),
+    ("items/s", "right", "average items per second"),
+    ("queue", "left", "input queue fill: full means this stage holds the flow back"),
+    ("busy", "right", "share of worker time spent computing"),
+    ("errors", "right", "failed items (and skipped ones)"),
+    ("retries", "right", "extra attempts"),
+)
+
+
+def _head_row() -> str:
+    cells = "".join(
+        f'<th title="{_e(tip)}" style="text-align:{align};font-weight:600;font-size:11px;'
+        f"color:{_MUTED};text-transform:uppercase;letter-spacing:0.04em;"
+        f'padding:3px 8px;border-bottom:1px solid {_RULE};white-space:nowrap;">{title}</th>'
+        for title, align, tip in _COLUMNS
+    )
+    return f"<tr>{cells}</tr>"
+
+
+def _row(s: StageStats, is_slow: bool) -> str:
+    colour = _STATE_COLOURS.get(s.state, _MUTED)
+    cell = f"padding:4px 8px;border-bottom:1px solid {_RULE};white-space:nowrap;"
+    right = cell + "text-align:right;"
+    name = f'<span style="color:{colour};font-size:11px;">{_STATE_MARKS.get(s.state, "")}</span> <b>{_e(s.name)}</b>'
+    if s.kind != "map":
+        name += f' <span style="color:{_MUTED};font-size:11px;">{_e(s.kind)}</span>'
+    if is_slow:
+        name += (
+            f' <span title="busiest stage: give it more workers" style="background:{_AMBER};'
+            f"color:#fff;border-radius:8px;padding:0 6px;font-size:10px;font-weight:700;"
+            f'text-transform:uppercase;letter-spacing:0.04em;">bottleneck</span>'
+        )
+    done = _count(s.done) + (f'<span style="color:{_MUTED};"> / {_count(s.total)}</span>' if s.total else "")
+    busy_style = f"font-weight:700;color:{_AMBER};" if is_slow else ""
+    errors = str(s.errors) if s.errors else f'<span style="color:{_MUTED};">0</span>'
+    if s.errors:
+        errors = f'<span style="color:{_STATE_COLOURS["failed"]};font-weight:600;">{s.errors}</span>'
+    if s.skipped:
+        errors += f'<span style="color:{_MUTED};font-size:11px;"> +{s.skipped} skipped</span>'
+    retries = str(s.retries) if s.retries else f'<span style="color:{_MUTED};">0</span>'
+    row_bg = ""
+    if s.state == "failed":
+        row_bg = "background:rgba(214,69,65,0.12);"
+    elif is_slow:
+        row_bg = "background:rgba(224,138,0,0.10);"
+    total = "" if s.total is None else str(s.total)
+    html_row = (
+        f'<tr data-stage="{_e(s.name)}" data-done="{s.done}" data-total="{total}" '
+        f'data-state="{_e(s.state)}" data-errors="{s.errors}" style="{row_bg}">'
+        f'<td style="{cell}">{name}</td>'
+        f'<td style="{cell}color:{_MUTED};">{_e(s.mode)} × {s.workers}</td>'
+        f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
+        f'<td style="{right}">{done}</td>'
+        f'<td style="{right}">{human(s.throughput)}</td>'
+        f'<td style="{cell}">{_queue_bar(s, is_slow)}</td>'
+        f'<td style="{right}{busy_style}">{s.busy:.0%}</td>'
+        f'<td style="{right}">{errors}</td>'
+        f'<td style="{right}">{retries}</td>'
+        f"</tr>"
+    )
+    if s.state == "failed" and s.error:
+        html_row += (
+            f'<tr data-error-of="{_e(s.name)}" style="background:rgba(214,69,65,0.12);">'
+            f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;color:{colour};'
+            f"border-bottom:1px solid {_RULE};font-family:var(--jp-code-font-family,monospace);"
+            f'font-size:12px;white-space:pre-wrap;">{_e(s.error)}</td></tr>'
+        )
+    return html_row
+
+
+def _progress_bar(s: StageStats, colour: str) -> str:
+    if s.total:
+        frac, style = min(1.0, s.done / s.total), ""
+    else:
+        # Unknown total: fill by what came in, so the bar still shows how
+        # far this stage lags its input; striped to say it is no percentage.
+        frac = s.done / s.items_in if s.items_in else 0.0
+        style = (
+            "background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.35) 0 6px,"
+            "transparent 6px 12px);"
+        )
+    return _bar(frac, colour, width=150, height=8, extra=style)
+
+
+def _queue_bar(s: StageStats, is_slow: bool) -> str:
+    fill = s.queue_fill
+    colour = _AMBER if fill >= 0.8 else "#7f8c9a"
+    label = f'<span style="font-size:11px;color:{_MUTED};margin-left:5px;">{fill:.0%}</span>'
+    if is_slow and fill >= 0.8:
+        label = f'<span style="font-size:11px;color:{_AMBER};font-weight:700;margin-left:5px;">full</span>'
+    return (
+        f'<span style="display:inline-flex;align-items:center;">{_bar(fill, colour, width=44, height=6)}'
+        f"{label}</span>"
+    )
+
+
+def _bar(frac: float, colour: str, *, width: int, height: int, extra: str = "") -> str:
+    pct = max(0.0, min(1.0, frac)) * 100
+    return (
+        f'<div style="display:inline-block;vertical-align:middle;width:{width}px;height:{height}px;'
+        f'background:{_TRACK};border-radius:{height}px;overflow:hidden;">'
+        f'<div style="width:{pct:.1f}%;height:100%;background:{colour};{extra}"></div></div>'
+    )
+
+
+def _footer(stats: FlowStats, slow: StageStats | None) -> str:
+    lines = []
+    if stats.state == "failed":
+        failed = [s for s in stats.stages if s.state == "failed"]
+        where = f"stage <b>{_e(failed[0].name)}</b> failed" if failed else "the run failed"
+        why = stats.error or (failed[0].error if failed else None) or ""
+        lines.append(
+            f'<div style="color:{_STATE_COLOURS["failed"]};margin-top:6px;">✖ {where}'
+            f"{': ' + _e(why) if why and not failed else ''}</div>"
+        )
+        if failed and stats.error and failed[0].error and failed[0].error not in stats.error:
+            lines.append(f'<div style="color:{_STATE_COLOURS["failed"]};">{_e(stats.error)}</div>')
+    elif stats.state == "cancelled":
+        lines.append(f'<div style="color:{_STATE_COLOURS["cancelled"]};margin-top:6px;">■ cancelled</div>')
+    if slow is not None and stats.state in ("running", "done"):
+        queue = ", input queue full" if slow.queue_fill >= 0.8 else ""
+        lines.append(
+            f'<div style="color:{_MUTED};margin-top:6px;font-size:12px;">'
+            f'<span style="color:{_AMBER};">▲</span> bottleneck: <b>{_e(slow.name)}</b> '
+            f"(busy {slow.busy:.0%}{queue}) — more workers there may speed up the flow</div>"
+        )
+    return "".join(lines)
+
+
+def _count(n: int | None) -> str:
+    """Format an item count exactly while it is readable (12,345), compactly beyond (3.4M)."""
+    if n is None:
+        return "?"
+    return f"{n:,}" if abs(n) < 1_000_000 else human(n)
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)

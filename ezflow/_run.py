@@ -1,0 +1,306 @@
+"""One execution of a plan: threads, channels and the consumer.
+
+    source thread --ch[0]--> stage 0 --ch[1]--> stage 1 ... --ch[n]--> consumer
+         (iterates the user's iterable,                         (the caller's thread:
+          in chunks)                                             collect() or iteration)
+    ticker thread: every TICK_SECONDS, a FlowStats snapshot to each observer
+
+`abort(error)` (an item failed with errors="raise", a worker could not
+start, a bug) and `cancel()` (Ctrl-C, a consumer that stopped iterating,
+`handle.cancel()`) both cancel every channel, which wakes every blocked
+thread at once, and stop every executor (process workers are killed). The
+consumer then raises the error. Nothing waits on a sleep loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+import warnings
+from typing import Any, Iterable, Iterator
+
+from ._batch import BatchDriver, UnbatchDriver
+from ._channel import Cancelled, Channel, EndOfStream
+from ._executors import StageError
+from ._observe import TICK_SECONDS
+from ._plan import StageSpec
+from ._stage import Chunk, StageDriver
+from ._stats import FlowStats, _Counters
+
+__all__ = ["Run"]
+
+# A chunk should not take the source longer than this to produce: a slow
+# generator (a crawler, a camera) must feed the first stage item by item.
+SOURCE_CHUNK_SECONDS = 0.01
+JOIN_SECONDS = 2.0
+
+
+def stage_totals(total: int | None, specs: tuple[StageSpec, ...]) -> list[int | None]:
+    """Return how many items each stage should see, where that is known."""
+    out = []
+    for spec in specs:
+        out.append(total)
+        if total is None:
+            continue
+        if spec.kind == "batch":
+            total = math.ceil(total / spec.size)
+        elif spec.kind != "map":
+            total = None
+    return out
+
+
+def source_length(source: Any) -> int | None:
+    """Return len(source) for sized collections, None for iterators."""
+    try:
+        return len(source)
+    except Exception:
+        return None
+
+
+class Run:
+    """Runs a plan once; iterate it (or call `collect`) to get the results."""
+
+    def __init__(self, source: Iterable[Any], specs: tuple[StageSpec, ...], observer: Any = None) -> None:
+        self.source = source
+        self.specs = specs
+        self.total = source_length(source)
+        self.error: BaseException | None = None
+        self.late_error: BaseException | None = None
+        self.state = "pending"
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._observer = observer
+        self.counters = [
+            _Counters(s.name, s.kind, "dask" if s.backend is not None else s.mode, s.workers, total=t)
+            for s, t in zip(specs, stage_totals(self.total, specs))
+        ]
+        self.channels = [
+            Channel(max(2, 2 * s.workers if s.mode != "inline" else 2), c)
+            for s, c in zip(specs, self.counters)
+        ]
+        self.channels.append(Channel(4))
+        self.drivers: list[Any] = []
+        for i, spec in enumerate(specs):
+            cls = {"batch": BatchDriver, "unbatch": UnbatchDriver}.get(spec.kind, StageDriver)
+            self.drivers.append(
+                cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], self.counters[i].total)
+            )
+        self._threads: list[threading.Thread] = []
+
+    # -- starting ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every stage's workers, then the source; raise if a stage cannot start."""
+        with self._lock:
+            if self.state != "pending":
+                raise RuntimeError("a run can only be started once")
+            self.state = "running"
+        self.started_at = time.perf_counter()
+        if self._observer is not None:
+            self._notify("open")
+        try:
+            self._setup_executors()
+        except BaseException as exc:
+            self._fail_start(exc)
+            raise
+        for d in self.drivers:
+            d.start()
+        self._spawn(self._source_loop, "ezflow-source")
+        if self._observer is not None:
+            self._spawn(self._tick_loop, "ezflow-ticker")
+
+    def _setup_executors(self) -> None:
+        drivers = [d for d in self.drivers if d.spec.mode != "inline"]
+        if len(drivers) <= 1:
+            for d in drivers:
+                d.executor.setup()
+            return
+        errors: list[BaseException] = []
+
+        def setup(d: Any) -> None:
+            try:
+                d.executor.setup()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=setup, args=(d,), daemon=True) for d in drivers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _fail_start(self, exc: BaseException) -> None:
+        self.error = exc
+        stage = exc.stage if isinstance(exc, StageError) else None
+        self._stop("failed", stage)
+
+    def _spawn(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _source_loop(self) -> None:
+        inbox = self.channels[0]
+        first = self.drivers[0] if self.drivers else None
+        index = 0
+        try:
+            it = iter(self.source)
+            per_item = 0.0
+            for seq in itertools.count():
+                n = first.suggest_chunk() if first is not None else 256
+                if per_item > 0:
+                    n = max(1, min(n, int(SOURCE_CHUNK_SECONDS / per_item)))
+                t0 = time.perf_counter()
+                items = list(itertools.islice(it, n))
+                if not items:
+                    break
+                per_item = (time.perf_counter() - t0) / len(items)
+                inbox.put(Chunk(seq, range(index, index + len(items)), items), len(items))
+                index += len(items)
+            inbox.close()
+        except Cancelled:
+            return
+        except BaseException as exc:
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"(raised by the flow's source iterable after {index} items)")
+            self.abort(exc)
+
+    # -- observing --------------------------------------------------------
+
+    def snapshot(self) -> FlowStats:
+        """Return the figures of this run now."""
+        if self.started_at is None:
+            elapsed = 0.0
+        else:
+            elapsed = (self.ended_at or time.perf_counter()) - self.started_at
+        err = None
+        if self.error is not None:
+            err = f"{type(self.error).__name__}: {self.error}"
+        return FlowStats(
+            stages=tuple(c.snapshot() for c in self.counters),
+            elapsed=elapsed,
+            state=self.state,
+            total=self.total,
+            error=err,
+        )
+
+    def _notify(self, method: str) -> None:
+        obs = self._observer
+        if obs is None:
+            return
+        try:
+            getattr(obs, method)(self.snapshot())
+        except Exception as exc:  # a broken view must never break the work
+            self._observer = None
+            warnings.warn(f"ezflow: progress view disabled after an error: {exc!r}", RuntimeWarning, stacklevel=2)
+
+    def _tick_loop(self) -> None:
+        while not self._done.wait(TICK_SECONDS):
+            self._notify("update")
+
+    # -- ending -----------------------------------------------------------
+
+    def abort(self, exc: BaseException, stage: str | None = None, late: bool = False) -> None:
+        """Fail the run with `exc` (the first error wins) and stop everything."""
+        with self._lock:
+            if late and self.state == "done":
+                self.late_error = self.late_error or exc
+                return
+            if self.error is None and self.state in ("running", "pending"):
+                self.error = exc
+            elif late:
+                self.late_error = self.late_error or exc
+                return
+            else:
+                return
+        self._stop("failed", stage)
+
+    def cancel(self, state: str = "cancelled") -> None:
+        """Stop the run now; results not yet delivered are dropped."""
+        with self._lock:
+            if self.state != "running":
+                return
+        self._stop(state, None)
+
+    def _stop(self, state: str, stage: str | None) -> None:
+        with self._lock:
+            if self.state in ("done", "failed", "cancelled"):
+                return
+            self.state = state
+        for ch in self.channels:
+            ch.cancel()
+        for d, c in zip(self.drivers, self.counters):
+            d.cancel()
+            if state == "failed" and stage == c.name:
+                c.finish("failed", f"{type(self.error).__name__}: {self.error}")
+            else:
+                c.finish("cancelled" if c.state in ("pending", "running") else c.state)
+        self._end()
+
+    def _end(self) -> None:
+        self.ended_at = self.ended_at or time.perf_counter()
+        self._done.set()
+        self._notify("close")
+
+    def wait_workers(self, timeout: float = JOIN_SECONDS) -> None:
+        """Wait (bounded) for the run's own threads and executors to wind down."""
+        end = time.monotonic() + timeout
+        for d in self.drivers:
+            d.executor.join(max(0.0, end - time.monotonic()))
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, end - time.monotonic()))
+
+    def _finish_ok(self) -> None:
+        self.wait_workers(30.0)
+        with self._lock:
+            if self.state != "running":
+                return
+            self.state = "done" if self.late_error is None else "failed"
+            if self.late_error is not None:
+                self.error = self.late_error
+        self._end()
+        if self.late_error is not None:
+            raise self.late_error
+
+    # -- consuming ----------------------------------------------------------
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Yield the last stage's chunks in order; raise the run's error if it fails."""
+        if self.state == "pending":
+            self.start()
+        outbox = self.channels[-1]
+        try:
+            while True:
+                try:
+                    chunk = outbox.get()
+                except EndOfStream:
+                    break
+                except Cancelled:
+                    if self.error is not None:
+                        raise self.error from self.error.__cause__
+                    raise
+                yield chunk
+        except BaseException as exc:
+            interrupted = isinstance(exc, (KeyboardInterrupt, GeneratorExit))
+            self.cancel("cancelled" if interrupted else "failed")
+            self.wait_workers(1.0)
+            raise
+        self._finish_ok()
+
+    def __iter__(self) -> Iterator[Any]:
+        for chunk in self.chunks():
+            yield from chunk.items
+
+    def collect(self) -> list:
+        """Run to the end and return every result in a list."""
+        out: list = []
+        for chunk in self.chunks():
+            out.extend(chunk.items)
+        return out

@@ -1,0 +1,134 @@
+"""The loop a worker process runs, and the messages it speaks.
+
+    parent                                   worker process
+    ("setup", token, payload)      ----->    build the stage (instantiate a class here)
+                                   <-----    ("ready", token) | ("setup_failed", token, exc, tb)
+    ("task", piece_id, token,      ----->    run_piece()
+      items, special)              <-----    ("result", piece_id, values, errs, busy, retries)
+    ("teardown", token)            ----->    close() a class stage
+                                   <-----    ("closed", token, exc_or_None, tb)
+    ("exit",)                      ----->    return
+
+One duplex pipe per worker, so the parent always knows which pieces a
+worker holds: when it dies, those are the pieces to account for. The
+worker ignores SIGINT (the parent handles Ctrl-C and stops its workers),
+and exits by itself when its parent disappears.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from ._errors import pack_exception
+from ._serialize import dumps, loads
+from ._task import Runtime, build_runtime, close_runtime, run_piece
+
+__all__ = ["worker_main", "setup_payload"]
+
+PARENT_CHECK_SECONDS = 0.5
+
+
+def setup_payload(spec: Any, limiter: Any = None) -> bytes:
+    """Serialize what a worker needs to build a stage."""
+    from ._serialize import dumps_by_value
+
+    fields = (
+        spec.kind,
+        spec.fn,
+        spec.is_class,
+        spec.when,
+        spec.retries,
+        spec.retry_on,
+        spec.backoff,
+        limiter,
+    )
+    return dumps(fields) if _plain(fields) else dumps_by_value(fields)
+
+
+def _plain(fields: tuple) -> bool:
+    from ._serialize import _by_value
+
+    kind, fn, is_class, when, retries, retry_on, backoff, limiter = fields
+    return not (
+        _by_value(fn) or (when is not None and _by_value(when)) or any(_by_value(t) for t in retry_on)
+    )
+
+
+def _watch_parent(ppid: int) -> None:
+    # A SIGKILLed parent cannot stop us; a reparented worker stops itself.
+    while True:
+        time.sleep(PARENT_CHECK_SECONDS)
+        if os.getppid() != ppid:
+            os._exit(1)
+
+
+def _send(conn: Any, msg: tuple) -> None:
+    try:
+        data = dumps(msg)
+    except Exception:
+        if msg[0] != "result":
+            raise
+        data = dumps(_unpicklable_to_errors(msg))
+    conn.send_bytes(data)
+
+
+def _unpicklable_to_errors(msg: tuple) -> tuple:
+    # One result that cannot travel must fail that item, not the whole piece.
+    op, pid, values, errs, busy, retries = msg
+    errs = list(errs)
+    for pos, value in enumerate(values):
+        try:
+            dumps(value)
+        except Exception as exc:
+            err = TypeError(f"the result cannot be sent back to the parent: {type(exc).__name__}: {exc}")
+            values[pos] = None
+            errs.append((pos, *pack_exception(err), 1))
+    for i, (pos, exc, tb, attempts) in enumerate(errs):
+        try:
+            dumps(exc)
+        except Exception:
+            errs[i] = (pos, *pack_exception(RuntimeError(f"{type(exc).__name__}: {exc}")), attempts)
+    return (op, pid, values, errs, busy, retries)
+
+
+def worker_main(conn: Any, ppid: int) -> None:
+    """Serve setup/task/teardown messages until told to exit or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True, name="ezflow-parent-watch").start()
+    runtimes: dict[int, Runtime] = {}
+    while True:
+        try:
+            msg = loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        op = msg[0]
+        if op == "task":
+            _, pid, token, items, special = msg
+            values, errs, busy, retries = run_piece(runtimes[token], items, special)
+            _send(conn, ("result", pid, values, errs, busy, retries))
+        elif op == "setup":
+            _, token, payload = msg
+            try:
+                kind, fn, is_class, when, retries, retry_on, backoff, limiter = loads(payload)
+                runtimes[token] = build_runtime(
+                    kind, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter
+                )
+            except BaseException as exc:
+                _send(conn, ("setup_failed", token, *pack_exception(exc)))
+            else:
+                _send(conn, ("ready", token))
+        elif op == "teardown":
+            rt = runtimes.pop(msg[1], None)
+            try:
+                if rt is not None:
+                    close_runtime(rt)
+            except BaseException as exc:
+                _send(conn, ("closed", msg[1], *pack_exception(exc)))
+            else:
+                _send(conn, ("closed", msg[1], None, ""))
+        elif op == "exit":
+            return
