@@ -117,9 +117,9 @@ class Executor:
 
     # -- sending ------------------------------------------------------------
 
-    def _free_worker(self) -> WorkerProc | None:
+    def _free_worker(self, pool: ProcessPool) -> WorkerProc | None:
         best = None
-        for w in self.pool.workers:  # type: ignore[union-attr]
+        for w in pool.workers:
             n = len(w.outstanding)
             if n < self.prefetch and (best is None or n < len(best.outstanding)):
                 best = w
@@ -127,13 +127,15 @@ class Executor:
 
     def _send_loop(self) -> None:
         d = self.driver
+        pool = self.pool
+        assert pool is not None
         try:
             while True:
                 with d.cond:
                     while True:
-                        if self._cancelled or d.cancelled:
+                        if self._cancelled or d.cancelled or self._stop:
                             return
-                        w = self._free_worker()
+                        w = self._free_worker(pool)
                         piece = d.take_piece_locked() if w is not None else None
                         if piece is not None:
                             break
@@ -234,7 +236,7 @@ class Executor:
     def _died(self, w: WorkerProc) -> None:
         d = self.driver
         pool = self.pool
-        if pool is None or w not in pool.workers or self._cancelled:
+        if pool is None or w not in pool.workers or self._cancelled or self._stop:
             return
         # results the worker sent before it died are still in the pipe
         while True:
@@ -319,7 +321,6 @@ class Executor:
                 if healthy and not self._await_closed(w):
                     healthy = False
         release(pool, healthy)
-        self.pool = None
         self._close_wake()
 
     def _await_closed(self, w: WorkerProc) -> bool:

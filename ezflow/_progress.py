@@ -206,10 +206,10 @@ def bottleneck(stats: FlowStats) -> StageStats | None:
     The slowest stage keeps its workers busy while its input queue fills up
     behind it; stages after it starve (low busy), stages before it block on
     the full queue. A single stage is trivially its own bottleneck, so it is
-    never named.
+    never named; nor is one in a failed run.
     """
-    if len(stats.stages) < 2:
-        return None
+    if len(stats.stages) < 2 or stats.state == "failed":
+        return None  # after a failure, what failed matters, not what was slow
     slow = stats.bottleneck
     if slow is None or slow.busy < 0.5:
         return None  # nobody is busy: the source is what is slow

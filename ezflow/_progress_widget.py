@@ -48,7 +48,7 @@ _AMBER = "#e08a00"
 _FG = "var(--jp-ui-font-color1, #1f1f1f)"
 _MUTED = "var(--jp-ui-font-color2, #6b6b6b)"
 _RULE = "var(--jp-border-color2, #e3e3e3)"
-_TRACK = "var(--jp-layout-color3, #e8e8e8)"
+_TRACK = "var(--jp-layout-color2, #ececec)"
 
 
 class WidgetObserver:
@@ -108,7 +108,7 @@ def render_html(stats: FlowStats) -> str:
         f"font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);"
         f"font-size:13px;line-height:1.45;color:{_FG};"
         f"border:1px solid {_RULE};border-left:4px solid {colour};border-radius:6px;"
-        f"padding:8px 12px;margin:2px 0;display:inline-block;min-width:560px;max-width:100%;box-sizing:border-box;"
+        f"padding:8px 12px;margin:2px 0;display:inline-block;min-width:560px;max-width:100%;box-sizing:border-box;overflow-x:auto;"
         f'{"background:rgba(214,69,65,0.06);" if state == "failed" else ""}">'
         f"{_header(stats, colour)}"
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
@@ -162,7 +162,7 @@ def _head_row() -> str:
     cells = "".join(
         f'<th title="{_e(tip)}" style="text-align:{align};font-weight:600;font-size:11px;'
         f"color:{_MUTED};text-transform:uppercase;letter-spacing:0.04em;"
-        f'padding:3px 8px;border-bottom:1px solid {_RULE};white-space:nowrap;">{title}</th>'
+        f'padding:3px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;">{title}</th>'
         for title, align, tip in _COLUMNS
     )
     return f"<tr>{cells}</tr>"
@@ -170,7 +170,7 @@ def _head_row() -> str:
 
 def _row(s: StageStats, is_slow: bool) -> str:
     colour = _STATE_COLOURS.get(s.state, _MUTED)
-    cell = f"padding:4px 8px;border-bottom:1px solid {_RULE};white-space:nowrap;"
+    cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;"
     right = cell + "text-align:right;"
     name = f'<span style="color:{colour};font-size:11px;">{_STATE_MARKS.get(s.state, "")}</span> <b>{_e(s.name)}</b>'
     if s.kind != "map":
@@ -178,7 +178,7 @@ def _row(s: StageStats, is_slow: bool) -> str:
     if is_slow:
         name += (
             f' <span title="busiest stage: give it more workers" style="background:{_AMBER};'
-            f"color:#fff;border-radius:8px;padding:0 6px;font-size:10px;font-weight:700;"
+            f"color:#fff;border-radius:8px;padding:0 5px;font-size:9px;font-weight:700;vertical-align:1px;"
             f'text-transform:uppercase;letter-spacing:0.04em;">bottleneck</span>'
         )
     done = _count(s.done) + (f'<span style="color:{_MUTED};"> / {_count(s.total)}</span>' if s.total else "")
@@ -187,7 +187,7 @@ def _row(s: StageStats, is_slow: bool) -> str:
     if s.errors:
         errors = f'<span style="color:{_STATE_COLOURS["failed"]};font-weight:600;">{s.errors}</span>'
     if s.skipped:
-        errors += f'<span style="color:{_MUTED};font-size:11px;"> +{s.skipped} skipped</span>'
+        errors += f'<span title="dropped by errors=\'skip\'" style="color:{_MUTED};font-size:10px;"> +{s.skipped} skipped</span>'
     retries = str(s.retries) if s.retries else f'<span style="color:{_MUTED};">0</span>'
     row_bg = ""
     if s.state == "failed":
@@ -230,7 +230,7 @@ def _progress_bar(s: StageStats, colour: str) -> str:
             "background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.35) 0 6px,"
             "transparent 6px 12px);"
         )
-    return _bar(frac, colour, width=150, height=8, extra=style)
+    return _bar(frac, colour, width=120, height=8, extra=style)
 
 
 def _queue_bar(s: StageStats, is_slow: bool) -> str:
@@ -240,7 +240,7 @@ def _queue_bar(s: StageStats, is_slow: bool) -> str:
     if is_slow and fill >= 0.8:
         label = f'<span style="font-size:11px;color:{_AMBER};font-weight:700;margin-left:5px;">full</span>'
     return (
-        f'<span style="display:inline-flex;align-items:center;">{_bar(fill, colour, width=44, height=6)}'
+        f'<span style="display:inline-flex;align-items:center;">{_bar(fill, colour, width=36, height=6)}'
         f"{label}</span>"
     )
 

@@ -30,7 +30,7 @@ __all__ = ["Chunk", "Piece", "StageDriver", "TARGET_PIECE_SECONDS"]
 
 TARGET_PIECE_SECONDS = {"process": 0.02, "thread": 0.005, "async": 0.0, "dask": 0.2}
 # Without a known total, a piece is capped so the first results are not held back too long.
-MAX_PIECE_UNKNOWN_TOTAL = 10_000
+MAX_PIECE_UNKNOWN_TOTAL = 2_000
 
 
 class Chunk:

@@ -60,6 +60,7 @@ def _plain(fields: tuple) -> bool:
 
 def _watch_parent(ppid: int) -> None:
     # A SIGKILLed parent cannot stop us; a reparented worker stops itself.
+    # (Under forkserver our parent is the server, which exits with its owner.)
     while True:
         time.sleep(PARENT_CHECK_SECONDS)
         if os.getppid() != ppid:
@@ -95,10 +96,12 @@ def _unpicklable_to_errors(msg: tuple) -> tuple:
     return (op, pid, values, errs, busy, retries)
 
 
-def worker_main(conn: Any, ppid: int) -> None:
+def worker_main(conn: Any, owner: int) -> None:
     """Serve setup/task/teardown messages until told to exit or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True, name="ezflow-parent-watch").start()
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), daemon=True, name="ezflow-parent-watch"
+    ).start()
     runtimes: dict[int, Runtime] = {}
     while True:
         try:

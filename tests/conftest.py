@@ -1,0 +1,75 @@
+"""Shared fixtures: every test is checked for leaked processes and /dev/shm entries."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+import ezflow
+
+SHM = "/dev/shm"
+# multiprocessing's own long-lived helpers, started once per interpreter
+_HELPERS = ("forkserver", "resource_tracker", "semaphore_tracker")
+
+
+def _children() -> set[int]:
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if any(h in cmd for h in _HELPERS):
+            continue
+        if p.status() == psutil.STATUS_ZOMBIE:
+            continue
+        out.add(p.pid)
+    return out
+
+
+def _shm() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM) if n.startswith(("psm_", "ezf", "sem.mp"))}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest):
+    """Fail a test that leaves a child process or a /dev/shm entry behind."""
+    before_children = _children()
+    before_shm = _shm()
+    yield
+    ezflow.shutdown()  # idle warm pools are kept on purpose between calls
+    deadline = time.monotonic() + 5
+    while True:
+        left = _children() - before_children
+        shm = _shm() - before_shm
+        if not left and not shm:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    details = []
+    for pid in left:
+        try:
+            details.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())}")
+        except psutil.Error:
+            details.append(str(pid))
+    pytest.fail(f"test left behind processes {details} and /dev/shm entries {sorted(shm)}")
+
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+MODES = [
+    pytest.param({"mode": "thread"}, id="thread"),
+    *[pytest.param({"mode": "process", "start_method": m}, id=f"process-{m}") for m in START_METHODS],
+]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> dict:
+    """Stage options for each executor the behavioural suite runs on."""
+    return dict(request.param)

@@ -1,0 +1,177 @@
+"""The behavioural suite of map/imap, run on every mode, with the builtins as reference."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ezflow
+
+
+def double(x):
+    return x * 2
+
+
+def fails_on_seven(x):
+    if x == 7:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+class CustomError(Exception):
+    pass
+
+
+def raises_custom(x):
+    raise CustomError(f"custom {x}")
+
+
+def test_map_matches_builtin(mode):
+    data = list(range(1000))
+    assert ezflow.map(double, data, progress=False, **mode) == list(map(double, data))
+
+
+def test_lambda_and_closure_travel(mode):
+    k = 3
+    assert ezflow.map(lambda x: x + k, range(50), progress=False, **mode) == [x + 3 for x in range(50)]
+
+    def local(x):
+        return x * k
+
+    assert ezflow.map(local, range(50), progress=False, **mode) == [x * 3 for x in range(50)]
+
+
+def test_empty_input(mode):
+    assert ezflow.map(double, [], progress=False, **mode) == []
+    assert list(ezflow.imap(double, iter([]), progress=False, **mode)) == []
+
+
+def test_generator_input_is_lazy_and_bounded(mode):
+    taken = []
+
+    def source():
+        for i in itertools.count():
+            taken.append(i)
+            yield i
+
+    got = list(itertools.islice(ezflow.imap(double, source(), progress=False, **mode), 100))
+    assert got == [x * 2 for x in range(100)]
+    # bounded in flight: the source was not drained far ahead of the consumer
+    assert len(taken) < 100_000
+
+
+def test_unordered_yields_everything(mode):
+    got = ezflow.map(double, range(500), ordered=False, progress=False, **mode)
+    assert sorted(got) == [x * 2 for x in range(500)]
+
+
+def test_chunksize_fixed(mode):
+    assert ezflow.map(double, range(101), chunksize=7, progress=False, **mode) == [x * 2 for x in range(101)]
+
+
+def test_errors_raise_names_stage_item_and_keeps_type(mode):
+    with pytest.raises(ezflow.TaskError) as info:
+        ezflow.map(fails_on_seven, range(20), progress=False, **mode)
+    err = info.value
+    assert err.stage == "fails_on_seven"
+    assert err.index == 7
+    assert err.item == 7
+    assert isinstance(err.__cause__, ValueError)
+    assert "bad item 7" in str(err)
+    assert "item 7" in str(err) and "fails_on_seven" in str(err)
+    assert "raise ValueError" in err.traceback  # the worker's own traceback text
+
+
+def test_custom_exception_type_is_kept(mode):
+    with pytest.raises(ezflow.TaskError) as info:
+        ezflow.map(raises_custom, [1], progress=False, **mode)
+    assert type(info.value.__cause__) is CustomError
+
+
+def test_errors_return_puts_failure_in_place(mode):
+    got = ezflow.map(fails_on_seven, range(10), errors="return", progress=False, **mode)
+    assert got[:7] == list(range(7)) and got[8:] == [8, 9]
+    f = got[7]
+    assert isinstance(f, ezflow.Failure)
+    assert (f.item, f.index, f.stage) == (7, 7, "fails_on_seven")
+    assert isinstance(f.error, ValueError) and "raise ValueError" in f.traceback
+
+
+def test_errors_skip_drops_and_counts(mode):
+    flow = ezflow.Flow(range(10)).map(fails_on_seven, errors="skip", **mode)
+    assert flow.collect(progress=False) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    s = flow.stats[0]
+    assert (s.items_in, s.items_out, s.skipped, s.errors) == (10, 9, 1, 0)
+
+
+def test_next_call_works_after_an_error(mode):
+    with pytest.raises(ezflow.TaskError):
+        ezflow.map(fails_on_seven, range(100), progress=False, **mode)
+    assert ezflow.map(double, range(10), progress=False, **mode) == [x * 2 for x in range(10)]
+
+
+def test_large_results(mode):
+    # far past the pipe buffer: ezq's map hung here
+    got = ezflow.map(lambda n: b"x" * n, [5_000_000] * 6, progress=False, **mode)
+    assert [len(b) for b in got] == [5_000_000] * 6
+
+
+def test_many_items(mode):
+    assert sum(ezflow.map(double, range(20_000), progress=False, **mode)) == 2 * sum(range(20_000))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(min_value=-10**6, max_value=10**6), max_size=300))
+def test_property_thread(xs):
+    assert ezflow.map(double, xs, mode="thread", progress=False) == list(map(double, xs))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(min_value=-10**6, max_value=10**6), max_size=300), st.booleans())
+def test_property_process(xs, ordered):
+    got = ezflow.map(double, xs, mode="process", ordered=ordered, progress=False)
+    want = list(map(double, xs))
+    assert got == want if ordered else sorted(got) == sorted(want)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(min_value=0, max_value=20), max_size=60))
+def test_property_errors_return(xs):
+    def f(x):
+        return 100 // (x % 5)
+
+    got = ezflow.map(f, xs, errors="return", progress=False)
+    assert len(got) == len(xs)
+    for x, g in zip(xs, got):
+        if x % 5 == 0:
+            assert isinstance(g, ezflow.Failure) and isinstance(g.error, ZeroDivisionError)
+        else:
+            assert g == f(x)
+
+
+def test_warm_pool_is_reused():
+    import os
+
+    pids1 = set(ezflow.map(lambda _: os.getpid(), range(200), chunksize=1, progress=False))
+    pids2 = set(ezflow.map(lambda _: os.getpid(), range(200), chunksize=1, progress=False))
+    assert pids1 == pids2 and len(pids1) >= 1
+
+
+def test_workers_validation_message():
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        ezflow.map(double, [1], workers=0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ezflow.map(double, [1], mode="processes")
+    with pytest.raises(ValueError, match="errors must be one of"):
+        ezflow.map(double, [1], errors="ignore")
+    with pytest.raises(TypeError, match="needs a callable"):
+        ezflow.map(3, [1])
+
+
+def test_tiny_tasks_are_chunked():
+    flow = ezflow.Flow(range(100_000)).map(math.sqrt)
+    assert len(flow.collect(progress=False)) == 100_000
