@@ -26,13 +26,13 @@ from ._channel import Cancelled, Channel, EndOfStream
 from ._executors import StageError
 from ._observe import TICK_SECONDS
 from ._plan import StageSpec
+from ._source import ChunkReader
 from ._stage import Chunk, StageDriver
 from ._stats import FlowStats, _Counters
 
 __all__ = ["Run"]
 
-# A chunk should not take the source longer than this to produce: a slow
-# generator (a crawler, a camera) must feed the first stage item by item.
+# Items a paused generator already gave are handed on after this long.
 SOURCE_CHUNK_SECONDS = 0.01
 JOIN_SECONDS = 2.0
 
@@ -90,6 +90,7 @@ class Run:
                 cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], self.counters[i].total)
             )
         self._threads: list[threading.Thread] = []
+        self._reader: ChunkReader | None = None
 
     # -- starting ---------------------------------------------------------
 
@@ -150,17 +151,12 @@ class Run:
         first = self.drivers[0] if self.drivers else None
         index = 0
         try:
-            it = iter(self.source)
-            per_item = 0.0
+            reader = self._reader = ChunkReader(self.source)
             for seq in itertools.count():
                 n = first.suggest_chunk() if first is not None else 256
-                if per_item > 0:
-                    n = max(1, min(n, int(SOURCE_CHUNK_SECONDS / per_item)))
-                t0 = time.perf_counter()
-                items = list(itertools.islice(it, n))
+                items = reader.take(n, SOURCE_CHUNK_SECONDS)
                 if not items:
                     break
-                per_item = (time.perf_counter() - t0) / len(items)
                 inbox.put(Chunk(seq, range(index, index + len(items)), items), len(items))
                 index += len(items)
             inbox.close()
@@ -209,16 +205,12 @@ class Run:
     def abort(self, exc: BaseException, stage: str | None = None, late: bool = False) -> None:
         """Fail the run with `exc` (the first error wins) and stop everything."""
         with self._lock:
-            if late and self.state == "done":
+            if late:  # the stage's work is all delivered; the consumer raises it at the end
                 self.late_error = self.late_error or exc
                 return
-            if self.error is None and self.state in ("running", "pending"):
-                self.error = exc
-            elif late:
-                self.late_error = self.late_error or exc
+            if self.error is not None or self.state not in ("running", "pending"):
                 return
-            else:
-                return
+            self.error = exc
         self._stop("failed", stage)
 
     def cancel(self, state: str = "cancelled") -> None:
@@ -235,6 +227,8 @@ class Run:
             self.state = state
         for ch in self.channels:
             ch.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
         for d, c in zip(self.drivers, self.counters):
             d.cancel()
             if state == "failed" and stage == c.name:

@@ -36,7 +36,7 @@ MAX_PIECE_UNKNOWN_TOTAL = 2_000
 class Chunk:
     """Items that travel together, with their source indices."""
 
-    __slots__ = ("seq", "idx", "items", "special", "parts", "left", "busy")
+    __slots__ = ("seq", "idx", "items", "special", "parts", "left", "busy", "made")
 
     def __init__(self, seq: int, idx: range | list, items: list, special: bool = False) -> None:
         self.seq = seq
@@ -46,6 +46,7 @@ class Chunk:
         self.parts: list[tuple[int, list, list]] = []
         self.left = len(items)
         self.busy = 0.0
+        self.made = 0  # Failure records this stage put in (counted as errors, not out)
 
 
 class Piece:
@@ -271,7 +272,7 @@ class StageDriver:
         out.seq = self._out_seq
         self._out_seq += 1
         self.outbox.put(out, len(out.items))
-        self.counters.items_out += len(out.items)
+        self.counters.items_out += len(out.items) - out.made
         with self.cond:
             self._inflight -= 1
             self.cond.notify_all()
@@ -305,6 +306,7 @@ class StageDriver:
         out: list = []
         out_idx: list = []
         special = chunk.special
+        made = 0
         for start, values, errs in parts:
             errmap = {e[0]: e for e in errs} if errs else None
             for i, v in enumerate(values):
@@ -323,6 +325,7 @@ class StageDriver:
                     out.append(failure)
                     out_idx.append(idx[p])
                     special = True
+                    made += 1
                 elif kind == "map":
                     out.append(v)
                     out_idx.append(idx[p])
@@ -335,7 +338,9 @@ class StageDriver:
                 else:  # flat_map
                     out.extend(v)
                     out_idx.extend([idx[p]] * len(v))
-        return Chunk(chunk.seq, out_idx, out, special)
+        result = Chunk(chunk.seq, out_idx, out, special)
+        result.made = made
+        return result
 
     # -- ending -----------------------------------------------------------
 
