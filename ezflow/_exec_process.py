@@ -100,6 +100,9 @@ class Executor:
                     msg = loads(w.conn.recv_bytes())
                 except (EOFError, OSError):
                     msg = None
+                if msg is not None and msg[0] == "closed":
+                    w.pending_closed = max(0, w.pending_closed - 1)
+                    continue
                 if msg is not None and msg[0] == "ready":
                     return None
                 if msg is not None and msg[0] == "setup_failed":
@@ -317,13 +320,18 @@ class Executor:
                     w.conn.send_bytes(teardown)
                 except OSError:
                     healthy = False
+            # only a class stage's close() can fail or take time: wait for it then;
+            # for a function the next run's messages simply queue behind the teardown
             for w in pool.workers:
-                if healthy and not self._await_closed(w):
+                if healthy and not self._await_closed(w, wait_close=self.spec.is_class):
                     healthy = False
         release(pool, healthy)
         self._close_wake()
 
-    def _await_closed(self, w: WorkerProc) -> bool:
+    def _await_closed(self, w: WorkerProc, wait_close: bool) -> bool:
+        if not wait_close:
+            w.pending_closed += 1
+            return True
         while True:
             ready = wait([w.conn, w.proc.sentinel], 30)
             if w.conn not in ready:
@@ -333,6 +341,9 @@ class Executor:
             except (EOFError, OSError):
                 return False
             if msg[0] != "closed":
+                continue
+            if w.pending_closed:  # an earlier run's teardown answer
+                w.pending_closed -= 1
                 continue
             _, _, exc, tb = msg
             if exc is not None:
