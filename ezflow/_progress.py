@@ -184,7 +184,7 @@ def summary(stats: FlowStats) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
         for r in rows
     ]
     title = f"ezflow {stats.state} in {_clock(stats.elapsed)}"
@@ -203,14 +203,22 @@ def summary(stats: FlowStats) -> str:
 def bottleneck(stats: FlowStats) -> StageStats | None:
     """Return the stage holding the flow back, or None when no stage clearly is.
 
-    The slowest stage keeps its workers busy while its input queue fills up
-    behind it; stages after it starve (low busy), stages before it block on
-    the full queue. A single stage is trivially its own bottleneck, so it is
-    never named; nor is one in a failed run.
+    The slowest stage keeps its workers busy for the whole run while its
+    input queue fills up behind it; stages after it starve, stages before
+    it block on the full queue, and a fast stage that finished early was
+    busy only for its own short life. So stages are ranked by worker time
+    over the whole run's time plus their input queue's fill, and one is
+    named only if its workers are mostly busy. A single stage is trivially
+    its own bottleneck, so it is never named; nor is one in a failed run.
     """
-    if len(stats.stages) < 2 or stats.state == "failed":
+    if len(stats.stages) < 2 or stats.state == "failed" or stats.elapsed <= 0:
         return None  # after a failure, what failed matters, not what was slow
-    slow = stats.bottleneck
+
+    def score(s: StageStats) -> float:
+        return s.busy_seconds / (max(s.workers, 1) * stats.elapsed) + s.queue_fill
+
+    candidates = [s for s in stats.stages if s.elapsed > 0 and s.kind != "batch"]
+    slow = max(candidates, key=score, default=None)
     if slow is None or slow.busy < 0.5:
         return None  # nobody is busy: the source is what is slow
     return slow
@@ -251,4 +259,3 @@ def fraction(stats: FlowStats) -> float | None:
     """Return the share of the work done, 0..1, from the least advanced stage with a total."""
     parts = [min(1.0, s.done / s.total) for s in stats.stages if s.total]
     return min(parts) if parts else None
-

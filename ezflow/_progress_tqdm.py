@@ -102,7 +102,9 @@ class TqdmObserver:
 
     def _draw(self, stats: FlowStats) -> None:
         slow = bottleneck(stats)
-        for bar, clock, stage in zip(self.bars, self._clocks, stats.stages):
+        # strict=False: a plan never changes its stages mid-run, but a view
+        # must not raise if a record ever holds more or fewer.
+        for bar, clock, stage in zip(self.bars, self._clocks, stats.stages, strict=False):
             clock[0] = stage.elapsed
             if stage.total is not None and bar.total != stage.total:
                 bar.total = stage.total

@@ -108,7 +108,8 @@ def render_html(stats: FlowStats) -> str:
         f"font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);"
         f"font-size:13px;line-height:1.45;color:{_FG};"
         f"border:1px solid {_RULE};border-left:4px solid {colour};border-radius:6px;"
-        f"padding:8px 12px;margin:2px 0;display:inline-block;min-width:560px;max-width:100%;box-sizing:border-box;overflow-x:auto;"
+        f"padding:8px 12px;margin:2px 0;display:inline-block;min-width:560px;max-width:100%;"
+        f"box-sizing:border-box;overflow-x:auto;"
         f'{"background:rgba(214,69,65,0.06);" if state == "failed" else ""}">'
         f"{_header(stats, colour)}"
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
@@ -187,7 +188,10 @@ def _row(s: StageStats, is_slow: bool) -> str:
     if s.errors:
         errors = f'<span style="color:{_STATE_COLOURS["failed"]};font-weight:600;">{s.errors}</span>'
     if s.skipped:
-        errors += f'<span title="dropped by errors=\'skip\'" style="color:{_MUTED};font-size:10px;"> +{s.skipped} skipped</span>'
+        errors += (
+            f'<span title="dropped by errors=&#x27;skip&#x27;" style="color:{_MUTED};font-size:10px;">'
+            f" +{s.skipped} skipped</span>"
+        )
     retries = str(s.retries) if s.retries else f'<span style="color:{_MUTED};">0</span>'
     row_bg = ""
     if s.state == "failed":
@@ -226,10 +230,7 @@ def _progress_bar(s: StageStats, colour: str) -> str:
         # Unknown total: fill by what came in, so the bar still shows how
         # far this stage lags its input; striped to say it is no percentage.
         frac = s.done / s.items_in if s.items_in else 0.0
-        style = (
-            "background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.35) 0 6px,"
-            "transparent 6px 12px);"
-        )
+        style = "background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.35) 0 6px,transparent 6px 12px);"
     return _bar(frac, colour, width=120, height=8, extra=style)
 
 
@@ -240,8 +241,7 @@ def _queue_bar(s: StageStats, is_slow: bool) -> str:
     if is_slow and fill >= 0.8:
         label = f'<span style="font-size:11px;color:{_AMBER};font-weight:700;margin-left:5px;">full</span>'
     return (
-        f'<span style="display:inline-flex;align-items:center;">{_bar(fill, colour, width=36, height=6)}'
-        f"{label}</span>"
+        f'<span style="display:inline-flex;align-items:center;">{_bar(fill, colour, width=36, height=6)}{label}</span>'
     )
 
 
