@@ -112,7 +112,8 @@ class Run:
             d.start()
         self._spawn(self._source_loop, "ezflow-source")
         if self._observer is not None:
-            self._spawn(self._tick_loop, "ezflow-ticker")
+            # not in self._threads: it runs until the run has ended, after the joins
+            threading.Thread(target=self._tick_loop, name="ezflow-ticker", daemon=True).start()
 
     def _setup_executors(self) -> None:
         drivers = [d for d in self.drivers if d.spec.mode != "inline"]
