@@ -81,6 +81,7 @@ class StageDriver:
         self.counters = counters
         self.total = total
         self.window = 2 * spec.workers + 2
+        counters.window = self.window
         self.cond = threading.Condition(threading.Lock())
         self._pending: collections.deque[list] = collections.deque()  # [chunk, offset]
         self._redo: collections.deque[Piece] = collections.deque()
@@ -169,6 +170,8 @@ class StageDriver:
                     continue
                 with self.cond:
                     self._pending.append([chunk, 0])
+                    self.counters.pending_items += len(chunk.items)
+                    self.counters.pending_chunks = len(self._pending)
                     self.cond.notify_all()
             self._maybe_finish()
         except Cancelled:
@@ -221,6 +224,8 @@ class StageDriver:
             self._pending.popleft()
         else:
             entry[1] = end
+        self.counters.pending_items -= len(items)
+        self.counters.pending_chunks = len(self._pending)
         return piece
 
     def redo(self, pieces: list[Piece]) -> None:

@@ -44,9 +44,9 @@ class StageStats:
     in_flight: int = 0  # taken but not yet accounted for
     busy_seconds: float = 0.0  # summed compute time in workers
     elapsed: float = 0.0  # seconds since the stage took its first item
-    queue_depth: int = 0  # items waiting in the input queue now
-    queue_max: int = 0  # most items ever waiting there
-    queue_fill: float = 0.0  # input queue use now, 0..1 (1: this stage is the bottleneck)
+    queue_depth: int = 0  # items waiting for a worker now (input queue + taken, not yet sent)
+    queue_max: int = 0  # most items ever waiting
+    queue_fill: float = 0.0  # waiting room in use now, 0..1 (near 1: this stage holds the flow up)
     total: int | None = None  # items expected, when the source has a length
     state: str = "pending"  # "pending" | "running" | "done" | "failed" | "cancelled"
     error: str | None = None  # what failed, for a failed stage
@@ -154,6 +154,9 @@ class _Counters:
     queue_depth: int = 0
     queue_chunks: int = 0
     queue_max: int = 0
+    pending_items: int = 0  # taken by the stage, not yet handed to a worker
+    pending_chunks: int = 0
+    window: int = 0
     total: int | None = None
     started: float | None = None
     finished: float | None = None
@@ -194,9 +197,11 @@ class _Counters:
             in_flight=in_flight,
             busy_seconds=self.busy_seconds,
             elapsed=elapsed,
-            queue_depth=self.queue_depth,
-            queue_max=self.queue_max,
-            queue_fill=min(1.0, self.queue_chunks / self.capacity) if self.capacity else 0.0,
+            queue_depth=self.queue_depth + self.pending_items,
+            queue_max=max(self.queue_max, self.queue_depth + self.pending_items),
+            queue_fill=min(
+                1.0, (self.queue_chunks + self.pending_chunks) / max(1, self.capacity + self.window)
+            ),
             total=self.total,
             state=self.state,
             error=self.error,
