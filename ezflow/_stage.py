@@ -107,6 +107,8 @@ class StageDriver:
         spec = self.spec
         if spec.chunksize is not None:
             return spec.chunksize
+        if spec.mode == "async":
+            return 1  # concurrency comes from awaiting many single items at once
         if spec.timeout is not None and spec.mode == "process":
             return 1  # a stuck item is stopped by replacing its worker: keep it alone
         if self._per_item is None:
@@ -123,6 +125,8 @@ class StageDriver:
         """Return a source chunk size that keeps every worker of this stage fed."""
         if self.spec.mode == "inline":
             return 64
+        if self.spec.mode == "async":
+            return self.spec.workers
         size = self.piece_size()
         if self.spec.chunksize is None and self._per_item is None:
             self._ramp = min(self._ramp * 2, 256)
