@@ -49,7 +49,13 @@ class Executor:
     def __init__(self, spec: Any, driver: Any) -> None:
         self.spec = spec
         self.driver = driver
-        self.prefetch = 1 if spec.timeout is not None else 2
+        # a timed or rate-limited item must start when it is sent: no queue in the worker
+        self.prefetch = 1 if spec.timeout is not None or spec.rate is not None else 2
+        self.bucket = None
+        if spec.rate is not None:
+            from ._limits import TokenBucket
+
+            self.bucket = TokenBucket(spec.rate, spec.burst)
         self.token = next(_tokens)
         self.pool: ProcessPool | None = None
         self._ids = itertools.count()
@@ -145,6 +151,12 @@ class Executor:
                         if self._stop or d.no_more_work_locked():
                             return
                         d.cond.wait()
+                if self.bucket is not None:
+                    self.bucket.acquire()  # outside the lock: pacing must not stall the collector
+                with d.cond:
+                    if w not in pool.workers or self._cancelled or d.cancelled:
+                        d.redo_locked([piece])  # its worker died while we waited for a token
+                        continue
                     piece.id = next(self._ids)
                     w.outstanding.append(piece)
                     if len(w.outstanding) == 1:

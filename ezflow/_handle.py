@@ -5,13 +5,17 @@
     handle.stats / .done()           (stats are live: the run's counters)
     handle.wait(timeout) <---------  results, or the run's error
     handle.cancel()        ------->  run.cancel(): workers stopped, finished results kept
+    handle.put / submit / process -->  the Feed a source-less `Flow()` reads (see _feed)
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Any
 
+from ._errors import Failure
+from ._feed import Feed
 from ._stats import FlowStats
 
 __all__ = ["Handle"]
@@ -20,8 +24,10 @@ __all__ = ["Handle"]
 class Handle:
     """A flow running in the background."""
 
-    def __init__(self, run: Any, timeout: float | None = None) -> None:
+    def __init__(self, run: Any, timeout: float | None = None, feed: Feed | None = None) -> None:
         self._run = run
+        self._feed = feed
+        self._ordered = all(s.ordered for s in run.specs)
         self._results: list = []
         self._error: BaseException | None = None
         self._finished = threading.Event()
@@ -51,13 +57,80 @@ class Handle:
             self._finished.set()
             return
         self._started.set()
+        feed = self._feed
         try:
             for chunk in run.chunks():
-                self._results.extend(chunk.items)
+                if feed is not None and feed.futures:
+                    self._resolve(chunk)
+                else:
+                    self._results.extend(chunk.items)
         except BaseException as exc:
             self._error = exc
         finally:
+            if feed is not None:
+                why = {"done": "the flow ended", "cancelled": "the flow was cancelled"}.get(
+                    run.state, f"the flow failed: {self._error!r}"
+                )
+                feed.fail_pending(f"{why} before this item was processed")
             self._finished.set()
+
+    def _resolve(self, chunk: Any) -> None:
+        futures = self._feed.futures  # type: ignore[union-attr]
+        last = -1
+        for index, item in zip(chunk.idx, chunk.items):
+            last = max(last, index)
+            fut = futures.pop(index, None)
+            if fut is None:
+                self._results.append(item)
+            elif isinstance(item, Failure):
+                _settle(fut, error=item.to_error())
+            else:
+                _settle(fut, value=item)
+        if self._ordered:
+            # in order, a later item's result means an earlier one gave none (filtered out)
+            for index in [i for i in futures if i < last]:
+                _settle(futures.pop(index), value=None)
+
+    # -- feeding --------------------------------------------------------------
+
+    def _need_feed(self) -> Feed:
+        if self._feed is None:
+            raise TypeError(
+                "this flow reads a fixed source; to feed items while it runs, build it "
+                "without one: handle = ezflow.Flow().map(...).start(); handle.put(item)"
+            )
+        return self._feed
+
+    def put(self, item: Any, *, priority: int = 0) -> None:
+        """Feed one item to the running flow; larger `priority` is taken first."""
+        self._need_feed().put(item, priority)
+
+    def close(self) -> None:
+        """End the input: the flow finishes once the items put so far are done."""
+        self._need_feed().close()
+
+    def submit(self, item: Any, *, priority: int = 0) -> Future:
+        """Feed one item and return a Future of its result (None if a filter dropped it)."""
+        fut: Future = Future()
+        self._need_feed().put(item, priority, fut)
+        return fut
+
+    async def process(self, item: Any, *, priority: int = 0, timeout: float | None = None) -> Any:
+        """Send one item through the whole flow and return its result.
+
+        Raises:
+            TimeoutError: no result within `timeout` seconds.
+            TaskError: the item failed in a stage with ``errors="return"``
+                (with ``errors="raise"`` a failure stops the whole flow).
+            FlowStopped: the flow ended before the item was processed.
+        """
+        import asyncio
+
+        fut = self.submit(item, priority=priority)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the flow gave no result for this item within {timeout:g}s") from None
 
     @property
     def stats(self) -> FlowStats:
@@ -103,3 +176,16 @@ class Handle:
 
     def __repr__(self) -> str:
         return f"<ezflow.Handle {self._run.state}, {len(self._results)} results>"
+
+
+def _settle(fut: Future, value: Any = None, error: BaseException | None = None) -> None:
+    # a caller that timed out has cancelled its future: its late result is dropped
+    if fut.done():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+    except Exception:
+        pass

@@ -109,6 +109,8 @@ class StageDriver:
             return spec.chunksize
         if spec.mode == "async":
             return 1  # concurrency comes from awaiting many single items at once
+        if spec.rate is not None:
+            return 1  # the limit counts calls: pace them one by one
         if spec.timeout is not None and spec.mode == "process":
             return 1  # a stuck item is stopped by replacing its worker: keep it alone
         if self._per_item is None:
@@ -235,8 +237,12 @@ class StageDriver:
     def redo(self, pieces: list[Piece]) -> None:
         """Queue pieces to run again ahead of new work (after a worker died)."""
         with self.cond:
-            self._redo.extendleft(reversed(pieces))
-            self.cond.notify_all()
+            self.redo_locked(pieces)
+
+    def redo_locked(self, pieces: list[Piece]) -> None:
+        """`redo`, for a caller that holds `cond`."""
+        self._redo.extendleft(reversed(pieces))
+        self.cond.notify_all()
 
     # -- output side ----------------------------------------------------
 
