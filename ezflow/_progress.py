@@ -201,27 +201,8 @@ def summary(stats: FlowStats) -> str:
 
 
 def bottleneck(stats: FlowStats) -> StageStats | None:
-    """Return the stage holding the flow back, or None when no stage clearly is.
-
-    The slowest stage keeps its workers busy for the whole run while its
-    input queue fills up behind it; stages after it starve, stages before
-    it block on the full queue, and a fast stage that finished early was
-    busy only for its own short life. So stages are ranked by worker time
-    over the whole run's time plus their input queue's fill, and one is
-    named only if its workers are mostly busy. A single stage is trivially
-    its own bottleneck, so it is never named; nor is one in a failed run.
-    """
-    if len(stats.stages) < 2 or stats.state == "failed" or stats.elapsed <= 0:
-        return None  # after a failure, what failed matters, not what was slow
-
-    def score(s: StageStats) -> float:
-        return s.busy_seconds / (max(s.workers, 1) * stats.elapsed) + s.queue_fill
-
-    candidates = [s for s in stats.stages if s.elapsed > 0 and s.kind != "batch"]
-    slow = max(candidates, key=score, default=None)
-    if slow is None or slow.busy < 0.5:
-        return None  # nobody is busy: the source is what is slow
-    return slow
+    """Return the stage holding the flow back (see `FlowStats.bottleneck`)."""
+    return stats.bottleneck
 
 
 def _done_of(s: StageStats) -> str:

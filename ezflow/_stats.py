@@ -95,9 +95,27 @@ class FlowStats:
 
     @property
     def bottleneck(self) -> StageStats | None:
-        """The stage whose workers are busiest (None before any work)."""
-        running = [s for s in self.stages if s.elapsed > 0 and s.kind != "batch"]
-        return max(running, key=lambda s: s.busy, default=None)
+        """The stage holding the flow back, or None when no stage clearly is.
+
+        The slowest stage keeps its workers busy for the whole run while its
+        input queue fills up behind it; stages after it starve, stages before
+        it block on the full queue, and a fast stage that finished early was
+        busy only for its own short life. So stages are ranked by worker time
+        over the whole run's time plus their queue fill, and one is named
+        only if its workers are mostly busy. A single stage is trivially its
+        own bottleneck, so it is never named; nor is one in a failed run.
+        """
+        if len(self.stages) < 2 or self.state == "failed" or self.elapsed <= 0:
+            return None  # after a failure, what failed matters, not what was slow
+
+        def score(s: StageStats) -> float:
+            return s.busy_seconds / (max(s.workers, 1) * self.elapsed) + s.queue_fill
+
+        candidates = [s for s in self.stages if s.elapsed > 0 and s.kind != "batch"]
+        slow = max(candidates, key=score, default=None)
+        if slow is None or slow.busy < 0.5:
+            return None  # nobody is busy: the source is what is slow
+        return slow
 
     def __repr__(self) -> str:
         head = ("stage", "mode", "in", "out", "err", "skip", "items/s", "busy", "queue")
