@@ -13,7 +13,6 @@ from __future__ import annotations
 import pickle
 import reprlib
 import signal
-import traceback
 from typing import Any
 
 __all__ = [
@@ -177,6 +176,8 @@ class TaskError(Exception):
 
 def pack_exception(exc: BaseException) -> tuple[BaseException, str]:
     """Return a picklable exception of the same type, and its traceback text."""
+    import traceback
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         pickle.loads(pickle.dumps(exc, protocol=5))

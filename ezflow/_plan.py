@@ -7,8 +7,6 @@ and queues only when the flow runs.
 
 from __future__ import annotations
 
-import inspect
-import multiprocessing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -48,6 +46,14 @@ class StageSpec:
     size: int = 0  # batch size
     batch_timeout: float | None = None
     is_class: bool = field(default=False)
+
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
 def _fn_name(fn: Any) -> str:
@@ -104,8 +110,9 @@ def make_stage(
         raise TypeError(f"{kind}() needs a callable, got {type(fn).__name__} {fn!r}")
     if when is not None and not callable(when):
         raise TypeError(f"when must be a callable predicate or None, got {when!r}")
-    is_coro = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
+    is_class = isinstance(fn, type)
+    is_coro = _is_coroutine_function(fn) or (
+        is_class and _is_coroutine_function(getattr(fn, "__call__", None))
     )
     if mode is None:
         mode = "async" if is_coro else "process"
@@ -143,6 +150,8 @@ def make_stage(
                 f"start_method must be None or one of {', '.join(map(repr, START_METHODS))}; "
                 f"got {start_method!r}"
             )
+        import multiprocessing
+
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available on this platform")
     if name is None:
@@ -168,7 +177,7 @@ def make_stage(
         start_method=start_method,
         backend=backend,
         share_arrays=share_arrays,
-        is_class=inspect.isclass(fn),
+        is_class=is_class,
     )
 
 

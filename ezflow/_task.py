@@ -17,7 +17,6 @@ an earlier stage, or for which ``when`` is false, pass through untouched.
 from __future__ import annotations
 
 import time
-import traceback
 from typing import Any, Callable
 
 from ._errors import Failure, pack_exception
@@ -86,6 +85,8 @@ def _error(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> tuple:
     if rt.pack:
         exc, tb = pack_exception(exc)
     else:
+        import traceback
+
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return (pos, exc, tb, attempts)
 
