@@ -111,7 +111,7 @@ class StageDriver:
             return 1  # concurrency comes from awaiting many single items at once
         if spec.rate is not None:
             return 1  # the limit counts calls: pace them one by one
-        if spec.timeout is not None and spec.mode == "process":
+        if spec.timeout is not None:
             return 1  # a stuck item is stopped by replacing its worker: keep it alone
         if self._per_item is None:
             return self._ramp

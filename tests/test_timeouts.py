@@ -1,0 +1,48 @@
+"""Per-item timeouts: a stuck item fails alone, the others are unaffected, in every mode."""
+
+from __future__ import annotations
+
+import time
+
+import ezflow
+
+
+def stuck_on_two(x):
+    if x == 2:
+        time.sleep(30)  # stands for C code that ignores signals
+    return x
+
+
+def busy_c_loop_on_two(x):
+    if x == 2:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.sleep(30)  # a C call: no Python signal handler runs inside it
+    return x
+
+
+def test_process_timeout_replaces_worker_and_fails_only_that_item():
+    t0 = time.monotonic()
+    got = ezflow.map(busy_c_loop_on_two, range(8), timeout=1.0, errors="return", progress=False)
+    assert time.monotonic() - t0 < 15
+    assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4, 5, 6, 7]
+    f = got[2]
+    assert isinstance(f, ezflow.Failure) and isinstance(f.error, ezflow.ItemTimeout)
+    assert isinstance(f.error, TimeoutError) and "timeout of 1s" in str(f.error)
+    assert f.stage == "busy_c_loop_on_two" and f.index == 2
+
+
+def test_process_timeout_raise_names_stage():
+    import pytest
+
+    with pytest.raises(ezflow.TaskError, match="stage 'stuck_on_two' failed on item 2.*ItemTimeout"):
+        ezflow.map(stuck_on_two, range(4), timeout=0.5, progress=False)
+
+
+def test_thread_timeout_fails_item_and_keeps_capacity():
+    t0 = time.monotonic()
+    got = ezflow.map(stuck_on_two, range(10), mode="thread", workers=2, timeout=0.5, errors="return", progress=False)
+    assert time.monotonic() - t0 < 10
+    assert isinstance(got[2], ezflow.Failure) and isinstance(got[2].error, ezflow.ItemTimeout)
+    assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4, 5, 6, 7, 8, 9]
