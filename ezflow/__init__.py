@@ -13,6 +13,20 @@ from ._stats import FlowStats, StageStats
 
 __version__ = "0.1.0"
 
+# The ezq-compatible layer loads on first use: `import ezflow` stays light.
+_LAZY = {"Msg": "._q", "Q": "._q", "run": "._q", "run_thread": "._q"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 __all__ = [
     "NUM_CPUS",
     "NUM_THREADS",
@@ -20,6 +34,8 @@ __all__ = [
     "Flow",
     "FlowStats",
     "ItemTimeout",
+    "Msg",
+    "Q",
     "RemoteError",
     "StageError",
     "StageStats",
@@ -28,5 +44,7 @@ __all__ = [
     "__version__",
     "imap",
     "map",
+    "run",
+    "run_thread",
     "shutdown",
 ]

@@ -33,11 +33,13 @@ class Flow:
 
     Args:
         source: any iterable: a list, a generator (consumed lazily, as the
-            stages ask for more), or an `ezflow.Q` (its messages' data).
+            stages ask for more), or an `ezflow.Q` (its messages' data,
+            until its end marker). None: an open input that a started
+            flow's handle feeds (``handle.put``, ``submit``, ``process``).
     """
 
-    def __init__(self, source: Iterable[Any]) -> None:
-        if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+    def __init__(self, source: Iterable[Any] | None = None) -> None:
+        if source is not None and (isinstance(source, (str, bytes)) or not hasattr(source, "__iter__")):
             raise TypeError(
                 f"Flow needs an iterable source (a list, a generator, an ezflow.Q), got {type(source).__name__}"
             )
@@ -189,8 +191,15 @@ class Flow:
 
     # -- running ------------------------------------------------------------
 
-    def _run(self, progress: Any) -> Run:
-        run = Run(self._source, self._stages, _observer(progress))
+    def _run(self, progress: Any, source: Any = None) -> Run:
+        if source is None:
+            if self._source is None:
+                raise TypeError(
+                    "this Flow has no source: run it with handle = flow.start() and feed it "
+                    "with handle.put(item) / handle.close(), or give Flow(...) an iterable"
+                )
+            source = _messages(self._source)
+        run = Run(source, self._stages, _observer(progress))
         self._last = run
         return run
 
@@ -216,10 +225,23 @@ class Flow:
         return self.iter()
 
     def start(self, *, progress: Any = None, timeout: float | None = None) -> Any:
-        """Start the flow in the background and return its `Handle`."""
+        """Start the flow in the background and return its `Handle`.
+
+        Args:
+            progress: as for `collect`.
+            timeout: seconds to wait for every stage's workers to start
+                (class stages built); `TimeoutError` names the slow stage.
+
+        Returns:
+            A `Handle`: ``wait()``, ``cancel()``, ``done()``, ``stats``,
+            ``results``; and for a flow built without a source, ``put()``,
+            ``close()``, ``submit()`` and ``await process(item)``.
+        """
+        from ._feed import Feed
         from ._handle import Handle
 
-        return Handle(self._run(progress), timeout=timeout)
+        feed = Feed() if self._source is None else None
+        return Handle(self._run(progress, feed), timeout=timeout, feed=feed)
 
     async def acollect(self, *, progress: Any = None) -> list:
         """Run the flow without blocking the event loop; return the results."""
@@ -261,13 +283,21 @@ class Flow:
         return self._stages
 
     def __repr__(self) -> str:
-        parts = [f"Flow({type(self._source).__name__})"]
+        parts = [f"Flow({type(self._source).__name__ if self._source is not None else ''})"]
         for s in self._stages:
             if s.kind in ("batch", "unbatch"):
                 parts.append(f".{s.kind}({s.size or ''})")
             else:
                 parts.append(f".{s.kind}({s.name}, {s.mode}x{s.workers})")
         return "".join(parts)
+
+
+def _messages(source: Any) -> Any:
+    """Read an ezflow.Q as the data of its messages; any other iterable as is."""
+    cls = type(source)
+    if cls.__name__ == "Q" and cls.__module__ == "ezflow._q":  # no import of _q just to check
+        return (msg.data for msg in source)
+    return source
 
 
 def _opts(scope: dict, fn_arg: str = "fn") -> dict:
