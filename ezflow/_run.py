@@ -74,6 +74,8 @@ class Run:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._observer = observer
+        self._notify_lock = threading.Lock()
+        self._observer_closed = False
         self.counters = [
             _Counters(s.name, s.kind, "dask" if s.backend is not None else s.mode, s.workers, total=t)
             for s, t in zip(specs, stage_totals(self.total, specs))
@@ -188,14 +190,21 @@ class Run:
         )
 
     def _notify(self, method: str) -> None:
-        obs = self._observer
-        if obs is None:
-            return
-        try:
-            getattr(obs, method)(self.snapshot())
-        except Exception as exc:  # a broken view must never break the work
-            self._observer = None
-            warnings.warn(f"ezflow: progress view disabled after an error: {exc!r}", RuntimeWarning, stacklevel=2)
+        # One call at a time, and nothing after close: the ticker and the
+        # thread ending the run must never race to open or update a view.
+        with self._notify_lock:
+            obs = self._observer
+            if obs is None or self._observer_closed:
+                return
+            if method == "close":
+                self._observer_closed = True
+            try:
+                getattr(obs, method)(self.snapshot())
+            except Exception as exc:  # a broken view must never break the work
+                self._observer = None
+                warnings.warn(
+                    f"ezflow: progress view disabled after an error: {exc!r}", RuntimeWarning, stacklevel=2
+                )
 
     def _tick_loop(self) -> None:
         while not self._done.wait(TICK_SECONDS):

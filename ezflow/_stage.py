@@ -114,7 +114,7 @@ class StageDriver:
         if spec.timeout is not None:
             return 1  # a stuck item is stopped by replacing its worker: keep it alone
         if self._per_item is None:
-            return self._ramp
+            return 1  # measure before batching: a slow item must not be hoarded by one worker
         target = TARGET_PIECE_SECONDS.get(spec.mode, 0.02)
         size = int(target / self._per_item) if self._per_item > 0 else MAX_PIECE_UNKNOWN_TOTAL
         if self.total is not None:
@@ -129,10 +129,11 @@ class StageDriver:
             return 64
         if self.spec.mode == "async":
             return self.spec.workers
-        size = self.piece_size()
         if self.spec.chunksize is None and self._per_item is None:
+            # nothing measured yet: grow the source's chunks 1, 2, 4... (pieces stay single)
             self._ramp = min(self._ramp * 2, 256)
-        return max(1, size * (self.spec.workers if self._per_item is not None else 1))
+            return self._ramp // 2
+        return max(1, self.piece_size() * self.spec.workers)
 
     def _measure(self, n: int, busy: float) -> None:
         if n <= 0:
