@@ -13,8 +13,15 @@ from ._stats import FlowStats, StageStats
 
 __version__ = "0.1.0"
 
-# The ezq-compatible layer loads on first use: `import ezflow` stays light.
-_LAZY = {"Msg": "._q", "Q": "._q", "run": "._q", "run_thread": "._q"}
+# The ezq-compatible layer and shared memory load on first use: `import ezflow` stays light.
+_LAZY = {
+    "Msg": "._q",
+    "Q": "._q",
+    "run": "._q",
+    "run_thread": "._q",
+    "share": "._shm",
+    "SharedMemoryWarning": "._shm",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -37,6 +44,7 @@ __all__ = [
     "Msg",
     "Q",
     "RemoteError",
+    "SharedMemoryWarning",
     "StageError",
     "StageStats",
     "TaskError",
@@ -46,5 +54,6 @@ __all__ = [
     "map",
     "run",
     "run_thread",
+    "share",
     "shutdown",
 ]

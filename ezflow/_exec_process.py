@@ -35,6 +35,7 @@ from ._errors import ItemTimeout, WorkerDied, describe_exit, pack_exception, sho
 from ._executors import StageError
 from ._pool import ProcessPool, WorkerProc, acquire, release
 from ._serialize import dumps, loads
+from ._shm import StageLink
 from ._stage import Piece
 from ._worker import setup_payload
 
@@ -66,6 +67,7 @@ class Executor:
         self._wake_r, self._wake_w = os.pipe()
         self._threads: list[threading.Thread] = []
         self._setup_msg = b""
+        self._shm: StageLink = None  # type: ignore[assignment]  # set in setup()
 
     # -- start ------------------------------------------------------------
 
@@ -74,7 +76,9 @@ class Executor:
         from ._limits import make_limiter
 
         try:
-            payload = setup_payload(spec, make_limiter(spec, shared=True))
+            self._shm = StageLink(spec.share_arrays)
+            with self._shm.setup_scope():  # arrays the function holds go by shared memory too
+                payload = setup_payload(spec, make_limiter(spec, shared=True))
         except Exception as exc:
             raise StageError(spec.name, str(exc)) from exc
         self._setup_msg = dumps(("setup", self.token, payload))
@@ -157,12 +161,17 @@ class Executor:
                     if w not in pool.workers or self._cancelled or d.cancelled:
                         d.redo_locked([piece])  # its worker died while we waited for a token
                         continue
+                    limit = self._shm.max_items()  # items carrying big arrays go a few at a time
+                    if limit is not None and len(piece.items) > limit:
+                        d.redo_locked([Piece(piece.chunk, piece.start + limit, piece.items[limit:])])
+                        piece = Piece(piece.chunk, piece.start, piece.items[:limit])
                     piece.id = next(self._ids)
                     w.outstanding.append(piece)
                     if len(w.outstanding) == 1:
                         w.sent_at = time.monotonic()
                 try:
-                    data = dumps(("task", piece.id, self.token, piece.items, piece.chunk.special))
+                    msg = ("task", piece.id, self.token, piece.items, piece.chunk.special)
+                    data = self._shm.dumps_task(piece.id, msg)
                 except Exception as exc:
                     self._unsendable(w, piece, exc)
                     continue
@@ -228,13 +237,14 @@ class Executor:
 
     def _receive(self, w: WorkerProc) -> None:
         try:
-            msg = loads(w.conn.recv_bytes())
+            msg = self._shm.loads(w.conn.recv_bytes())
         except (EOFError, OSError):
             self._died(w)
             return
         op = msg[0]
         if op == "result":
             _, pid, values, errs, busy, retries = msg
+            self._shm.done(pid)
             with self.driver.cond:
                 piece = w.outstanding.popleft()
                 if w.outstanding:
@@ -263,6 +273,7 @@ class Executor:
                 break
             if msg[0] == "result":
                 _, pid, values, errs, busy, retries = msg
+                self._shm.done(pid)
                 with d.cond:
                     piece = w.outstanding.popleft()
                 d.on_result(piece, values, errs, busy, retries)
@@ -275,6 +286,8 @@ class Executor:
             w.outstanding.clear()
             fresh = pool.replace(w)
             d.cond.notify_all()
+        self._shm.done(*(p.id for p in pieces))
+        self._shm.reap()  # segments the dead worker made and never sent
         self._send_setup(fresh)
         if not pieces:
             return
@@ -338,6 +351,7 @@ class Executor:
                 if healthy and not self._await_closed(w, wait_close=self.spec.is_class):
                     healthy = False
         release(pool, healthy)
+        self._shm.close()
         self._close_wake()
 
     def _await_closed(self, w: WorkerProc, wait_close: bool) -> bool:

@@ -13,6 +13,7 @@ an item, say). A one-byte header says which, so the reader never guesses.
 from __future__ import annotations
 
 import pickle
+import sys
 from typing import Any
 
 __all__ = ["dumps", "loads", "dumps_fn", "dumps_by_value"]
@@ -43,10 +44,8 @@ def dumps_fn(obj: Any) -> bytes:
 
 def dumps_by_value(obj: Any) -> bytes:
     """Serialize with dill by value: for what only exists in this process."""
-    import dill
-
     try:
-        return _DILL + dill.dumps(obj, protocol=5, recurse=True)
+        return _DILL + _dill_dumps(obj, _shm_engaged())
     except Exception as exc:
         raise TypeError(
             f"cannot send {obj!r} to worker processes: {type(exc).__name__}: {exc}. "
@@ -56,12 +55,25 @@ def dumps_by_value(obj: Any) -> bytes:
 
 def dumps(obj: Any) -> bytes:
     """Serialize data with pickle, falling back to dill for what pickle refuses."""
+    shm = _shm_engaged()
     try:
-        return _PICKLE + pickle.dumps(obj, protocol=5)
+        return _PICKLE + (pickle.dumps(obj, protocol=5) if shm is None else shm.pickle_dumps(obj))
     except Exception:
-        import dill
+        return _DILL + _dill_dumps(obj, shm)
 
-        return _DILL + dill.dumps(obj, protocol=5, recurse=True)
+
+def _shm_engaged() -> Any:
+    # Shared arrays travel as references only through ezflow's own pickler (see _shm).
+    shm = sys.modules.get("ezflow._shm")
+    return shm if shm is not None and shm.engaged() else None
+
+
+def _dill_dumps(obj: Any, shm: Any) -> bytes:
+    if shm is not None:
+        return shm.dill_dumps(obj)
+    import dill
+
+    return dill.dumps(obj, protocol=5, recurse=True)
 
 
 def loads(data: bytes | memoryview) -> Any:

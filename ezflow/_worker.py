@@ -17,8 +17,10 @@ and exits by itself when its parent disappears.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -30,6 +32,7 @@ from ._task import Runtime, build_runtime, close_runtime, run_piece
 __all__ = ["worker_main", "setup_payload"]
 
 PARENT_CHECK_SECONDS = 0.5
+OWNER: int | None = None  # the parent: it owns the shared-memory segments this worker makes (_shm)
 
 
 def setup_payload(spec: Any, limiter: Any = None) -> bytes:
@@ -96,8 +99,19 @@ def _unpicklable_to_errors(msg: tuple) -> tuple:
     return (op, pid, values, errs, busy, retries)
 
 
+def _result_scope(shm: list) -> Any:
+    # Big result arrays go back through shared memory (see _shm); only where numpy is in use.
+    if "numpy" not in sys.modules:
+        return contextlib.nullcontext()
+    from . import _shm
+
+    return _shm.result_scope(shm[0] if shm else None)
+
+
 def worker_main(conn: Any, owner: int) -> None:
     """Serve setup/task/teardown messages until told to exit or the pipe closes."""
+    global OWNER
+    OWNER = owner
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(
         target=_watch_parent, args=(os.getppid(),), daemon=True, name="ezflow-parent-watch"
@@ -110,9 +124,11 @@ def worker_main(conn: Any, owner: int) -> None:
             return
         op = msg[0]
         if op == "task":
-            _, pid, token, items, special = msg
+            _, pid, token, items, special, *shm = msg
             values, errs, busy, retries = run_piece(runtimes[token], items, special)
-            _send(conn, ("result", pid, values, errs, busy, retries))
+            with _result_scope(shm):
+                _send(conn, ("result", pid, values, errs, busy, retries))
+            del msg, items, values, errs  # let go of shared inputs now: their owner reuses them
         elif op == "setup":
             _, token, payload = msg
             try:
@@ -124,6 +140,7 @@ def worker_main(conn: Any, owner: int) -> None:
                 _send(conn, ("setup_failed", token, *pack_exception(exc)))
             else:
                 _send(conn, ("ready", token))
+            payload = fn = when = limiter = None  # the runtime keeps what it needs
         elif op == "teardown":
             rt = runtimes.pop(msg[1], None)
             try:
@@ -133,5 +150,6 @@ def worker_main(conn: Any, owner: int) -> None:
                 _send(conn, ("closed", msg[1], *pack_exception(exc)))
             else:
                 _send(conn, ("closed", msg[1], None, ""))
+            rt = None  # a stage's closure (and the shared arrays it holds) goes now
         elif op == "exit":
             return

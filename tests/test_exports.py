@@ -1,0 +1,62 @@
+"""The public surface is exactly what ezflow/__init__.py lists: a change here is an API change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ezflow
+
+PUBLIC = {
+    "Failure",
+    "Flow",
+    "FlowStats",
+    "ItemTimeout",
+    "Msg",
+    "NUM_CPUS",
+    "NUM_THREADS",
+    "Q",
+    "RemoteError",
+    "SharedMemoryWarning",
+    "StageError",
+    "StageStats",
+    "TaskError",
+    "WorkerDied",
+    "__version__",
+    "imap",
+    "map",
+    "run",
+    "run_thread",
+    "share",
+    "shutdown",
+}
+
+
+def test_all_is_pinned():
+    assert set(ezflow.__all__) == PUBLIC
+    for name in ezflow.__all__:
+        assert hasattr(ezflow, name), name
+
+
+def test_internals_are_private():
+    public_modules = [n for n in dir(ezflow) if not n.startswith("_") and n not in PUBLIC]
+    # submodules are private (_name); nothing else leaks into the namespace
+    assert public_modules == [], public_modules
+
+
+def test_import_is_light():
+    code = "import sys, ezflow; print(sorted(m for m in ('tqdm', 'ipywidgets', 'IPython', 'dask', 'distributed', 'dill', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_signatures_put_the_callable_first_and_options_keyword_only():
+    import inspect
+
+    for fn in (ezflow.map, ezflow.imap, ezflow.Flow.map, ezflow.Flow.filter, ezflow.Flow.flat_map):
+        params = list(inspect.signature(fn).parameters.values())
+        if params[0].name == "self":
+            params = params[1:]
+        assert params[0].kind is inspect.Parameter.POSITIONAL_ONLY
+        rest = params[2:] if fn in (ezflow.map, ezflow.imap) else params[1:]
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest), fn
