@@ -15,6 +15,7 @@ import collections
 import itertools
 import multiprocessing
 import os
+import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection
@@ -166,12 +167,18 @@ def release(pool: ProcessPool, healthy: bool) -> None:
 
 
 def shutdown() -> None:
-    """Stop every idle warm worker pool now (they restart on the next call)."""
+    """Stop every idle warm worker pool now, and free the shared memory kept for reuse.
+
+    Both come back on the next call; nothing needs this at exit.
+    """
     with _lock:
         pools = list(_idle.values())
         _idle.clear()
     for pool in pools:
         pool.close()
+    shm = sys.modules.get("ezflow._shm")
+    if shm is not None:
+        shm.flush_pool()
 
 
 def _at_exit() -> None:

@@ -302,8 +302,8 @@ def test_threshold_and_switching_off():
     assert not any(is_shared(o) for o in off)
     low = ezflow.map(make_small, range(2), workers=1, share_arrays=64, progress=False)
     assert all(is_shared(s) for s in low)
-    with pytest.raises(ezflow.StageError, match="share_arrays"):
-        ezflow.map(make_small, range(2), workers=1, share_arrays="yes", progress=False)
+    with pytest.raises(ValueError, match="share_arrays"):  # when the stage is built
+        ezflow.Flow(range(2)).map(make_small, share_arrays="yes")
 
 
 def test_worker_writes_to_automatic_data_stay_private():
@@ -369,6 +369,31 @@ def hold_input_then_die(a):
 def slow_big(i):
     time.sleep(0.05)
     return np.full(MIB // 4, float(i))
+
+
+def test_free_segments_are_kept_a_while_for_the_next_run(monkeypatch):
+    monkeypatch.setattr(_shm, "POOL_LINGER", 0.5)
+    arrays = [np.full(MIB // 8, float(i)) for i in range(6)]
+    flow = ezflow.Flow(arrays).map(scale, workers=2).map(total, workers=2)
+    assert flow.collect(progress=False) == [float((a * 2 + 1).sum()) for a in arrays]
+    gc.collect()
+    kept = segments(os.getpid())
+    assert kept, "the next run should find free segments to reuse"
+    # a second run reuses them rather than making new ones
+    flow.collect(progress=False)
+    gc.collect()
+    assert set(segments(os.getpid())) & set(kept)
+    deadline = time.monotonic() + 5
+    while segments(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert segments(os.getpid()) == []  # the reaper frees them once the linger is over
+
+
+def test_shutdown_frees_the_kept_segments():
+    ezflow.Flow([np.full(MIB // 8, 1.0)] * 4).map(scale, workers=2).collect(progress=False)
+    gc.collect()
+    ezflow.shutdown()
+    assert segments(os.getpid()) == []
 
 
 def test_error_frees_segments():
