@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import pickle
 import sys
+from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 __all__ = ["dumps", "loads", "dumps_fn", "dumps_by_value"]
 
 _PICKLE = b"P"
 _DILL = b"D"
+_MAIN = b"__main__"
 
 
 def _by_value(obj: Any) -> bool:
@@ -53,13 +56,29 @@ def dumps_by_value(obj: Any) -> bytes:
         ) from exc
 
 
-def dumps(obj: Any) -> bytes:
-    """Serialize data with pickle, falling back to dill for what pickle refuses."""
+def dumps(obj: Any, *, to_worker: bool = False) -> bytes:
+    """Serialize data with pickle, falling back to dill for what pickle refuses.
+
+    ``to_worker``: the receiver is a worker, which may not have what the
+    caller's script or notebook defined (a class made in a cell after the
+    warm workers started, or any under spawn and forkserver). Data that
+    names something of ``__main__`` then goes by value, with dill.
+    """
     shm = _shm_engaged()
     try:
-        return _PICKLE + (pickle.dumps(obj, protocol=5) if shm is None else shm.pickle_dumps(obj))
+        data = pickle.dumps(obj, protocol=5) if shm is None else shm.pickle_dumps(obj)
     except Exception:
         return _DILL + _dill_dumps(obj, shm)
+    if to_worker and _MAIN in data:  # a false alarm (the string in an item) only costs speed
+        first = shm.last_attempt() if shm is not None else None
+        try:
+            by_value = _dill_dumps(obj, shm)
+        except Exception:
+            return _PICKLE + data  # dill cannot either: the worker reports what it cannot load
+        if shm is not None:
+            shm.drop_attempt(first)  # the segments of the pickle attempt go unused
+        return _DILL + by_value
+    return _PICKLE + data
 
 
 def _shm_engaged() -> Any:
@@ -71,9 +90,42 @@ def _shm_engaged() -> Any:
 def _dill_dumps(obj: Any, shm: Any) -> bytes:
     if shm is not None:
         return shm.dill_dumps(obj)
+    import io
+
+    buf = io.BytesIO()
+    dill_pickler(buf).dump(obj)
+    return buf.getvalue()
+
+
+def dill_pickler(file: Any, reducer: Any = None) -> Any:
+    """A dill pickler by value (recurse=True) that takes modules by name.
+
+    dill would copy the namespace of any module outside site-packages (an
+    editable install, a helper module next to the notebook) into the
+    pickle, and fail on what it holds (locks, thread-locals); a worker
+    imports such a module instead, as it imports any other. ``reducer``
+    is a further ``reducer_override`` to consult.
+    """
     import dill
 
-    return dill.dumps(obj, protocol=5, recurse=True)
+    def override(obj: Any) -> Any:
+        if type(obj) is ModuleType and _importable(obj):
+            return (import_module, (obj.__name__,))
+        return NotImplemented if reducer is None else reducer(obj)
+
+    # an instance attribute, not a subclass: dill tells its own picklers by module name
+    p = dill.Pickler(file, 5, recurse=True)
+    p.reducer_override = override
+    return p
+
+
+def _importable(module: ModuleType) -> bool:
+    name = module.__name__
+    return (
+        name not in ("__main__", "__mp_main__")
+        and sys.modules.get(name) is module
+        and getattr(module, "__spec__", None) is not None
+    )
 
 
 def loads(data: bytes | memoryview) -> Any:
@@ -83,7 +135,32 @@ def loads(data: bytes | memoryview) -> Any:
     if head == _PICKLE:
         return pickle.loads(body)
     if head == _DILL:
-        import dill
-
-        return dill.loads(bytes(body))
+        return _dill_loads(bytes(body))
     raise ValueError(f"unknown payload header {head!r}")
+
+
+def _dill_loads(data: bytes) -> Any:
+    import io
+
+    import dill
+
+    class Unpickler(dill.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "dill._dill" and name == "_create_type":
+                return _create_type
+            return super().find_class(module, name)
+
+    return Unpickler(io.BytesIO(data)).load()
+
+
+def _create_type(typeobj: Any, *args: Any) -> Any:
+    # A class of the script or notebook that came by value is the class of that
+    # name here, when there is one: isinstance() must hold for what a worker returns.
+    if len(args) == 3 and isinstance(args[2], dict) and args[2].get("__module__") in ("__main__", "__mp_main__"):
+        name, ns = args[0], args[2]
+        found: Any = sys.modules.get("__main__")
+        for part in ns.get("__qualname__", name).split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, type) and found.__module__ in ("__main__", "__mp_main__") and found.__name__ == name:
+            return found
+    return typeobj(*args)

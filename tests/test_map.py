@@ -175,3 +175,42 @@ def test_workers_validation_message():
 def test_tiny_tasks_are_chunked():
     flow = ezflow.Flow(range(100_000)).map(math.sqrt)
     assert len(flow.collect(progress=False)) == 100_000
+
+
+SCRIPT_CLASSES = """
+import dataclasses, sys
+import ezflow
+
+if __name__ == "__main__":
+    sm = sys.argv[1]
+    ezflow.map(abs, [-1, -2], workers=2, progress=False, start_method=sm)  # warm workers first
+
+    @dataclasses.dataclass
+    class Frame:  # defined after the workers started, as in a later notebook cell
+        v: int
+
+    out = ezflow.map(lambda f: Frame(f.v + 1), [Frame(1), Frame(2)], workers=2, progress=False,
+                     start_method=sm)
+    assert out == [Frame(2), Frame(3)] and all(type(o) is Frame for o in out), out
+    flow = ezflow.Flow([Frame(5)]).map(lambda f: f.v, workers=1, start_method=sm)
+    assert flow.collect(progress=False) == [5]
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_script_classes_made_after_the_workers_started_travel(tmp_path, start_method):
+    import subprocess
+    import sys
+
+    script = tmp_path / "late_class.py"
+    script.write_text(SCRIPT_CLASSES)
+    out = subprocess.run([sys.executable, str(script), start_method], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_functions_that_use_a_module_take_it_by_name(mode):
+    # ezflow itself is outside site-packages in an editable install: dill would copy its
+    # namespace (and fail on its locks); the worker imports it instead
+    fn = lambda x: (ezflow.__version__, math.isqrt(x))  # noqa: E731
+    assert ezflow.map(fn, [4, 9], workers=2, progress=False, **mode) == [(ezflow.__version__, 2), (ezflow.__version__, 3)]
