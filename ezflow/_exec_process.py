@@ -192,7 +192,7 @@ class Executor:
         good, errs = [], []
         for pos, item in enumerate(piece.items):
             try:
-                dumps(item)
+                dumps(item, to_worker=True)
                 good.append(Piece(piece.chunk, piece.start + pos, [item]))
             except Exception as e:
                 err = TypeError(f"the item cannot be sent to a worker process: {type(e).__name__}: {e}")
@@ -285,10 +285,10 @@ class Executor:
             pieces = list(w.outstanding)
             w.outstanding.clear()
             fresh = pool.replace(w)
+            self._send_setup(fresh)  # before the sender can see it: its first message must be the setup
             d.cond.notify_all()
         self._shm.done(*(p.id for p in pieces))
         self._shm.reap()  # segments the dead worker made and never sent
-        self._send_setup(fresh)
         if not pieces:
             return
         running, rest = pieces[0], pieces[1:]
