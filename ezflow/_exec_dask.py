@@ -8,7 +8,8 @@
                             re-run its items one by one)
 
 One piece is one dask task, so tiny items travel by the thousand and the
-scheduler sees a few tasks a second, not one per item. The stage itself
+scheduler sees a few tasks a second, not one per item; big items (arrays)
+go a few at a time, about 8 MiB a task at most. The stage itself
 (function or class, ``when``, retry rules) travels once, as the result of
 a small "payload" task every piece depends on: each worker fetches it once
 and builds the stage's runtime there, cached by the stage's token (a class
@@ -30,6 +31,7 @@ from __future__ import annotations
 import collections
 import itertools
 import re
+import sys
 import threading
 import time
 import uuid
@@ -51,6 +53,10 @@ MIN_IN_FLIGHT = 4
 # How often the sender asks the scheduler how many threads the cluster has
 # (an adaptive cluster grows and shrinks while a stage runs).
 REFRESH_SECONDS = 2.0
+# A task's item bytes, at most, once items are big (a single item may pass it):
+# a task's arguments travel in its graph, through the scheduler, and dask warns
+# about every graph over 10 MB (distributed.admin.large-graph-warning-threshold).
+PIECE_BYTES = 8 << 20
 ADDRESS = re.compile(r"^[a-z0-9+]+://")
 
 _ids = itertools.count()
@@ -181,6 +187,7 @@ class Executor:
         self._ids = itertools.count()
         self._limit = MIN_IN_FLIGHT
         self._refreshed = 0.0
+        self._max_items = sys.maxsize  # items per task, from the bytes the last ones took (sender thread)
         # counted under driver.cond:
         self._reserved = 0  # pieces taken and not yet settled: the window
         self._outstanding = 0  # futures handed to as_completed and not yet read back
@@ -357,12 +364,19 @@ class Executor:
         return piece
 
     def _submit(self, piece: Piece) -> None:
+        while True:
+            if len(piece.items) > self._max_items:
+                piece = self._split(piece, self._max_items)
+            try:
+                data = dumps(piece.items, to_worker=True)
+            except Exception as exc:
+                self._unsendable(piece, exc)
+                return
+            n = len(piece.items)
+            self._max_items = max(1, PIECE_BYTES * n // max(len(data), 1))
+            if len(data) <= PIECE_BYTES or n == 1:
+                break
         piece.id = next(self._ids)
-        try:
-            data = dumps(piece.items)
-        except Exception as exc:
-            self._unsendable(piece, exc)
-            return
         fut = self.client.submit(
             _run_remote, self._token, self._payload, data, piece.chunk.special,
             key=f"{self._prefix}-{piece.id}", pure=False, retries=self.spec.retries or None,
@@ -380,6 +394,11 @@ class Executor:
             self._outstanding += 1
             d.cond.notify_all()
 
+    def _split(self, piece: Piece, n: int) -> Piece:
+        """Keep the first n items; the others go back to the driver, to be sent next."""
+        self.driver.redo([Piece(piece.chunk, piece.start + n, piece.items[n:], isolated=piece.isolated)])
+        return Piece(piece.chunk, piece.start, piece.items[:n], isolated=piece.isolated)
+
     def _unsendable(self, piece: Piece, exc: Exception) -> None:
         # Fail only the items that cannot travel; the others still run.
         d = self.driver
@@ -388,7 +407,7 @@ class Executor:
         for pos, item in enumerate(piece.items):
             one = Piece(piece.chunk, piece.start + pos, [item], isolated=piece.isolated)
             try:
-                dumps(item)
+                dumps(item, to_worker=True)
             except Exception as e:
                 err = TypeError(f"the item cannot be sent to a dask worker: {type(e).__name__}: {e}")
                 d.on_result(one, [None], [(0, *pack_exception(err), 1)], 0.0)

@@ -154,6 +154,12 @@ def make_stage(
 
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available on this platform")
+    if share_arrays is not None and not isinstance(share_arrays, bool):
+        if not isinstance(share_arrays, int) or share_arrays < 0:
+            raise ValueError(
+                "share_arrays must be True, False, None (the default: arrays of 1 MiB or more) "
+                f"or a threshold in bytes >= 0; got {share_arrays!r}"
+            )
     if name is None:
         name = _fn_name(fn)
     if not isinstance(name, str) or not name:

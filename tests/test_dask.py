@@ -10,12 +10,15 @@ check would otherwise count as left behind.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import signal
 import sys
 import time
+import warnings
 
+import numpy as np
 import pytest
 
 import ezflow
@@ -286,6 +289,87 @@ def test_item_that_kills_every_worker_becomes_a_failure():
         assert (f.index, f.item, f.stage) == (13, 13, "kill_on_13")
         assert isinstance(f.error, ezflow.WorkerDied)
         assert "kept dying" in str(f.error)
+
+
+# -- shared memory: a Dask stage gets the data, never a reference -------------
+# (ezflow's shared arrays are local to this machine; dask pickles them with their
+# data. The autouse leak check fails a test that leaves an ezf_* segment behind.)
+
+MIB = 1 << 20
+
+
+def total(x):
+    a = x["image"] if isinstance(x, dict) else x
+    return float(a.sum())
+
+
+def make_big(i):
+    return np.full(MIB // 8 + 16, float(i))  # a bit over 1 MiB: shared automatically by a process stage
+
+
+def make_4mib(i):
+    return np.full(MIB // 2, float(i))
+
+
+def ours() -> list[str]:
+    """The shared-memory segments this process owns (named ezf_<owner pid>_...)."""
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"ezf_{os.getpid()}_"))
+
+
+def none_left() -> bool:
+    gc.collect()  # a finished run holds its items in a reference cycle until collected
+    ezflow.shutdown()  # free segments are kept a while for the next run: let go of them now
+    return wait_for(lambda: not ours())
+
+
+@pytest.fixture
+def caught():
+    """Every warning raised while the test runs (none is expected)."""
+    with warnings.catch_warnings(record=True) as found:
+        warnings.simplefilter("always")
+        yield found
+
+
+def test_shared_arrays_reach_a_dask_stage_by_value(client, caught):
+    a = ezflow.share(np.arange(float(MIB // 8 + 8)))  # 1 MiB, in shared memory
+    assert ours()
+    items = [a, a[::2], {"image": a, "label": "x"}]
+    got = ezflow.map(total, items, backend=client, progress=False)
+    assert got == [float(a.sum()), float(a[::2].sum()), float(a.sum())]
+    assert [str(w.message) for w in caught] == []
+    del a, items
+    assert none_left()
+
+
+def test_process_stage_shares_arrays_then_a_dask_stage_reads_them(client, caught):
+    from ezflow import _shm
+
+    shared = []
+
+    def wrap(a):  # a thread stage, in this process: see what the process stage sent back
+        shared.append(_shm._root(a) is not None)
+        return {"image": a, "i": int(a[0])}
+
+    flow = (
+        ezflow.Flow(range(12))
+        .map(make_big, workers=2)  # results over 1 MiB: moved through shared memory
+        .map(wrap, mode="thread")
+        .map(total, backend=client)
+    )
+    assert flow.collect(progress=False) == [float(i) * (MIB // 8 + 16) for i in range(12)]
+    assert shared == [True] * 12
+    assert [str(w.message) for w in caught] == []
+    del flow
+    assert none_left()
+
+
+def test_big_items_go_a_few_per_dask_task(client, caught):
+    # 8 items of 4 MiB would make a 32 MiB task: dask warns about graphs over 10 MB
+    flow = ezflow.Flow(range(16)).map(make_4mib, workers=2).map(total, backend=client, chunksize=8)
+    assert flow.collect(progress=False) == [float(i) * (MIB // 2) for i in range(16)]
+    assert [str(w.message) for w in caught] == []
+    del flow
+    assert none_left()
 
 
 # -- the notebook -------------------------------------------------------------
