@@ -1041,8 +1041,8 @@ class _Reducer:
     attempt: _Attempt
 
     def _setup(self, ctx: _Ctx | None) -> None:
-        np = _np()
-        self._nd = np.ndarray
+        np = sys.modules.get("numpy")  # not imported: there is no array to share (and no need to import it)
+        self._nd = np.ndarray if np is not None else None
         self.ctx = ctx
         self.threshold = ctx.threshold if ctx is not None else None
         self.attempt = _Attempt()
