@@ -85,7 +85,10 @@ class Executor:
         self.pool = acquire(spec.start_method or default_start_method(), spec.workers)
         for w in self.pool.workers:
             self._send_setup(w)
-        for w in list(self.pool.workers):
+        # A class is built now, in every worker: its errors (and a slow start) must
+        # surface before any input is read. A function's setup only unpickles it:
+        # tasks queue behind it, and the collector reports the rare failure.
+        for w in list(self.pool.workers) if spec.is_class else ():
             err = self._await_ready(w)
             if err is not None:
                 self.pool.kill()
@@ -256,7 +259,12 @@ class Executor:
         elif op == "setup_failed":
             _, _, exc, tb = msg
             self._broken = True
-            self.driver.run.abort(StageError(self.spec.name, f"a restarted worker failed to start: {exc!r}"))
+            what = short_repr(self.spec.fn) + ("()" if self.spec.is_class else "")
+            err = StageError(self.spec.name, f"{what} could not be set up in a worker: {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            self.driver.run.abort(err)
+        elif op == "closed":  # an earlier run's teardown answer (function stages do not wait for it)
+            w.pending_closed = max(0, w.pending_closed - 1)
 
     def _died(self, w: WorkerProc) -> None:
         d = self.driver
