@@ -15,9 +15,15 @@ SHM = "/dev/shm"
 _HELPERS = ("forkserver", "resource_tracker", "semaphore_tracker")
 
 
+# Processes of the session's shared dask cluster (the "dask" mode): not leaks.
+_KNOWN: set[int] = set()
+
+
 def _children() -> set[int]:
     out = set()
     for p in psutil.Process().children(recursive=True):
+        if p.pid in _KNOWN:
+            continue
         try:
             cmd = " ".join(p.cmdline())
         except psutil.Error:
@@ -74,10 +80,43 @@ START_METHODS = ["fork", "spawn", "forkserver"]
 MODES = [
     pytest.param({"mode": "thread"}, id="thread"),
     *[pytest.param({"mode": "process", "start_method": m}, id=f"process-{m}") for m in START_METHODS],
+    pytest.param({"backend": "dask"}, id="dask"),
 ]
+
+_dask: dict = {}
+
+
+def _dask_client() -> object:
+    """One LocalCluster (2 worker processes on 127.0.0.1) for the whole session, started on first use."""
+    if "client" not in _dask:
+        distributed = pytest.importorskip("distributed")
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
+        _dask["cluster"] = cluster
+        _dask["client"] = distributed.Client(cluster, set_as_default=False)
+        _KNOWN.update(p.pid for p in psutil.Process().children(recursive=True))
+    return _dask["client"]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "client" in _dask:
+        _dask.pop("client").close()
+        _dask.pop("cluster").close()
 
 
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> dict:
-    """Stage options for each executor the behavioural suite runs on."""
-    return dict(request.param)
+    """Stage options for each executor the behavioural suite runs on.
+
+    "dask" runs the stage on a real local cluster; a test whose options a
+    dask stage does not take (timeouts, rates, start methods) says so with
+    ``@pytest.mark.no_dask``.
+    """
+    opts = dict(request.param)
+    if opts.get("backend") == "dask":
+        marker = request.node.get_closest_marker("no_dask")
+        if marker is not None:
+            pytest.skip(f"not for dask stages: {marker.args[0] if marker.args else 'see the test'}")
+        opts["backend"] = _dask_client()
+    return opts

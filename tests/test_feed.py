@@ -109,6 +109,7 @@ def test_flow_over_an_ezflow_q():
     assert ezflow.Flow(q).map(square, mode="thread").collect(progress=False) == [0, 1, 4, 9, 16]
 
 
+@pytest.mark.no_dask("rate= is enforced by local stages only")
 def test_rate_limit_is_shared_across_workers(mode):
     stamps = ezflow.map(lambda _: time.monotonic(), range(21), rate=20, workers=2, progress=False, **mode)
     stamps.sort()

@@ -141,10 +141,10 @@ def test_class_stage_built_once_per_worker_inside_it(mode):
     assert [g[0] for g in got] == list(range(200))
     instances = {g[1:] for g in got}
     assert 1 <= len(instances) <= 2  # one per worker
-    if mode["mode"] == "process":
-        assert all(pid != os.getpid() for pid, _, _ in instances)
-    else:
+    if mode.get("mode") == "thread":
         assert all(tid != threading.get_ident() for _, tid, _ in instances)
+    else:  # process workers, or dask workers (processes of the cluster)
+        assert all(pid != os.getpid() for pid, _, _ in instances)
 
 
 class Broken:

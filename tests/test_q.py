@@ -44,26 +44,7 @@ def start(request: pytest.FixtureRequest) -> Callable[..., Worker]:
     return functools.partial(run, start_method=request.param)
 
 
-def _helper(proc: psutil.Process) -> bool:
-    # multiprocessing's interpreter-wide helpers outlive tests on purpose
-    try:
-        cmd = " ".join(proc.cmdline())
-        return "forkserver" in cmd or "resource_tracker" in cmd or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
-@pytest.fixture(autouse=True)
-def no_child_left() -> Any:
-    """Fail a test that leaves a worker process running."""
-    yield
-    deadline = time.monotonic() + 5
-    while True:
-        left = [p for p in psutil.Process().children(recursive=True) if not _helper(p)]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not left, f"worker processes left running: {[p.pid for p in left]}"
+# (conftest's autouse no_leaks fixture fails a test that leaves a worker process running)
 
 
 # -- ezq's README examples ---------------------------------------------------------
