@@ -30,23 +30,7 @@ def calibrate_cpu_work(target_s: float = 0.005, probes: int = 7) -> int:
     Median of several probes, so a busy neighbour on the machine does not
     skew it much.
     """
-    n = 20_000
-    # Grow until one probe takes >= 2 ms, so timer resolution does not matter.
-    while True:
-        t = time.perf_counter()
-        cpu_work(1, n)
-        dt = time.perf_counter() - t
-        if dt >= 0.002:
-            break
-        n *= 2
-    samples = []
-    for _ in range(probes):
-        t = time.perf_counter()
-        cpu_work(1, n)
-        samples.append(time.perf_counter() - t)
-    samples.sort()
-    per_iter = samples[len(samples) // 2] / n
-    return max(1, round(target_s / per_iter))
+    return calibrate_step(cpu_work, target_s, seed=1, probes=probes)
 
 
 # --- W6: three different pipeline steps of ~0.2 ms each --------------------

@@ -526,7 +526,6 @@ def _exclusive(name: str) -> bool | None:
 
 def _drain() -> None:
     """Account for ended holds; pool or unlink segments nobody views any more."""
-    global _free_bytes
     if not _released and not _idle:
         return
     now = time.monotonic()
@@ -552,13 +551,19 @@ def _drain() -> None:
                 _idle[name] = (now + delay, delay)
                 continue
             _idle.pop(name, None)
-            if ok and _pooling() and _free_bytes + seg.size <= _pool_max():
-                seg.state = "free"
-                _free.setdefault(seg.size, []).append(name)
-                _free_bytes += seg.size
-            else:
-                del _owned[name]
-                _unlink(name)
+            _pool_or_unlink(name, seg, keep=bool(ok))
+
+
+def _pool_or_unlink(name: str, seg: "_Seg", keep: bool = True) -> None:
+    """A segment nobody uses: keep it for reuse while pooling has room, else remove it (holding _lock)."""
+    global _free_bytes
+    if keep and _pooling() and _free_bytes + seg.size <= _pool_max():
+        seg.state = "free"
+        _free.setdefault(seg.size, []).append(name)
+        _free_bytes += seg.size
+    else:
+        del _owned[name]
+        _unlink(name)
 
 
 def _pooling() -> bool:
@@ -1414,7 +1419,6 @@ class StageLink:
         return tuple(out)
 
     def _settle(self, spares: Any) -> None:
-        global _free_bytes
         if not spares:
             return
         with _lock:
@@ -1422,10 +1426,4 @@ class StageLink:
                 seg = _owned.get(name)
                 if seg is None or seg.state != "lent":
                     continue  # used for a result: adopted
-                if _pooling() and _free_bytes + seg.size <= _pool_max():
-                    seg.state = "free"
-                    _free.setdefault(seg.size, []).append(name)
-                    _free_bytes += seg.size
-                else:
-                    del _owned[name]
-                    _unlink(name)
+                _pool_or_unlink(name, seg)
