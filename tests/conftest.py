@@ -15,8 +15,9 @@ SHM = "/dev/shm"
 _HELPERS = ("forkserver", "resource_tracker", "semaphore_tracker")
 
 
-# Processes of the session's shared dask cluster (the "dask" mode): not leaks.
+# Processes and semaphores of the session's shared dask cluster (the "dask" mode): not leaks.
 _KNOWN: set[int] = set()
+_KNOWN_SHM: set[str] = set()
 
 
 def _children() -> set[int]:
@@ -61,7 +62,7 @@ def no_leaks(request: pytest.FixtureRequest):
     deadline = time.monotonic() + 5
     while True:
         left = _children() - before_children
-        shm = _shm() - before_shm
+        shm = _shm() - before_shm - _KNOWN_SHM
         if not left and not shm:
             return
         if time.monotonic() > deadline:
@@ -96,6 +97,7 @@ def _dask_client() -> object:
         _dask["cluster"] = cluster
         _dask["client"] = distributed.Client(cluster, set_as_default=False)
         _KNOWN.update(p.pid for p in psutil.Process().children(recursive=True))
+        _KNOWN_SHM.update(_shm())
     return _dask["client"]
 
 
