@@ -141,15 +141,35 @@ _states: dict[int, _QState] = {}  # process Qs this process owns, by id
 _handles: weakref.WeakValueDictionary[int, Q] = weakref.WeakValueDictionary()
 
 
+_released: collections.deque[int] = collections.deque()  # Qs whose last handle died, to settle
+
+
 def _release(qid: int, owner: int) -> None:
-    # The user's last reference to a Q is gone. A worker may still hold it
-    # (an inline Q() passed only to workers), so keep it while any runs.
+    # The user's last reference to a Q is gone. This runs from a weakref
+    # finalizer, maybe inside the garbage collector while this very thread
+    # holds _registry_lock (it allocates): never wait for the lock; whoever
+    # holds it next settles the release.
     if os.getpid() != owner:
         return
-    with _registry_lock:
+    _released.append(qid)
+    if _registry_lock.acquire(blocking=False):
+        try:
+            _settle_released()
+        finally:
+            _registry_lock.release()
+
+
+def _settle_released() -> None:
+    """Forget released Qs (holding _registry_lock).
+
+    A worker may still hold one (an inline Q() passed only to workers), so
+    it is kept, as an orphan, while any runs.
+    """
+    while _released:
+        qid = _released.popleft()
         state = _states.get(qid)
         if state is None or qid in _handles:
-            return
+            continue
         if _Broker.busy():
             state.orphan = True
         else:
@@ -158,8 +178,9 @@ def _release(qid: int, owner: int) -> None:
 
 def _purge_orphans() -> None:
     with _registry_lock:
+        _settle_released()
         for qid in [qid for qid, st in _states.items() if st.orphan]:
-            del _states[qid]
+            _states.pop(qid, None)
 
 
 # -- the public queue ---------------------------------------------------------
@@ -197,6 +218,7 @@ class Q:
             with _registry_lock:
                 _states[self._qid] = self._state
                 _handles[self._qid] = self
+                _settle_released()
             weakref.finalize(self, _release, self._qid, self._owner).atexit = False
 
     @property
@@ -386,6 +408,7 @@ def _rebuild_q(qid: int, owner: int) -> Q:
     if state is not None:
         with _registry_lock:
             _handles[qid] = q
+            _settle_released()
         weakref.finalize(q, _release, qid, owner).atexit = False
     return q
 
@@ -1047,6 +1070,7 @@ def _after_fork_in_child() -> None:
     # this process owns nothing yet; copied Qs see the pid and go remote
     _states = {}
     _handles = weakref.WeakValueDictionary()
+    _released.clear()
 
 
 os.register_at_fork(

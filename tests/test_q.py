@@ -8,6 +8,7 @@ queue semantics (sorted, items, Msg passthrough).
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import pickle
 import queue
@@ -19,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -609,3 +609,22 @@ def test_threads_see_the_same_objects_in_a_thread_q() -> None:
     lock = threading.Lock()  # cannot be pickled: a thread Q does not pickle
     q.put(lock)
     assert q.get().data is lock
+
+
+def test_a_queue_freed_while_the_registry_is_locked_does_not_deadlock():
+    # The garbage collector may free a Q (and run its finalizer) inside Q() while
+    # that holds the registry lock: the release must not wait for the lock (it hung).
+    from ezflow import _q
+
+    q = Q()
+    qid = q._qid
+    done = threading.Event()
+    with _q._registry_lock:
+        t = threading.Thread(target=lambda: (_q._release(qid, os.getpid()), done.set()))
+        t.start()
+        t.join(5)
+        del q
+        gc.collect()  # its own finalizer runs here, on this thread, under the lock
+    assert done.is_set()
+    Q()  # the next registry user settles what was released meanwhile
+    assert qid not in _q._states
