@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from ._plan import StageSpec, make_batch, make_stage, make_unbatch
+from ._record import replace
 from ._run import Run
 from ._stats import FlowStats
 
@@ -305,6 +306,4 @@ def _opts(scope: dict, fn_arg: str = "fn") -> dict:
 
 
 def _rename(spec: StageSpec, name: str) -> StageSpec:
-    from dataclasses import replace
-
     return replace(spec, name=name)

@@ -7,10 +7,10 @@ and queues only when the flow runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ._env import NUM_CPUS, NUM_THREADS
+from ._record import record
 
 __all__ = ["StageSpec", "make_stage", "MODES", "ERRORS", "KINDS"]
 
@@ -21,7 +21,7 @@ START_METHODS = ("fork", "spawn", "forkserver")
 DEFAULT_ASYNC_WORKERS = 16
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StageSpec:
     """One stage of a flow, as plain data."""
 
@@ -45,7 +45,7 @@ class StageSpec:
     share_arrays: bool | int | None = None
     size: int = 0  # batch size
     batch_timeout: float | None = None
-    is_class: bool = field(default=False)
+    is_class: bool = False
 
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Iterator
+
+from ._record import Factory, record
 
 __all__ = ["StageStats", "FlowStats"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StageStats:
     """Figures of one stage at one moment."""
 
@@ -68,7 +69,7 @@ class StageStats:
         return min(1.0, self.busy_seconds / denom) if denom > 0 else 0.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FlowStats:
     """Figures of a whole flow run: one `StageStats` per stage."""
 
@@ -152,7 +153,7 @@ def human(x: float) -> str:
     return f"{x:.0f}" if float(x).is_integer() or abs(x) >= 10 else f"{x:.1f}"
 
 
-@dataclass
+@record()
 class _Counters:
     """Mutable per-stage counters; the engine writes, `snapshot` reads."""
 
@@ -180,7 +181,7 @@ class _Counters:
     finished: float | None = None
     state: str = "pending"
     error: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.Lock = Factory(threading.Lock)  # type: ignore[assignment]
 
     def start(self) -> None:
         if self.started is None:

@@ -60,3 +60,22 @@ def test_signatures_put_the_callable_first_and_options_keyword_only():
         assert params[0].kind is inspect.Parameter.POSITIONAL_ONLY
         rest = params[2:] if fn in (ezflow.map, ezflow.imap) else params[1:]
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest), fn
+
+
+def test_stats_records_are_frozen_values():
+    got = ezflow.Flow(range(5)).map(abs, mode="thread").map(abs, mode="thread")
+    got.collect(progress=False)
+    stats = got.stats
+    stage = stats["abs"]
+    assert stage.items_in == 5 and stage == stats[0] and hash(stage) == hash(stats[0])
+    assert repr(stage).startswith("StageStats(name='abs', kind='map'")
+    try:
+        stage.items_in = 0
+    except AttributeError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("StageStats must be frozen")
+    import pickle
+
+    assert pickle.loads(pickle.dumps(stats)) == stats
+    assert [s.name for s in got.stages] == ["abs", "abs_2"]
