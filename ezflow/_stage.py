@@ -119,6 +119,8 @@ class StageDriver:
         size = int(target / self._per_item) if self._per_item > 0 else MAX_PIECE_UNKNOWN_TOTAL
         if self.total is not None:
             cap = max(1, math.ceil(self.total / (4 * spec.workers)))
+            if self._per_item * self.total <= target * spec.workers:
+                cap = math.ceil(self.total / spec.workers)  # a few pieces' worth in all: no tail to balance
         else:
             cap = MAX_PIECE_UNKNOWN_TOTAL
         return max(1, min(size, cap))

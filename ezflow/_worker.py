@@ -1,12 +1,15 @@
 """The loop a worker process runs, and the messages it speaks.
 
     parent                                   worker process
-    ("setup", token, payload)      ----->    build the stage (instantiate a class here)
-                                   <-----    ("ready", token) | ("setup_failed", token, exc, tb)
+    ("setup", token, payload,      ----->    build the stage (instantiate a class here)
+      want_ready)                  <-----    ("ready", token) if want_ready | ("setup_failed", token, exc, tb)
     ("task", piece_id, token,      ----->    run_piece()
       items, special)              <-----    ("result", piece_id, values, errs, busy, retries)
-    ("teardown", token)            ----->    close() a class stage
-                                   <-----    ("closed", token, exc_or_None, tb)
+    ("teardown", token,            ----->    close() a class stage
+      want_reply)                  <-----    ("closed", token, exc_or_None, tb) if want_reply
+
+A function stage asks for neither answer: its tasks queue behind the setup,
+and a failed setup is still reported.
     ("exit",)                      ----->    return
 
 One duplex pipe per worker, so the parent always knows which pieces a
@@ -130,7 +133,7 @@ def worker_main(conn: Any, owner: int) -> None:
                 _send(conn, ("result", pid, values, errs, busy, retries))
             del msg, items, values, errs  # let go of shared inputs now: their owner reuses them
         elif op == "setup":
-            _, token, payload = msg
+            _, token, payload, want_ready = msg  # a function stage does not wait for "ready"
             try:
                 kind, fn, is_class, when, retries, retry_on, backoff, limiter = loads(payload)
                 runtimes[token] = build_runtime(
@@ -139,17 +142,21 @@ def worker_main(conn: Any, owner: int) -> None:
             except BaseException as exc:
                 _send(conn, ("setup_failed", token, *pack_exception(exc)))
             else:
-                _send(conn, ("ready", token))
+                if want_ready:
+                    _send(conn, ("ready", token))
             payload = fn = when = limiter = None  # the runtime keeps what it needs
         elif op == "teardown":
-            rt = runtimes.pop(msg[1], None)
+            _, token, want_reply = msg  # only a class stage's close() has anything to report
+            rt = runtimes.pop(token, None)
             try:
                 if rt is not None:
                     close_runtime(rt)
             except BaseException as exc:
-                _send(conn, ("closed", msg[1], *pack_exception(exc)))
+                if want_reply:
+                    _send(conn, ("closed", token, *pack_exception(exc)))
             else:
-                _send(conn, ("closed", msg[1], None, ""))
+                if want_reply:
+                    _send(conn, ("closed", token, None, ""))
             rt = None  # a stage's closure (and the shared arrays it holds) goes now
         elif op == "exit":
             return
