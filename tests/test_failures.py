@@ -190,3 +190,26 @@ def test_error_in_source_is_raised_with_note():
     with pytest.raises(OSError, match="disk gone") as info:
         ezflow.map(abs, source(), progress=False)
     assert any("source" in n for n in getattr(info.value, "__notes__", []))
+
+
+def _load_only_in(pid):
+    if os.getpid() != pid:
+        raise ImportError("this function cannot be loaded in a worker")
+    return _Unloadable()
+
+
+class _Unloadable:
+    """A stage function that pickles, but whose loading fails in any other process."""
+
+    def __call__(self, x):
+        return x
+
+    def __reduce__(self):
+        return (_load_only_in, (os.getpid(),))
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_function_a_worker_cannot_load_fails_the_run_with_stage_error(start_method):
+    with pytest.raises(ezflow.StageError, match="could not be set up in a worker.*ImportError"):
+        ezflow.map(_Unloadable(), range(20), workers=2, start_method=start_method, progress=False)
+    assert ezflow.map(abs, [-1, -2], workers=2, start_method=start_method, progress=False) == [1, 2]
