@@ -113,9 +113,6 @@ class Executor:
                     msg = loads(w.conn.recv_bytes())
                 except (EOFError, OSError):
                     msg = None
-                if msg is not None and msg[0] == "closed":
-                    w.pending_closed = max(0, w.pending_closed - 1)
-                    continue
                 if msg is not None and msg[0] == "ready":
                     return None
                 if msg is not None and msg[0] == "setup_failed":
@@ -263,8 +260,6 @@ class Executor:
             err = StageError(self.spec.name, f"{what} could not be set up in a worker: {type(exc).__name__}: {exc}")
             err.__cause__ = exc
             self.driver.run.abort(err)
-        elif op == "closed":  # an earlier run's teardown answer (function stages do not wait for it)
-            w.pending_closed = max(0, w.pending_closed - 1)
 
     def _died(self, w: WorkerProc) -> None:
         d = self.driver
@@ -374,9 +369,6 @@ class Executor:
             except (EOFError, OSError):
                 return False
             if msg[0] != "closed":
-                continue
-            if w.pending_closed:  # an earlier run's teardown answer
-                w.pending_closed -= 1
                 continue
             _, _, exc, tb = msg
             if exc is not None:

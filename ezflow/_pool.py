@@ -32,14 +32,13 @@ _ids = itertools.count()
 class WorkerProc:
     """One worker process and the pieces it holds."""
 
-    __slots__ = ("proc", "conn", "outstanding", "sent_at", "pending_closed", "__weakref__")
+    __slots__ = ("proc", "conn", "outstanding", "sent_at", "__weakref__")
 
     def __init__(self, proc: Any, conn: Connection) -> None:
         self.proc = proc
         self.conn = conn
         self.outstanding: collections.deque = collections.deque()
         self.sent_at = 0.0  # when the oldest outstanding piece was sent (timeouts)
-        self.pending_closed = 0  # teardown answers not yet read
 
 
 class ProcessPool:

@@ -7,10 +7,10 @@
       items, special)              <-----    ("result", piece_id, values, errs, busy, retries)
     ("teardown", token,            ----->    close() a class stage
       want_reply)                  <-----    ("closed", token, exc_or_None, tb) if want_reply
+    ("exit",)                      ----->    return
 
 A function stage asks for neither answer: its tasks queue behind the setup,
 and a failed setup is still reported.
-    ("exit",)                      ----->    return
 
 One duplex pipe per worker, so the parent always knows which pieces a
 worker holds: when it dies, those are the pieces to account for. The
@@ -151,12 +151,11 @@ def worker_main(conn: Any, owner: int) -> None:
             try:
                 if rt is not None:
                     close_runtime(rt)
+                reply: tuple = (None, "")
             except BaseException as exc:
-                if want_reply:
-                    _send(conn, ("closed", token, *pack_exception(exc)))
-            else:
-                if want_reply:
-                    _send(conn, ("closed", token, None, ""))
+                reply = pack_exception(exc)
+            if want_reply:
+                _send(conn, ("closed", token, *reply))
             rt = None  # a stage's closure (and the shared arrays it holds) goes now
         elif op == "exit":
             return
