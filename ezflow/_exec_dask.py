@@ -366,7 +366,8 @@ class Executor:
     def _submit(self, piece: Piece) -> None:
         while True:
             if len(piece.items) > self._max_items:
-                piece = self._split(piece, self._max_items)
+                piece, rest = piece.split(self._max_items)
+                self.driver.redo([rest])  # sent next
             try:
                 data = dumps(piece.items, to_worker=True)
             except Exception as exc:
@@ -393,11 +394,6 @@ class Executor:
         with d.cond:
             self._outstanding += 1
             d.cond.notify_all()
-
-    def _split(self, piece: Piece, n: int) -> Piece:
-        """Keep the first n items; the others go back to the driver, to be sent next."""
-        self.driver.redo([Piece(piece.chunk, piece.start + n, piece.items[n:], isolated=piece.isolated)])
-        return Piece(piece.chunk, piece.start, piece.items[:n], isolated=piece.isolated)
 
     def _unsendable(self, piece: Piece, exc: Exception) -> None:
         # Fail only the items that cannot travel; the others still run.

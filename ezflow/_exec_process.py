@@ -163,8 +163,8 @@ class Executor:
                         continue
                     limit = self._shm.max_items()  # items carrying big arrays go a few at a time
                     if limit is not None and len(piece.items) > limit:
-                        d.redo_locked([Piece(piece.chunk, piece.start + limit, piece.items[limit:])])
-                        piece = Piece(piece.chunk, piece.start, piece.items[:limit])
+                        piece, rest = piece.split(limit)
+                        d.redo_locked([rest])
                     piece.id = next(self._ids)
                     w.outstanding.append(piece)
                     if len(w.outstanding) == 1:

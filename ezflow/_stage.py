@@ -61,6 +61,11 @@ class Piece:
         self.isolated = isolated  # re-run alone to find which item killed a worker
         self.id = 0
 
+    def split(self, n: int) -> tuple["Piece", "Piece"]:
+        """Return the first n items as one piece and the rest as another."""
+        head = Piece(self.chunk, self.start, self.items[:n], self.isolated)
+        return head, Piece(self.chunk, self.start + n, self.items[n:], self.isolated)
+
 
 class StageDriver:
     """Runs one stage of a flow between its inbox and outbox channels."""
