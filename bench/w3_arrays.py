@@ -218,7 +218,7 @@ def ezflow_flow_explicit(inp: ArrayInput):
 
     share = getattr(ezflow, "share", None)
     if share is None:
-        from ezflow._shm import share
+        from ezflow._transport.shm import share
     source = (share(a) for a in inp.arrays)
     return ezflow.Flow(source).map(scale, workers=WORKERS).map(total, workers=WORKERS).collect(progress=False)
 
@@ -232,9 +232,9 @@ def share_unavailable():
     if why:
         return why
     try:
-        from ezflow._shm import share  # noqa: F401
+        from ezflow._transport.shm import share  # noqa: F401
     except Exception as e:
-        return f"ezflow._shm cannot be imported: {type(e).__name__}: {e}"
+        return f"ezflow._transport.shm cannot be imported: {type(e).__name__}: {e}"
     return None
 
 

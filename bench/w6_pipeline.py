@@ -98,7 +98,7 @@ def ezflow_flow(inp: PipeInput):
 
 
 def ezflow_flow_tqdm(inp: PipeInput):
-    from ezflow._progress_tqdm import TqdmObserver
+    from ezflow._views.bars import TqdmObserver
 
     flow = _ezflow_flow(inp)
     with open(os.devnull, "w") as sink:
@@ -114,14 +114,14 @@ def widget_unavailable():
     if why:
         return why
     try:
-        from ezflow._progress_widget import WidgetObserver  # noqa: F401
+        from ezflow._views.panel import WidgetObserver  # noqa: F401
     except Exception as e:
         return f"WidgetObserver cannot be imported: {type(e).__name__}: {e}"
     return None
 
 
 def ezflow_flow_widget(inp: PipeInput):
-    from ezflow._progress_widget import WidgetObserver
+    from ezflow._views.panel import WidgetObserver
 
     flow = _ezflow_flow(inp)
     obs = WidgetObserver()

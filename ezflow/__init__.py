@@ -4,23 +4,23 @@ The public surface is this module; everything else is private.
 """
 
 from ._api import imap, map
-from ._env import NUM_CPUS, NUM_THREADS
-from ._errors import Failure, ItemTimeout, RemoteError, TaskError, WorkerDied
+from ._core.env import NUM_CPUS, NUM_THREADS
+from ._core.errors import Failure, ItemTimeout, RemoteError, TaskError, WorkerDied
 from ._executors import StageError
 from ._flow import Flow
-from ._pool import shutdown
-from ._stats import FlowStats, StageStats
+from ._executors.pool import shutdown
+from ._core.stats import FlowStats, StageStats
 
 __version__ = "0.1.0"
 
 # The ezq-compatible layer and shared memory load on first use: `import ezflow` stays light.
 _LAZY = {
-    "Msg": "._q",
-    "Q": "._q",
-    "run": "._q",
-    "run_thread": "._q",
-    "share": "._shm",
-    "SharedMemoryWarning": "._shm",
+    "Msg": "._ezq.q",
+    "Q": "._ezq.q",
+    "run": "._ezq.q",
+    "run_thread": "._ezq.q",
+    "share": "._transport.shm",
+    "SharedMemoryWarning": "._transport.shm",
 }
 
 

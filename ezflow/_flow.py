@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
-from ._plan import StageSpec, make_batch, make_stage, make_unbatch
-from ._record import replace
-from ._run import Run
-from ._stats import FlowStats
+from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
+from ._core.record import replace
+from ._engine.run import Run
+from ._core.stats import FlowStats
 
 __all__ = ["Flow"]
 
@@ -23,7 +23,7 @@ def _observer(progress: Any) -> Any:
     if progress is False:
         return None
     try:
-        from ._progress import make_observer
+        from ._views.choose import make_observer
     except ImportError:  # the progress views are optional at this layer
         return None
     return make_observer(progress)
@@ -238,8 +238,8 @@ class Flow:
             ``results``; and for a flow built without a source, ``put()``,
             ``close()``, ``submit()`` and ``await process(item)``.
         """
-        from ._feed import Feed
-        from ._handle import Handle
+        from ._engine.feed import Feed
+        from ._engine.handle import Handle
 
         feed = Feed() if self._source is None else None
         return Handle(self._run(progress, feed), timeout=timeout, feed=feed)
@@ -265,9 +265,9 @@ class Flow:
     def stats(self) -> FlowStats:
         """The figures of the latest run (live while it runs)."""
         if self._last is None:
-            from ._run import stage_totals, source_length
+            from ._engine.run import stage_totals, source_length
 
-            from ._stats import _Counters
+            from ._core.stats import _Counters
 
             totals = stage_totals(source_length(self._source), self._stages)
             return FlowStats(
@@ -296,7 +296,7 @@ class Flow:
 def _messages(source: Any) -> Any:
     """Read an ezflow.Q as the data of its messages; any other iterable as is."""
     cls = type(source)
-    if cls.__name__ == "Q" and cls.__module__ == "ezflow._q":  # no import of _q just to check
+    if cls.__name__ == "Q" and cls.__module__ == "ezflow._ezq.q":  # no import of _q just to check
         return (msg.data for msg in source)
     return source
 

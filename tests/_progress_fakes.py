@@ -7,7 +7,7 @@ is busy all the time, ``save`` starves behind it.
 
 from __future__ import annotations
 
-from ezflow._stats import FlowStats, StageStats
+from ezflow._core.stats import FlowStats, StageStats
 
 STAGES = (
     # name, kind, mode, workers, items per second

@@ -244,7 +244,7 @@ def test_unsupported_options_and_bad_backend(client):
 
 
 def test_missing_dask_says_how_to_install(monkeypatch):
-    from ezflow._exec_dask import DaskNotInstalled, import_distributed
+    from ezflow._executors.dask import DaskNotInstalled, import_distributed
 
     monkeypatch.setitem(sys.modules, "distributed", None)  # makes `import distributed` fail
     with pytest.raises(ImportError, match=r'pip install "ezflow\[dask\]"') as info:
@@ -342,7 +342,7 @@ def test_shared_arrays_reach_a_dask_stage_by_value(client, caught):
 
 
 def test_process_stage_shares_arrays_then_a_dask_stage_reads_them(client, caught):
-    from ezflow import _shm
+    from ezflow._transport import shm as _shm
 
     shared = []
 

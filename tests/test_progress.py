@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from _progress_fakes import flow_at, run_of
 
-from ezflow._progress import Delayed, TextObserver, bottleneck, make_observer, summary
-from ezflow._progress_tqdm import TqdmObserver
-from ezflow._stats import FlowStats, StageStats
+from ezflow._views.choose import Delayed, TextObserver, bottleneck, make_observer, summary
+from ezflow._views.bars import TqdmObserver
+from ezflow._core.stats import FlowStats, StageStats
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -83,7 +83,7 @@ def test_unknown_progress_names_the_choices(bad):
 
 def test_import_ezflow_does_not_import_tqdm_or_ipywidgets():
     code = (
-        "import sys, ezflow, ezflow._progress\n"
+        "import sys, ezflow, ezflow._views.choose\n"
         "heavy = [m for m in ('tqdm', 'ipywidgets', 'IPython') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -212,7 +212,7 @@ PTY_SCRIPT = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 from _progress_fakes import run_of
-from ezflow._progress import make_observer
+from ezflow._views.choose import make_observer
 
 def feed(obs, seq):
     obs.open(seq[0])
@@ -290,7 +290,7 @@ KERNEL_CELLS = [
 import sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]
 from _progress_fakes import run_of
-from ezflow._progress import make_observer
+from ezflow._views.choose import make_observer
 
 def feed(obs, seq):
     obs.open(seq[0])

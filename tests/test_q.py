@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 import ezflow
-from ezflow._errors import RemoteError, RemoteTraceback, WorkerDied
-from ezflow._q import END_MSG, Msg, Q, Worker, run, run_thread
+from ezflow._core.errors import RemoteError, RemoteTraceback, WorkerDied
+from ezflow._ezq.q import END_MSG, Msg, Q, Worker, run, run_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,7 +135,7 @@ def test_lambda_and_closure_workers(method: str) -> None:
 MAIN_SCRIPT = """
 import sys
 from dataclasses import dataclass
-from ezflow._q import Q, run
+from ezflow._ezq.q import Q, run
 
 SCALE = 3  # a global of __main__: only dill(recurse=True) carries it
 
@@ -368,7 +368,7 @@ def test_large_messages_both_ways(start: Callable[..., Worker]) -> None:
 
 KILL_SCRIPT = """
 import sys, time
-from ezflow._q import Q, run
+from ezflow._ezq.q import Q, run
 
 def wait_forever(q):
     for msg in q:
@@ -614,7 +614,7 @@ def test_threads_see_the_same_objects_in_a_thread_q() -> None:
 def test_a_queue_freed_while_the_registry_is_locked_does_not_deadlock():
     # The garbage collector may free a Q (and run its finalizer) inside Q() while
     # that holds the registry lock: the release must not wait for the lock (it hung).
-    from ezflow import _q
+    from ezflow._ezq import q as _q
 
     q = Q()
     qid = q._qid

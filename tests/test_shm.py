@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import ezflow
-from ezflow import _shm
+from ezflow._transport import shm as _shm
 
 share = getattr(ezflow, "share", None) or _shm.share
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,7 +222,7 @@ def test_plain_pickle_carries_the_data():
     mv = share(b"xyz" * 100)
     back = pickle.loads(pickle.dumps(mv))
     assert bytes(back) == bytes(mv) and not is_shared(back)
-    from ezflow._serialize import dumps
+    from ezflow._transport.serialize import dumps
 
     assert len(dumps(a)) > a.nbytes  # outside a process stage's transport (a Dask stage): the data
     link = _shm.StageLink(None)
@@ -443,7 +443,7 @@ def _script(code: str, **kw) -> subprocess.Popen:
 
 RUNNING_SCRIPT = """
 import os, time, numpy as np, ezflow
-from ezflow import _shm
+from ezflow._transport import shm as _shm
 
 def slow(a):
     time.sleep(0.2)
@@ -505,7 +505,7 @@ def test_stale_segment_of_a_dead_owner_is_swept():
 
 FALLBACK_SCRIPT = """
 import warnings, numpy as np, ezflow
-from ezflow import _shm
+from ezflow._transport import shm as _shm
 
 def big(i):
     return np.full(1 << 20, float(i))

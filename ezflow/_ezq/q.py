@@ -52,9 +52,9 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Literal
 
-from ._env import default_start_method
-from ._errors import RemoteError, WorkerDied, attach_traceback, pack_exception
-from ._serialize import dumps, dumps_by_value, dumps_fn, loads
+from .._core.env import default_start_method
+from .._core.errors import RemoteError, WorkerDied, attach_traceback, pack_exception
+from .._transport.serialize import dumps, dumps_by_value, dumps_fn, loads
 
 __all__ = ["END_MSG", "Msg", "Q", "Worker", "run", "run_thread"]
 

@@ -14,9 +14,9 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from ._errors import Failure
-from ._feed import Feed
-from ._stats import FlowStats
+from .._core.errors import Failure
+from .feed import Feed
+from .._core.stats import FlowStats
 
 __all__ = ["Handle"]
 

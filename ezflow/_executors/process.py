@@ -29,15 +29,15 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
-from ._channel import Cancelled
-from ._env import default_start_method
-from ._errors import ItemTimeout, WorkerDied, describe_exit, pack_exception, short_repr
-from ._executors import StageError
-from ._pool import ProcessPool, WorkerProc, acquire, release
-from ._serialize import dumps, loads
-from ._shm import StageLink
-from ._stage import Piece
-from ._worker import setup_payload
+from .._engine.channel import Cancelled
+from .._core.env import default_start_method
+from .._core.errors import ItemTimeout, WorkerDied, describe_exit, pack_exception, short_repr
+from . import StageError
+from .pool import ProcessPool, WorkerProc, acquire, release
+from .._transport.serialize import dumps, loads
+from .._transport.shm import StageLink
+from .._engine.stage import Piece
+from .worker import setup_payload
 
 __all__ = ["Executor"]
 
@@ -54,7 +54,7 @@ class Executor:
         self.prefetch = 1 if spec.timeout is not None or spec.rate is not None else 2
         self.bucket = None
         if spec.rate is not None:
-            from ._limits import TokenBucket
+            from .limits import TokenBucket
 
             self.bucket = TokenBucket(spec.rate, spec.burst)
         self.token = next(_tokens)
@@ -73,7 +73,7 @@ class Executor:
 
     def setup(self) -> None:
         spec = self.spec
-        from ._limits import make_limiter
+        from .limits import make_limiter
 
         try:
             self._shm = StageLink(spec.share_arrays)
@@ -119,7 +119,7 @@ class Executor:
                     _, _, exc, tb = msg
                     what = short_repr(self.spec.fn) + ("()" if self.spec.is_class else "")
                     exc.__cause__ = None
-                    from ._errors import attach_traceback
+                    from .._core.errors import attach_traceback
 
                     attach_traceback(exc, tb)
                     return (f"{what} raised {type(exc).__name__}: {exc}", exc)

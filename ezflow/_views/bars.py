@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from ._progress import bottleneck, summary
-from ._stats import FlowStats, StageStats
+from .choose import bottleneck, summary
+from .._core.stats import FlowStats, StageStats
 
 __all__ = ["TqdmObserver", "summary"]
 

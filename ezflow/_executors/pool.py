@@ -21,7 +21,7 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._worker import worker_main
+from .worker import worker_main
 
 __all__ = ["ProcessPool", "WorkerProc", "acquire", "release", "shutdown"]
 
@@ -101,7 +101,7 @@ class ProcessPool:
 
     def close(self, timeout: float = 1.0) -> None:
         """Ask every worker to exit; kill those that do not in time."""
-        from ._serialize import dumps
+        from .._transport.serialize import dumps
 
         self.broken = True
         msg = dumps(("exit",))
@@ -175,7 +175,7 @@ def shutdown() -> None:
         _idle.clear()
     for pool in pools:
         pool.close()
-    shm = sys.modules.get("ezflow._shm")
+    shm = sys.modules.get("ezflow._transport.shm")
     if shm is not None:
         shm.flush_pool()
 

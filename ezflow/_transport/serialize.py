@@ -83,7 +83,7 @@ def dumps(obj: Any, *, to_worker: bool = False) -> bytes:
 
 def _shm_engaged() -> Any:
     # Shared arrays travel as references only through ezflow's own pickler (see _shm).
-    shm = sys.modules.get("ezflow._shm")
+    shm = sys.modules.get("ezflow._transport.shm")
     return shm if shm is not None and shm.engaged() else None
 
 

@@ -21,10 +21,10 @@ import math
 import threading
 from typing import Any
 
-from ._channel import Cancelled, Channel, EndOfStream
-from ._errors import Failure, TaskError, attach_traceback
-from ._plan import StageSpec
-from ._stats import _Counters
+from .channel import Cancelled, Channel, EndOfStream
+from .._core.errors import Failure, TaskError, attach_traceback
+from .._plan.spec import StageSpec
+from .._core.stats import _Counters
 
 __all__ = ["Chunk", "Piece", "StageDriver", "TARGET_PIECE_SECONDS"]
 
@@ -101,7 +101,7 @@ class StageDriver:
         self._per_item: float | None = None
         self._ramp = 1
         self._feeder: threading.Thread | None = None
-        from ._executors import make_executor
+        from .._executors import make_executor
 
         self.executor = make_executor(spec, self)
 

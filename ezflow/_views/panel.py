@@ -29,8 +29,8 @@ from typing import Any
 import ipywidgets
 from IPython.display import display
 
-from ._progress import _clock, bottleneck, eta, fraction, summary
-from ._stats import FlowStats, StageStats, human
+from .choose import _clock, bottleneck, eta, fraction, summary
+from .._core.stats import FlowStats, StageStats, human
 
 __all__ = ["WidgetObserver", "render_html"]
 

@@ -37,12 +37,12 @@ import time
 import uuid
 from typing import Any
 
-from ._channel import Cancelled
-from ._errors import WorkerDied, pack_exception, short_repr
-from ._executors import StageError
-from ._serialize import dumps, loads
-from ._stage import Piece
-from ._task import Runtime, build_runtime, close_runtime, run_piece
+from .._engine.channel import Cancelled
+from .._core.errors import WorkerDied, pack_exception, short_repr
+from . import StageError
+from .._transport.serialize import dumps, loads
+from .._engine.stage import Piece
+from .items import Runtime, build_runtime, close_runtime, run_piece
 
 __all__ = ["Executor", "DaskNotInstalled"]
 
@@ -142,7 +142,7 @@ def _run_remote(token: str, payload: bytes, data: bytes, special: bool) -> bytes
     try:
         return dumps((values, errs, busy, retries))
     except Exception:
-        from ._worker import _unpicklable_to_errors
+        from .worker import _unpicklable_to_errors
 
         # one result that cannot travel fails that item, not the whole piece
         _, _, values, errs, busy, retries = _unpicklable_to_errors(("result", 0, values, errs, busy, retries))
@@ -275,7 +275,7 @@ class Executor:
     def _start_remote(self, distributed: Any) -> None:
         spec = self.spec
         client = self.client
-        from ._worker import setup_payload
+        from .worker import setup_payload
 
         try:
             payload = setup_payload(spec, None)
@@ -551,7 +551,7 @@ class Executor:
         finally:
             self._release()  # whatever happened above, the cluster must forget our tasks
         if healthy:
-            from ._errors import attach_traceback
+            from .._core.errors import attach_traceback
 
             for exc, tb in errors:
                 err = StageError(self.spec.name, f"close() raised {type(exc).__name__}: {exc}")

@@ -25,9 +25,9 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from ._env import in_notebook
-from ._observe import Observer
-from ._stats import FlowStats, StageStats, human
+from .._core.env import in_notebook
+from .._core.observe import Observer
+from .._core.stats import FlowStats, StageStats, human
 
 __all__ = ["make_observer", "summary", "Delayed", "TextObserver", "ProgressArg"]
 
@@ -71,7 +71,7 @@ def _stderr_is_tty() -> bool:
 
 
 def _tqdm_view() -> Observer:
-    from ._progress_tqdm import TqdmObserver
+    from .bars import TqdmObserver
 
     return TqdmObserver()
 
@@ -80,7 +80,7 @@ def _notebook_view() -> Observer:
     """Return the widget panel, or text when the widget front end cannot be used."""
     if in_notebook():
         try:
-            from ._progress_widget import WidgetObserver
+            from .panel import WidgetObserver
         except ImportError:  # ipywidgets missing: the panel cannot render
             pass
         else:

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from ._stats import _Counters
+from .._core.stats import _Counters
 
 __all__ = ["Channel", "Cancelled", "EndOfStream"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ._env import NUM_CPUS, NUM_THREADS
-from ._record import record
+from .._core.env import NUM_CPUS, NUM_THREADS
+from .._core.record import record
 
 __all__ = ["StageSpec", "make_stage", "MODES", "ERRORS", "KINDS"]
 

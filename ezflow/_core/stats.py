@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Iterator
 
-from ._record import Factory, record
+from .record import Factory, record
 
 __all__ = ["StageStats", "FlowStats"]
 

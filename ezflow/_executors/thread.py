@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Any
 
-from ._channel import Cancelled
-from ._errors import ItemTimeout, short_repr
-from ._executors import StageError
-from ._task import build_runtime, close_runtime, run_piece
+from .._engine.channel import Cancelled
+from .._core.errors import ItemTimeout, short_repr
+from . import StageError
+from .items import build_runtime, close_runtime, run_piece
 
 __all__ = ["Executor"]
 
@@ -44,7 +44,7 @@ class Executor:
         self._abandoned: set[int] = set()  # threads still inside a timed-out call
 
     def setup(self) -> None:
-        from ._limits import make_limiter
+        from .limits import make_limiter
 
         self.limiter = make_limiter(self.spec, shared=False)
         for _ in range(self.spec.workers):

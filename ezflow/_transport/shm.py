@@ -134,7 +134,7 @@ def _np() -> Any:
 
 def _owner_pid() -> int:
     """The process that will own what this one creates: a worker's parent, or itself."""
-    worker = sys.modules.get("ezflow._worker")
+    worker = sys.modules.get("ezflow._executors.worker")
     owner = getattr(worker, "OWNER", None)
     return owner if owner else _PID
 
@@ -1159,7 +1159,7 @@ def _run_attempt(obj: Any, dill: bool = False) -> bytes:
     ctx = getattr(_tls, "ctx", None)
     buf = io.BytesIO()
     if dill:
-        from ._serialize import dill_pickler
+        from .serialize import dill_pickler
 
         reducer = _Reducer()
         reducer._setup(ctx)
@@ -1289,7 +1289,7 @@ class StageLink:
 
     def dumps_task(self, pid: int, msg: tuple) -> bytes:
         """Pickle a task message, with this stage's sharing options appended."""
-        from ._serialize import dumps
+        from .serialize import dumps
 
         global _active
         if not self._started:
@@ -1345,7 +1345,7 @@ class StageLink:
 
     def loads(self, data: bytes) -> Any:
         """Unpickle a worker's message, noting the result segments it carries."""
-        from ._serialize import loads
+        from .serialize import loads
 
         _tls.sink = sink = []
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from ._errors import Failure, pack_exception
+from .._core.errors import Failure, pack_exception
 
 __all__ = ["Runtime", "build_runtime", "run_piece", "close_runtime"]
 

@@ -21,14 +21,14 @@ import time
 import warnings
 from typing import Any, Iterable, Iterator
 
-from ._batch import BatchDriver, UnbatchDriver
-from ._channel import Cancelled, Channel, EndOfStream
-from ._executors import StageError
-from ._observe import TICK_SECONDS
-from ._plan import StageSpec
-from ._source import ChunkReader
-from ._stage import Chunk, StageDriver
-from ._stats import FlowStats, _Counters
+from .batch import BatchDriver, UnbatchDriver
+from .channel import Cancelled, Channel, EndOfStream
+from .._executors import StageError
+from .._core.observe import TICK_SECONDS
+from .._plan.spec import StageSpec
+from .source import ChunkReader
+from .stage import Chunk, StageDriver
+from .._core.stats import FlowStats, _Counters
 
 __all__ = ["Run"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ._stats import FlowStats
+from .stats import FlowStats
 
 __all__ = ["Observer", "TICK_SECONDS"]
 

@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Any
 
-from ._channel import Cancelled
-from ._errors import Failure, ItemTimeout, short_repr
-from ._executors import StageError
-from ._task import _CAUGHT, _error, _passthrough, build_runtime, close_runtime
+from .._engine.channel import Cancelled
+from .._core.errors import Failure, ItemTimeout, short_repr
+from . import StageError
+from .items import _CAUGHT, _error, _passthrough, build_runtime, close_runtime
 
 __all__ = ["Executor"]
 
@@ -42,7 +42,7 @@ class Executor:
         self.limiter: Any = None
 
     def setup(self) -> None:
-        from ._limits import make_limiter
+        from .limits import make_limiter
 
         self.limiter = make_limiter(self.spec, shared=False)
         self.thread = threading.Thread(target=self._main, name=f"ezflow-async-{self.spec.name}", daemon=True)

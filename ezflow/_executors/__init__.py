@@ -22,11 +22,11 @@ from typing import Any
 __all__ = ["make_executor", "StageError"]
 
 _MODULES = {
-    "thread": "_exec_thread",
-    "process": "_exec_process",
-    "async": "_exec_async",
-    "dask": "_exec_dask",
-    "inline": "_exec_inline",
+    "thread": "thread",
+    "process": "process",
+    "async": "aio",
+    "dask": "dask",
+    "inline": "inline",
 }
 
 
@@ -41,5 +41,5 @@ class StageError(RuntimeError):
 def make_executor(spec: Any, driver: Any) -> Any:
     """Return the executor for this stage."""
     kind = "dask" if spec.backend is not None else spec.mode
-    module = import_module(f"ezflow.{_MODULES[kind]}")
+    module = import_module(f"ezflow._executors.{_MODULES[kind]}")
     return module.Executor(spec, driver)

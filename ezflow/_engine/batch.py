@@ -16,11 +16,11 @@ import threading
 import time
 from typing import Any
 
-from ._channel import Cancelled, Channel, EndOfStream
-from ._errors import Failure
-from ._plan import StageSpec
-from ._stage import Chunk
-from ._stats import _Counters
+from .channel import Cancelled, Channel, EndOfStream
+from .._core.errors import Failure
+from .._plan.spec import StageSpec
+from .stage import Chunk
+from .._core.stats import _Counters
 
 __all__ = ["BatchDriver", "UnbatchDriver"]
 
@@ -31,7 +31,7 @@ class _InlineDriver:
     def __init__(
         self, spec: StageSpec, run: Any, inbox: Channel, outbox: Channel, counters: _Counters, total: int | None
     ) -> None:
-        from ._exec_inline import Executor
+        from .._executors.inline import Executor
 
         self.spec = spec
         self.run = run

@@ -28,9 +28,9 @@ import threading
 import time
 from typing import Any
 
-from ._errors import pack_exception
-from ._serialize import dumps, loads
-from ._task import Runtime, build_runtime, close_runtime, run_piece
+from .._core.errors import pack_exception
+from .._transport.serialize import dumps, loads
+from .items import Runtime, build_runtime, close_runtime, run_piece
 
 __all__ = ["worker_main", "setup_payload"]
 
@@ -40,7 +40,7 @@ OWNER: int | None = None  # the parent: it owns the shared-memory segments this 
 
 def setup_payload(spec: Any, limiter: Any = None) -> bytes:
     """Serialize what a worker needs to build a stage."""
-    from ._serialize import dumps_by_value
+    from .._transport.serialize import dumps_by_value
 
     fields = (
         spec.kind,
@@ -56,7 +56,7 @@ def setup_payload(spec: Any, limiter: Any = None) -> bytes:
 
 
 def _plain(fields: tuple) -> bool:
-    from ._serialize import _by_value
+    from .._transport.serialize import _by_value
 
     kind, fn, is_class, when, retries, retry_on, backoff, limiter = fields
     return not (
@@ -106,7 +106,7 @@ def _result_scope(shm: list) -> Any:
     # Big result arrays go back through shared memory (see _shm); only where numpy is in use.
     if "numpy" not in sys.modules:
         return contextlib.nullcontext()
-    from . import _shm
+    from .._transport import shm as _shm
 
     return _shm.result_scope(shm[0] if shm else None)
 

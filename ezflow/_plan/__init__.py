@@ -1,0 +1,9 @@
+"""Plan: a flow as plain data, validated when it is built.
+
+    Flow.map(...)  -->  make_stage(...)  -->  StageSpec (frozen)  -->  engine
+
+Owns `StageSpec` and the checks that turn a bad option into a `ValueError`
+or `TypeError` at `.map(...)` time, before anything runs.
+
+May import: `ezflow._core`.
+"""
