@@ -37,19 +37,28 @@ def _children() -> set[int]:
     return out
 
 
-# /dev/shm is shared by the whole machine, and multiprocessing's own names
-# (psm_*, sem.mp-*) say nothing of their owner: in CI, where nothing else
-# runs, any new one fails the test; on a busy developer machine only
-# ezflow's own segments (ezf_*) are checked.
-STRICT_SHM = os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("EZFLOW_STRICT_SHM") == "1"
+# /dev/shm is shared by the whole machine: another ezflow process, another test
+# run or a notebook server may be making and freeing segments right now. A test
+# therefore checks only what its own processes made: ezflow's names carry the
+# owner's pid (ezf_<owner>_<creator>_<n>), so a leak is a new ezf_ name whose
+# owner or creator is this process or one of its children.
+# multiprocessing's own names (psm_*, sem.mp-*) say nothing of their owner and
+# ezflow does not make them: they are not counted.
+def _mine(name: str, pids: set[int]) -> bool:
+    parts = name[len("ezf_") :].split("_")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return False
+    return int(parts[0]) in pids or int(parts[1]) in pids
 
 
-def _shm() -> set[str]:
-    prefixes = ("psm_", "ezf", "sem.mp") if STRICT_SHM else ("ezf",)
+def _shm(pids: set[int] | None = None) -> set[str]:
     try:
-        return {n for n in os.listdir(SHM) if n.startswith(prefixes)}
+        names = {n for n in os.listdir(SHM) if n.startswith("ezf_")}
     except FileNotFoundError:
         return set()
+    if pids is None:
+        return names
+    return {n for n in names if _mine(n, pids)}
 
 
 @pytest.fixture(autouse=True)
@@ -58,11 +67,12 @@ def no_leaks(request: pytest.FixtureRequest):
     before_children = _children()
     before_shm = _shm()
     yield
+    pids = {os.getpid()} | _children() | before_children
     ezflow.shutdown()  # idle warm pools are kept on purpose between calls
     deadline = time.monotonic() + 5
     while True:
         left = _children() - before_children
-        shm = _shm() - before_shm - _KNOWN_SHM
+        shm = _shm(pids) - before_shm - _KNOWN_SHM
         if not left and not shm:
             return
         if time.monotonic() > deadline:

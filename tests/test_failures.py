@@ -120,7 +120,8 @@ if __name__ == "__main__":
     while children() and time.monotonic() < deadline:
         time.sleep(0.05)
     print("children", len(children()), flush=True)
-    print("shm", sorted(n for n in os.listdir("/dev/shm") if n.startswith(("psm_", "ezf"))), flush=True)
+    # only this script's own segments: other ezflow processes may share the machine
+    print("shm", sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"ezf_{{os.getpid()}}_")), flush=True)
     print("next", ezflow.map(abs, [-1, -2], mode="{mode}", start_method="{start_method}", progress=False), flush=True)
 """
 
