@@ -52,7 +52,7 @@ class Chunk:
 class Piece:
     """A slice of a chunk sent to one worker."""
 
-    __slots__ = ("chunk", "start", "items", "isolated", "id")
+    __slots__ = ("chunk", "start", "items", "isolated", "id", "attempts")
 
     def __init__(self, chunk: Chunk, start: int, items: list, isolated: bool = False) -> None:
         self.chunk = chunk
@@ -60,6 +60,7 @@ class Piece:
         self.items = items
         self.isolated = isolated  # re-run alone to find which item killed a worker
         self.id = 0
+        self.attempts = 0  # tries already used by a lone item the parent gave back (rules.ItemRules.on_lost)
 
     def split(self, n: int) -> tuple["Piece", "Piece"]:
         """Return the first n items as one piece and the rest as another."""

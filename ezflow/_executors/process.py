@@ -31,12 +31,13 @@ from typing import Any
 
 from .._engine.channel import Cancelled
 from .._core.env import default_start_method
-from .._core.errors import ItemTimeout, WorkerDied, describe_exit, pack_exception, short_repr
+from .._core.errors import WorkerDied, describe_exit, pack_exception, short_repr
 from . import StageError
 from .pool import ProcessPool, WorkerProc, acquire, release
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
 from .._engine.stage import Piece
+from .rules import ItemRules
 from .worker import setup_payload
 
 __all__ = ["Executor"]
@@ -58,6 +59,7 @@ class Executor:
 
             self.bucket = TokenBucket(spec.rate, spec.burst)
         self.token = next(_tokens)
+        self.rules = ItemRules.of(spec)  # decides whether a timed-out or orphaned item is tried again
         self.pool: ProcessPool | None = None
         self._ids = itertools.count()
         self._stop = False
@@ -170,7 +172,7 @@ class Executor:
                     if len(w.outstanding) == 1:
                         w.sent_at = time.monotonic()
                 try:
-                    msg = ("task", piece.id, self.token, piece.items, piece.chunk.special)
+                    msg = ("task", piece.id, self.token, piece.items, piece.chunk.special, piece.attempts)
                     data = self._shm.dumps_task(piece.id, msg)
                 except Exception as exc:
                     self._unsendable(w, piece, exc)
@@ -297,13 +299,12 @@ class Executor:
         running, rest = pieces[0], pieces[1:]
         if len(running.items) == 1:
             if timed_out:
-                err: BaseException = ItemTimeout(
-                    f"item took longer than the stage's timeout of {self.spec.timeout:g}s; "
-                    f"its worker process was stopped"
-                )
+                err: BaseException = self.rules.timeout_error("its worker process was stopped")
             else:
                 err = WorkerDied(code, self.spec.name)
-            d.on_result(running, [None], [(0, err, "", 1)], 0.0)
+            failed = self.rules.on_lost(running, err, d.redo)
+            if failed is not None:
+                d.on_result(running, [None], [failed], 0.0)
         else:
             rest = [
                 Piece(running.chunk, running.start + i, [item], isolated=True)

@@ -20,9 +20,10 @@ import time
 from typing import Any
 
 from .._engine.channel import Cancelled
-from .._core.errors import ItemTimeout, short_repr
+from .._core.errors import short_repr
 from . import StageError
 from .items import build_runtime, close_runtime, run_piece
+from .rules import ItemRules
 
 __all__ = ["Executor"]
 
@@ -42,6 +43,7 @@ class Executor:
         self._names = itertools.count()
         self._stop = threading.Event()
         self._abandoned: set[int] = set()  # threads still inside a timed-out call
+        self.rules = ItemRules.of(spec)  # decides whether a timed-out item is tried again
 
     def setup(self) -> None:
         from .limits import make_limiter
@@ -96,7 +98,7 @@ class Executor:
                     return
                 with self._lock:
                     self._running[me] = (piece, time.monotonic())
-                values, errs, busy, retries = run_piece(rt, piece.items, piece.chunk.special)
+                values, errs, busy, retries = run_piece(rt, piece.items, piece.chunk.special, piece.attempts)
                 with self._lock:
                     mine = self._running.pop(me, None) is not None
                 if not mine:
@@ -126,12 +128,13 @@ class Executor:
                         self._abandoned.add(ident)
                 oldest = min((s for _, s in self._running.values()), default=now)
             for piece in expired:
-                err = ItemTimeout(
-                    f"item took longer than the stage's timeout of {timeout:g}s; a thread cannot be "
-                    f"stopped, so the call goes on in the background and its result is dropped"
+                err = self.rules.timeout_error(
+                    "a thread cannot be stopped, so the call goes on in the background and its result is dropped"
                 )
                 self._start_thread(None)
-                self.driver.on_result(piece, [None] * len(piece.items), [(0, err, "", 1)], timeout)
+                failed = self.rules.on_lost(piece, err, self.driver.redo)
+                if failed is not None:
+                    self.driver.on_result(piece, [None] * len(piece.items), [failed], timeout)
             self._stop.wait(max(0.005, min(timeout, oldest + timeout - time.monotonic())))
 
     def close(self) -> None:

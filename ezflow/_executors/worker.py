@@ -4,7 +4,7 @@
     ("setup", token, payload,      ----->    build the stage (instantiate a class here)
       want_ready)                  <-----    ("ready", token) if want_ready | ("setup_failed", token, exc, tb)
     ("task", piece_id, token,      ----->    run_piece()
-      items, special)              <-----    ("result", piece_id, values, errs, busy, retries)
+      items, special, tried)              <-----    ("result", piece_id, values, errs, busy, retries)
     ("teardown", token,            ----->    close() a class stage
       want_reply)                  <-----    ("closed", token, exc_or_None, tb) if want_reply
     ("exit",)                      ----->    return
@@ -127,8 +127,8 @@ def worker_main(conn: Any, owner: int) -> None:
             return
         op = msg[0]
         if op == "task":
-            _, pid, token, items, special, *shm = msg
-            values, errs, busy, retries = run_piece(runtimes[token], items, special)
+            _, pid, token, items, special, tried, *shm = msg
+            values, errs, busy, retries = run_piece(runtimes[token], items, special, tried)
             with _result_scope(shm):
                 _send(conn, ("result", pid, values, errs, busy, retries))
             del msg, items, values, errs  # let go of shared inputs now: their owner reuses them
