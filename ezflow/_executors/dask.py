@@ -203,7 +203,6 @@ class Executor:
     def setup(self) -> None:
         spec = self.spec
         distributed = import_distributed()
-        self._check_spec()
         from distributed.scheduler import KilledWorker
 
         self._killed_worker = KilledWorker
@@ -218,23 +217,6 @@ class Executor:
             t = threading.Thread(target=target, name=f"ezflow-dask-{name}-{spec.name}", daemon=True)
             self._threads.append(t)
             t.start()
-
-    def _check_spec(self) -> None:
-        spec = self.spec
-        if spec.mode == "async":
-            raise StageError(
-                spec.name,
-                "coroutine functions cannot run on a dask backend: wrap it, "
-                "e.g. lambda x: asyncio.run(fn(x)), or use mode='async' without backend=",
-            )
-        if spec.timeout is not None:
-            raise StageError(
-                spec.name,
-                "timeout= is not supported with backend= (dask cannot stop a running task); "
-                "drop timeout= or run the stage locally",
-            )
-        if spec.rate is not None:
-            raise StageError(spec.name, "rate= is not supported with backend= yet; run the stage locally")
 
     def _connect(self, distributed: Any) -> Any:
         spec = self.spec

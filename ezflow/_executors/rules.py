@@ -36,10 +36,9 @@ import threading
 from typing import Any, Callable, Protocol
 
 from .._core.errors import ItemTimeout
+from .._plan.options import MAX_SECONDS
 
-__all__ = ["ItemRules", "LostPiece", "MAX_DELAY"]
-
-MAX_DELAY = 1_000_000.0  # seconds: the largest wait the machinery (poll, sleep) takes safely
+__all__ = ["ItemRules", "LostPiece"]
 
 
 class LostPiece(Protocol):
@@ -80,7 +79,7 @@ class ItemRules:
             return None
         if not self.backoff:
             return 0.0
-        return min(MAX_DELAY, self.backoff * 2.0 ** min(attempt - 1, 64))
+        return min(MAX_SECONDS, self.backoff * 2.0 ** min(attempt - 1, 64))
 
     def timeout_error(self, what_happened: str) -> ItemTimeout:
         """Return the error of an item that overran the stage's timeout."""
