@@ -8,7 +8,15 @@ start-up path (the stage plan, the stats model) need only this much.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, TypeVar
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # pragma: no cover - only type checkers read it
+
+    def dataclass_transform(**_: Any) -> Callable[[Any], Any]:
+        return lambda f: f
 
 __all__ = ["record", "Factory", "replace"]
 
@@ -24,6 +32,7 @@ class Factory:
         self.make = make
 
 
+@dataclass_transform(field_specifiers=())  # type checkers see the generated __init__
 def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]:
     """Give a class with annotated fields an ``__init__``, ``__repr__`` and ``__eq__``.
 
@@ -87,7 +96,7 @@ def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]:
             if isinstance(default, Factory):
                 delattr(cls, name)  # the class attribute is not a value
         cls._fields = names  # type: ignore[attr-defined]
-        cls.__match_args__ = names  # type: ignore[attr-defined]
+        cls.__match_args__ = names  # type: ignore[attr-defined, misc]
         return cls
 
     return wrap

@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any
 
-from .._engine.channel import Cancelled
 from .._core.errors import short_repr
+from .._engine.channel import Cancelled
 from . import StageError
 from .items import CALL, build_runtime, close_runtime, item_failed, shape, steps
 
@@ -140,7 +140,8 @@ class Executor:
                     await asyncio.sleep(step[1])
                     step = gen.send(None)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            outcome: tuple[list, list, int] = stop.value
+            return outcome
 
     async def _call(self, item: Any) -> tuple[bool, Any]:
         rt = self.rt

@@ -26,8 +26,8 @@ A plain map with no rules takes `_fast_map`, which adds nothing per item.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
-from typing import Any, Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 from .._core.errors import Failure, pack_exception
 from .limits import TokenBucket
@@ -64,6 +64,7 @@ class Runtime:
         self,
         kind: str,
         call: Callable[[Any], Any],
+        *,
         instance: Any,
         when: Callable[[Any], bool] | None,
         rules: ItemRules,
@@ -83,7 +84,7 @@ class Runtime:
         return self.rules.retries
 
 
-def build_runtime(
+def build_runtime(  # noqa: PLR0917 - worker.py and dask.py pass the wire payload's fields in order
     kind: str,
     fn: Any,
     is_class: bool,
@@ -98,9 +99,10 @@ def build_runtime(
     """Make a worker's runtime; a class stage is instantiated here, in the worker."""
     instance = fn() if is_class else None
     call = instance if is_class else fn
-    if is_class and not callable(call):
+    if not callable(call):
         raise TypeError(f"instances of {fn.__name__} are not callable: define __call__(self, item)")
-    return Runtime(kind, call, instance, when, ItemRules(retries, retry_on, backoff, timeout), pack, limiter)
+    rules = ItemRules(retries, retry_on, backoff, timeout)
+    return Runtime(kind, call, instance=instance, when=when, rules=rules, pack=pack, limiter=limiter)
 
 
 def close_runtime(rt: Runtime) -> None:
@@ -217,7 +219,8 @@ def run_piece(rt: Runtime, items: list, special: bool, tried: int = 0) -> tuple[
     rules (when, retries, a rate limit) that need the per-item path.
     """
     t0 = time.perf_counter()
-    if not special and not tried and rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None:
+    plain = rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None
+    if plain and not special and not tried:
         values, errs = _fast_map(rt, items)
         return values, errs, time.perf_counter() - t0, 0
     gen = steps(rt, items, tried)

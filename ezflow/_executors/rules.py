@@ -28,12 +28,16 @@ the worker, a worker that died). The same rule applies to all of them:
   (ezflow cancelling a run is not an item's failure). ``KeyboardInterrupt``
   is not an item's failure: it stops the run.
 * ``Failure.attempts`` counts every try, in the worker and in the parent.
+  When a worker dies holding a piece of several items, nothing says which
+  item killed it: each is first re-run alone, and that re-run is not a
+  retry; the item that kills again, alone, is then judged by these rules.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .._core.errors import ItemTimeout
 from .._plan.options import MAX_SECONDS

@@ -7,13 +7,14 @@ and queues only when the flow runs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._core.env import NUM_CPUS, NUM_THREADS
 from .._core.record import record
 from .options import MAX_SECONDS, check_number, check_support
 
-__all__ = ["StageSpec", "make_stage", "MODES", "ERRORS", "KINDS"]
+__all__ = ["ERRORS", "KINDS", "MODES", "StageSpec", "make_stage"]
 
 MODES = ("process", "thread", "async")
 ERRORS = ("raise", "return", "skip")
@@ -108,7 +109,7 @@ def make_stage(
         raise TypeError(f"when must be a callable predicate or None, got {when!r}")
     is_class = isinstance(fn, type)
     is_coro = _is_coroutine_function(fn) or (
-        is_class and _is_coroutine_function(getattr(fn, "__call__", None))
+        is_class and _is_coroutine_function(fn.__call__)
     )
     if mode is None:
         mode = "async" if is_coro else "process"
@@ -146,7 +147,7 @@ def make_stage(
 
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available on this platform")
-    if share_arrays is not None and not isinstance(share_arrays, bool):
+    if share_arrays is not None and not isinstance(share_arrays, bool):  # noqa: SIM102 - one rule per if
         if not isinstance(share_arrays, int) or share_arrays < 0:
             raise ValueError(
                 "share_arrays must be True, False, None (the default: arrays of 1 MiB or more) "
