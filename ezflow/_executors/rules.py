@@ -51,6 +51,8 @@ class LostPiece(Protocol):
     items: list
     attempts: int
 
+    def split(self, n: int) -> tuple[LostPiece, LostPiece]: ...
+
 
 class ItemRules:
     """A stage's retry and timeout rules; the one place they are decided."""
@@ -94,10 +96,21 @@ class ItemRules:
 
         Retry: count the try on ``piece.attempts``, hand the piece to ``redo``
         (after the backoff, on a timer thread) and return None. Fail: return
-        the error entry ``(0, exc, "", attempts)`` for ``on_result``.
+        the error entry ``(0, exc, "", attempts)`` for ``on_result``. A piece
+        of several items is handed back as lone items (None): nothing says
+        which of them overran or killed, so each is tried alone, and that is
+        not a retry.
         """
+        if len(piece.items) > 1:
+            lone = []
+            rest = piece
+            while len(rest.items) > 1:
+                head, rest = rest.split(1)
+                lone.append(head)
+            redo([*lone, rest])
+            return None
         attempt = piece.attempts + 1
-        delay = self.should_retry(exc, attempt) if len(piece.items) == 1 else None
+        delay = self.should_retry(exc, attempt)
         if delay is None:
             return (0, exc, "", attempt)
         piece.attempts = attempt

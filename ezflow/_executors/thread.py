@@ -37,7 +37,7 @@ class Executor:
         self.threads: list[threading.Thread] = []
         self._ready = threading.Barrier(spec.workers + 1)
         self._setup_error: BaseException | None = None
-        self.limiter = None
+        self.limiter: Any = None
         self._lock = threading.Lock()
         self._running: dict[int, tuple[Any, float]] = {}  # thread ident -> (piece, started)
         self._names = itertools.count()
