@@ -15,8 +15,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from .._core.errors import Failure
-from .feed import Feed
 from .._core.stats import FlowStats
+from .feed import Feed
 
 __all__ = ["Handle"]
 
@@ -77,7 +77,7 @@ class Handle:
     def _resolve(self, chunk: Any) -> None:
         futures = self._feed.futures  # type: ignore[union-attr]
         last = -1
-        for index, item in zip(chunk.idx, chunk.items):
+        for index, item in zip(chunk.idx, chunk.items, strict=True):
             last = max(last, index)
             fut = futures.pop(index, None)
             if fut is None:
