@@ -59,7 +59,7 @@ class ThreadExecutor(Executor):
             self._spawn(self._watch, "watch")
 
     def _start_worker(self, ready: threading.Barrier | None) -> None:
-        self._spawn(lambda: self._work(ready), f"{next(self._names)}")
+        self._spawn(lambda: self._work(ready), f"thread{next(self._names)}")
 
     def _work(self, ready: threading.Barrier | None) -> None:
         spec = self.spec
