@@ -1,8 +1,8 @@
 """Async executor: coroutine stages on an event loop of their own.
 
-    driver.next_piece() --(one helper thread)--> asyncio.Queue --> N worker tasks
-                                                                   await fn(item)
-    driver.on_result() <-------------------------------------------+
+    port.take() --(one helper thread)--> asyncio.Queue --> N worker tasks
+                                                           await fn(item)
+    port.done() <------------------------------------------+
 
 The loop runs in a thread of its own, so a stage works the same from a
 plain script and from a notebook whose loop is already running. `workers`
@@ -17,46 +17,45 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .._engine.channel import Cancelled
-from .._core.errors import Failure, ItemTimeout, short_repr
-from . import StageError
-from .items import _CAUGHT, _error, _passthrough, build_runtime, close_runtime
+from .._core.errors import Cancelled, Failure, ItemTimeout
+from .base import Executor
+from .items import _CAUGHT, Runtime, _error, _passthrough, build_runtime, close_runtime
+from .limits import TokenBucket, make_limiter
+from .port import Piece, StagePort
 
-__all__ = ["Executor"]
+if TYPE_CHECKING:
+    from .._plan.spec import StageSpec
+
+__all__ = ["AsyncExecutor"]
 
 
-class Executor:
+class AsyncExecutor(Executor):
     """Runs a coroutine stage with `workers` items in flight."""
 
-    def __init__(self, spec: Any, driver: Any) -> None:
-        self.spec = spec
-        self.driver = driver
+    def __init__(self, spec: StageSpec, port: StagePort) -> None:
+        super().__init__(spec, port)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._setup_error: BaseException | None = None
+        self._start_error: BaseException | None = None
         self._puller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ezflow-async-pull")
-        self.rt: Any = None
-        self.limiter: Any = None
+        self.rt: Runtime = None  # type: ignore[assignment]  # built in _serve()
+        self.limiter: TokenBucket | None = None
 
     def setup(self) -> None:
-        from .limits import make_limiter
-
         self.limiter = make_limiter(self.spec, shared=False)
-        self.thread = threading.Thread(target=self._main, name=f"ezflow-async-{self.spec.name}", daemon=True)
-        self.thread.start()
+        self._spawn(self._main, "async")
         self._ready.wait()
-        if self._setup_error is not None:
-            exc = self._setup_error
-            raise StageError(self.spec.name, f"{short_repr(self.spec.fn)} raised {type(exc).__name__}: {exc}") from exc
+        if self._start_error is not None:
+            raise self._setup_error(self._start_error) from self._start_error
 
     def _main(self) -> None:
         loop = self.loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._serve())
         finally:
+            self._ready.set()  # a bug before the stage was built must not hang setup()
             loop.close()
             self._puller.shutdown(wait=False)
 
@@ -68,17 +67,17 @@ class Executor:
                 spec.retry_on, spec.backoff, pack=False, limiter=None,
             )
         except BaseException as exc:
-            self._setup_error = exc
+            self._start_error = exc
             self._ready.set()
             return
         self._ready.set()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=spec.workers)
+        queue: asyncio.Queue[Piece | None] = asyncio.Queue(maxsize=spec.workers)
         workers = [asyncio.ensure_future(self._work(queue)) for _ in range(spec.workers)]
         loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
-                    piece = await loop.run_in_executor(self._puller, self.driver.next_piece)
+                    piece = await loop.run_in_executor(self._puller, self.port.take)
                 except Cancelled:
                     break
                 if piece is None:
@@ -93,18 +92,18 @@ class Executor:
             try:
                 close_runtime(self.rt)
             except BaseException as exc:
-                self.driver.run.abort(StageError(spec.name, f"close() raised {type(exc).__name__}: {exc}"), late=True)
+                self._close_failed(exc)
 
-    async def _work(self, queue: asyncio.Queue) -> None:
+    async def _work(self, queue: asyncio.Queue[Piece | None]) -> None:
         while True:
             piece = await queue.get()
             if piece is None:
                 return
             t0 = time.perf_counter()
             values, errs, retried = await self._run_piece(piece.items, piece.chunk.special)
-            if self.driver.cancelled:
+            if self.cancelled:
                 return
-            self.driver.on_result(piece, values, errs, time.perf_counter() - t0, retried)
+            self.port.done(piece, values, errs, time.perf_counter() - t0, retried)
 
     async def _run_piece(self, items: list, special: bool) -> tuple[list, list, int]:
         rt = self.rt
@@ -159,17 +158,11 @@ class Executor:
                     break
         return values, errs, retried
 
-    def close(self) -> None:
-        pass  # the serve loop ends when next_piece() returns None
-
     def cancel(self) -> None:
+        super().cancel()
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
             except RuntimeError:
                 pass  # the loop just closed
-
-    def join(self, timeout: float) -> None:
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
