@@ -14,25 +14,24 @@ from ._core.stats import FlowStats, StageStats
 __version__ = "0.1.0"
 
 # The ezq-compatible layer and shared memory load on first use: `import ezflow` stays light.
-_LAZY = {
-    "Msg": "._ezq.q",
-    "Q": "._ezq.q",
-    "run": "._ezq.q",
-    "run_thread": "._ezq.q",
-    "share": "._transport.shm",
-    "SharedMemoryWarning": "._transport.shm",
-}
+_EZQ = frozenset({"Msg", "Q", "run", "run_thread"})
+_SHM = frozenset({"share", "SharedMemoryWarning"})
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
-    from importlib import import_module
+    if name in _EZQ:
+        from ._ezq import q
 
-    value = getattr(import_module(module, __name__), name)
+        value = getattr(q, name)
+    elif name in _SHM:
+        from ._transport import shm
+
+        value = getattr(shm, name)
+    else:
+        raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
     globals()[name] = value
     return value
+
 
 __all__ = [
     "NUM_CPUS",

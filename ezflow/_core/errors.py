@@ -16,12 +16,14 @@ import signal
 from typing import Any
 
 __all__ = [
-    "TaskError",
+    "Cancelled",
     "Failure",
-    "WorkerDied",
     "ItemTimeout",
-    "RemoteTraceback",
     "RemoteError",
+    "RemoteTraceback",
+    "StageError",
+    "TaskError",
+    "WorkerDied",
 ]
 
 _short = reprlib.Repr()
@@ -54,6 +56,18 @@ def _safe_repr(exc: BaseException) -> str:
         return repr(exc)
     except BaseException:
         return f"<{describe(exc)}>"
+
+
+class Cancelled(Exception):
+    """The run was cancelled while this thread waited (on a channel, or for work)."""
+
+
+class StageError(RuntimeError):
+    """A stage could not start: its function or class failed to load or build."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"stage {stage!r} could not start: {message}")
+        self.stage = stage
 
 
 class RemoteTraceback(Exception):
@@ -120,9 +134,9 @@ class Failure:
         attempts: how many times the item was tried.
     """
 
-    __slots__ = ("item", "index", "stage", "error", "traceback", "attempts")
+    __slots__ = ("attempts", "error", "index", "item", "stage", "traceback")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - a public record: its positional order is part of its API
         self,
         item: Any,
         index: int,
@@ -155,7 +169,7 @@ class Failure:
     def __reduce__(self) -> tuple:
         return (Failure, (self.item, self.index, self.stage, self.error, self.traceback, self.attempts))
 
-    def to_error(self) -> "TaskError":
+    def to_error(self) -> TaskError:
         """Return the `TaskError` that ``errors="raise"`` raises for this failure."""
         return TaskError(self)
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, TypeVar
 
+T = TypeVar("T")
+
 if sys.version_info >= (3, 11):
     from typing import dataclass_transform
-else:  # pragma: no cover - only type checkers read it
+else:  # pragma: no cover - the decorator only informs type checkers
 
-    def dataclass_transform(**_: Any) -> Callable[[Any], Any]:
+    def dataclass_transform(**_: Any) -> Callable[[T], T]:
         return lambda f: f
 
 __all__ = ["record", "Factory", "replace"]
 
-T = TypeVar("T")
 
 
 class Factory:
@@ -28,11 +29,12 @@ class Factory:
 
     __slots__ = ("make",)
 
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
+    # `factory`: the name type checkers read on a field specifier (dataclass_transform)
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.make = factory
 
 
-@dataclass_transform(field_specifiers=())  # type checkers see the generated __init__
+@dataclass_transform(field_specifiers=(Factory,))
 def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]:
     """Give a class with annotated fields an ``__init__``, ``__repr__`` and ``__eq__``.
 
@@ -96,7 +98,7 @@ def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]:
             if isinstance(default, Factory):
                 delattr(cls, name)  # the class attribute is not a value
         cls._fields = names  # type: ignore[attr-defined]
-        cls.__match_args__ = names  # type: ignore[attr-defined, misc]
+        cls.__match_args__ = names  # type: ignore[attr-defined,misc]
         return cls
 
     return wrap

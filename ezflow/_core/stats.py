@@ -181,7 +181,7 @@ class _Counters:
     finished: float | None = None
     state: str = "pending"
     error: str | None = None
-    lock: threading.Lock = Factory(threading.Lock)  # type: ignore[assignment]
+    lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
 
     def start(self) -> None:
         if self.started is None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
-from .channel import Cancelled, Channel, EndOfStream
-from .._core.errors import Failure
-from .._plan.spec import StageSpec
-from .stage import Chunk
+from .._core.errors import Cancelled, Failure
 from .._core.stats import _Counters
+from .._executors.inline import InlineExecutor
+from .._executors.port import Chunk
+from .._plan.spec import StageSpec
+from .channel import Channel, EndOfStream
+from .stage import Aborter
 
 __all__ = ["BatchDriver", "UnbatchDriver"]
 
@@ -29,17 +30,15 @@ class _InlineDriver:
     """A stage that runs in one thread of the parent, with no workers."""
 
     def __init__(
-        self, spec: StageSpec, run: Any, inbox: Channel, outbox: Channel, counters: _Counters, total: int | None
+        self, spec: StageSpec, run: Aborter, inbox: Channel, outbox: Channel, counters: _Counters, *, total: int | None
     ) -> None:
-        from .._executors.inline import Executor
-
         self.spec = spec
         self.run = run
         self.inbox = inbox
         self.outbox = outbox
         self.counters = counters
         self.total = total
-        self.executor = Executor(spec, self)
+        self.executor = InlineExecutor(spec)
         self.cancelled = False
         self._seq = 0
         self._thread: threading.Thread | None = None
@@ -99,7 +98,7 @@ class BatchDriver(_InlineDriver):
             if chunk is not None:
                 c.start()
                 c.items_in += len(chunk.items)
-                for item, index in zip(chunk.items, chunk.idx):
+                for item, index in zip(chunk.items, chunk.idx, strict=True):
                     if chunk.special and item.__class__ is Failure:
                         out.append(item)
                         out_idx.append(index)
@@ -140,7 +139,7 @@ class UnbatchDriver(_InlineDriver):
             c.items_in += len(chunk.items)
             out: list = []
             out_idx: list = []
-            for item, index in zip(chunk.items, chunk.idx):
+            for item, index in zip(chunk.items, chunk.idx, strict=True):
                 if chunk.special and item.__class__ is Failure:
                     out.append(item)
                     out_idx.append(index)

@@ -16,13 +16,10 @@ import threading
 import time
 from typing import Any
 
+from .._core.errors import Cancelled
 from .._core.stats import _Counters
 
 __all__ = ["Channel", "Cancelled", "EndOfStream"]
-
-
-class Cancelled(Exception):
-    """The run was cancelled while waiting on a channel."""
 
 
 class EndOfStream(Exception):

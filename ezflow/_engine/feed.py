@@ -17,8 +17,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["Feed", "FlowStopped"]
 

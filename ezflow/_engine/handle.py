@@ -15,8 +15,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from .._core.errors import Failure
-from .feed import Feed
 from .._core.stats import FlowStats
+from .._executors.port import Chunk
+from .feed import Feed
+from .run import Run
 
 __all__ = ["Handle"]
 
@@ -24,7 +26,7 @@ __all__ = ["Handle"]
 class Handle:
     """A flow running in the background."""
 
-    def __init__(self, run: Any, timeout: float | None = None, feed: Feed | None = None) -> None:
+    def __init__(self, run: Run, timeout: float | None = None, feed: Feed | None = None) -> None:
         self._run = run
         self._feed = feed
         self._ordered = all(s.ordered for s in run.specs)
@@ -74,10 +76,10 @@ class Handle:
                 feed.fail_pending(f"{why} before this item was processed")
             self._finished.set()
 
-    def _resolve(self, chunk: Any) -> None:
+    def _resolve(self, chunk: Chunk) -> None:
         futures = self._feed.futures  # type: ignore[union-attr]
         last = -1
-        for index, item in zip(chunk.idx, chunk.items):
+        for index, item in zip(chunk.idx, chunk.items, strict=True):
             last = max(last, index)
             fut = futures.pop(index, None)
             if fut is None:

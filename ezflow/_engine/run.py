@@ -19,16 +19,18 @@ import math
 import threading
 import time
 import warnings
-from typing import Any, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-from .batch import BatchDriver, UnbatchDriver
-from .channel import Cancelled, Channel, EndOfStream
-from .._executors import StageError
+from .._core.errors import Cancelled, StageError
 from .._core.observe import TICK_SECONDS
-from .._plan.spec import StageSpec
-from .source import ChunkReader
-from .stage import Chunk, StageDriver
 from .._core.stats import FlowStats, _Counters
+from .._executors.port import Chunk
+from .._plan.spec import StageSpec
+from .batch import BatchDriver, UnbatchDriver
+from .channel import Channel, EndOfStream
+from .source import ChunkReader
+from .stage import StageDriver
 
 __all__ = ["Run"]
 
@@ -78,18 +80,22 @@ class Run:
         self._observer_closed = False
         self.counters = [
             _Counters(s.name, s.kind, "dask" if s.backend is not None else s.mode, s.workers, total=t)
-            for s, t in zip(specs, stage_totals(self.total, specs))
+            for s, t in zip(specs, stage_totals(self.total, specs), strict=True)
         ]
         self.channels = [
             Channel(max(2, 2 * s.workers if s.mode != "inline" else 2), c)
-            for s, c in zip(specs, self.counters)
+            for s, c in zip(specs, self.counters, strict=True)
         ]
         self.channels.append(Channel(4))
-        self.drivers: list[Any] = []
+        self.drivers: list[StageDriver | BatchDriver | UnbatchDriver] = []
         for i, spec in enumerate(specs):
-            cls = {"batch": BatchDriver, "unbatch": UnbatchDriver}.get(spec.kind, StageDriver)
+            cls: type[StageDriver] | type[BatchDriver] | type[UnbatchDriver] = StageDriver
+            if spec.kind == "batch":
+                cls = BatchDriver
+            elif spec.kind == "unbatch":
+                cls = UnbatchDriver
             self.drivers.append(
-                cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], self.counters[i].total)
+                cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], total=self.counters[i].total)
             )
         self._threads: list[threading.Thread] = []
         self._reader: ChunkReader | None = None
@@ -125,7 +131,7 @@ class Run:
             return
         errors: list[BaseException] = []
 
-        def setup(d: Any) -> None:
+        def setup(d: StageDriver | BatchDriver | UnbatchDriver) -> None:
             try:
                 d.executor.setup()
             except BaseException as exc:
@@ -144,7 +150,7 @@ class Run:
         stage = exc.stage if isinstance(exc, StageError) else None
         self._stop("failed", stage)
 
-    def _spawn(self, target: Any, name: str) -> None:
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(t)
         t.start()
@@ -239,7 +245,7 @@ class Run:
             ch.cancel()
         if self._reader is not None:
             self._reader.cancel()
-        for d, c in zip(self.drivers, self.counters):
+        for d, c in zip(self.drivers, self.counters, strict=True):
             d.cancel()
             if state == "failed" and stage == c.name:
                 c.finish("failed", f"{type(self.error).__name__}: {self.error}")

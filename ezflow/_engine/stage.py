@@ -1,8 +1,8 @@
 """One running stage: take chunks, cut pieces for workers, reassemble, emit.
 
-    inbox --get--> feeder thread --pending chunks--> executor.next_piece() --> workers
-                                                                               |
-    outbox <--put-- emit in order <-- complete chunk <-- on_result(piece) <----+
+    inbox --get--> feeder thread --pending chunks--> port.take() --> executor's workers
+                                                                        |
+    outbox <--put-- emit in order <-- complete chunk <-- port.done(piece) <-+
 
 A *chunk* is the unit of flow and order: the source numbers them, every
 stage emits each input chunk as one output chunk (shorter after a filter,
@@ -12,6 +12,9 @@ cut from a chunk just in time, sized from the measured time per item
 (about `TARGET_PIECE_SECONDS` of work), so tiny tasks travel by the
 thousand and slow ones one at a time. At most `window` chunks are in a
 stage at once: that bounds memory and gives backpressure.
+
+The driver is the `StagePort` of its stage's executor: the executor takes
+pieces and reports them through it and never sees the run or the lock.
 """
 
 from __future__ import annotations
@@ -19,65 +22,40 @@ from __future__ import annotations
 import collections
 import math
 import threading
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from .channel import Cancelled, Channel, EndOfStream
-from .._core.errors import Failure, TaskError, attach_traceback
-from .._plan.spec import StageSpec
+from .._core.errors import Cancelled, Failure, TaskError, attach_traceback
 from .._core.stats import _Counters
+from .._executors import Executor, make_executor
+from .._executors.port import Chunk, ItemError, Piece
+from .._plan.spec import StageSpec
+from .channel import Channel, EndOfStream
 
-__all__ = ["Chunk", "Piece", "StageDriver", "TARGET_PIECE_SECONDS"]
+__all__ = ["TARGET_PIECE_SECONDS", "Aborter", "StageDriver"]
 
 TARGET_PIECE_SECONDS = {"process": 0.02, "thread": 0.005, "async": 0.0, "dask": 0.2}
 # Without a known total, a piece is capped so the first results are not held back too long.
 MAX_PIECE_UNKNOWN_TOTAL = 2_000
 
 
-class Chunk:
-    """Items that travel together, with their source indices."""
+class Aborter(Protocol):
+    """What a stage needs of its run: a way to fail it."""
 
-    __slots__ = ("seq", "idx", "items", "special", "parts", "left", "busy", "made")
-
-    def __init__(self, seq: int, idx: range | list, items: list, special: bool = False) -> None:
-        self.seq = seq
-        self.idx = idx  # source index of each item: a range until something reorders
-        self.items = items
-        self.special = special  # may hold Failure records from an earlier stage
-        self.parts: list[tuple[int, list, list]] = []
-        self.left = len(items)
-        self.busy = 0.0
-        self.made = 0  # Failure records this stage put in (counted as errors, not out)
-
-
-class Piece:
-    """A slice of a chunk sent to one worker."""
-
-    __slots__ = ("chunk", "start", "items", "isolated", "id", "attempts")
-
-    def __init__(self, chunk: Chunk, start: int, items: list, isolated: bool = False) -> None:
-        self.chunk = chunk
-        self.start = start
-        self.items = items
-        self.isolated = isolated  # re-run alone to find which item killed a worker
-        self.id = 0
-        self.attempts = 0  # tries already used by a lone item the parent gave back (rules.ItemRules.on_lost)
-
-    def split(self, n: int) -> tuple["Piece", "Piece"]:
-        """Return the first n items as one piece and the rest as another."""
-        head = Piece(self.chunk, self.start, self.items[:n], self.isolated)
-        return head, Piece(self.chunk, self.start + n, self.items[n:], self.isolated)
+    def abort(self, exc: BaseException, stage: str | None = None, late: bool = False) -> None: ...
 
 
 class StageDriver:
-    """Runs one stage of a flow between its inbox and outbox channels."""
+    """Runs one stage of a flow between its inbox and outbox channels (the executor's `StagePort`)."""
 
     def __init__(
         self,
         spec: StageSpec,
-        run: Any,
+        run: Aborter,
         inbox: Channel,
         outbox: Channel,
         counters: _Counters,
+        *,
         total: int | None,
     ) -> None:
         self.spec = spec
@@ -89,7 +67,7 @@ class StageDriver:
         self.window = 2 * spec.workers + 2
         counters.window = self.window
         self.cond = threading.Condition(threading.Lock())
-        self._pending: collections.deque[list] = collections.deque()  # [chunk, offset]
+        self._pending: collections.deque[list[Any]] = collections.deque()  # [chunk, offset]
         self._redo: collections.deque[Piece] = collections.deque()
         self._inflight = 0  # chunks taken and not yet emitted
         self._input_ended = False
@@ -102,9 +80,7 @@ class StageDriver:
         self._per_item: float | None = None
         self._ramp = 1
         self._feeder: threading.Thread | None = None
-        from .._executors import make_executor
-
-        self.executor = make_executor(spec, self)
+        self.executor: Executor = make_executor(spec, self)
 
     # -- sizing ---------------------------------------------------------
 
@@ -194,8 +170,10 @@ class StageDriver:
         except BaseException as exc:  # a bug here must fail the run, not hang it
             self.run.abort(exc)
 
-    def next_piece(self) -> Piece | None:
-        """Wait for the next piece to run; None when this stage has no more work.
+    # -- the executor's port ---------------------------------------------------
+
+    def take(self, room: Callable[[], bool] | None = None) -> Piece | None:
+        """Wait for a piece the executor has `room` for; None when this stage has no more work.
 
         Raises:
             Cancelled: the run was cancelled.
@@ -204,26 +182,48 @@ class StageDriver:
             while True:
                 if self.cancelled:
                     raise Cancelled
-                piece = self.take_piece_locked()
-                if piece is not None or self.no_more_work_locked():
-                    return piece
+                if room is None or room():
+                    piece = self._take_locked()
+                    if piece is not None:
+                        return piece
+                if self._no_more_work_locked():
+                    return None
                 self.cond.wait()
 
-    def take_piece_locked(self) -> Piece | None:
-        """Return a piece if one is waiting (hold `cond`)."""
+    def give_back(self, pieces: Sequence[Piece]) -> None:
+        """Queue pieces to run again ahead of new work (after a worker died)."""
+        with self.cond:
+            self._redo.extendleft(reversed(pieces))
+            self.cond.notify_all()
+
+    def fail(self, exc: BaseException, *, late: bool = False, blame: bool = False) -> None:
+        """Fail the run (a bug or a setup failure in the executor)."""
+        self.run.abort(exc, stage=self.spec.name if blame else None, late=late)
+
+    def set_capacity(self, workers: int, pieces: int) -> None:
+        """The executor runs `workers` items at once and wants `pieces` in flight."""
+        with self.cond:
+            # The window of chunks is sized from `workers`, which means this
+            # machine's CPUs for a dask stage: let a larger cluster have enough
+            # chunks to cut `pieces` pieces from.
+            self.window = max(self.window, pieces)
+            self.counters.workers = workers  # utilisation is per worker (per cluster thread)
+            self.cond.notify_all()
+
+    def wake(self) -> None:
+        """The executor's state changed: waiting takers check their room again."""
+        with self.cond:
+            self.cond.notify_all()
+
+    def _take_locked(self) -> Piece | None:
         if self._redo:
             return self._redo.popleft()
         if self._pending:
             return self._cut()
         return None
 
-    def no_more_work_locked(self) -> bool:
-        """Return True once the input has ended and every chunk is out (hold `cond`)."""
+    def _no_more_work_locked(self) -> bool:
         return self._input_ended and self._inflight == 0
-
-    def has_work(self) -> bool:
-        """Return True if a piece is waiting to be cut."""
-        return bool(self._redo or self._pending)
 
     def _cut(self) -> Piece:
         entry = self._pending[0]
@@ -243,19 +243,11 @@ class StageDriver:
         self.counters.pending_chunks = len(self._pending)
         return piece
 
-    def redo(self, pieces: list[Piece]) -> None:
-        """Queue pieces to run again ahead of new work (after a worker died)."""
-        with self.cond:
-            self.redo_locked(pieces)
-
-    def redo_locked(self, pieces: list[Piece]) -> None:
-        """`redo`, for a caller that holds `cond`."""
-        self._redo.extendleft(reversed(pieces))
-        self.cond.notify_all()
-
     # -- output side ----------------------------------------------------
 
-    def on_result(self, piece: Piece, values: list, errs: list, busy: float, retries: int = 0) -> None:
+    def done(
+        self, piece: Piece, values: list[Any], errs: Sequence[ItemError], busy: float, retries: int = 0
+    ) -> None:
         """Record a finished piece; emit its chunk once every piece is back."""
         chunk = piece.chunk
         n = len(piece.items)
@@ -303,7 +295,7 @@ class StageDriver:
 
     def _maybe_finish(self) -> None:
         with self.cond:
-            if self._finished or self.cancelled or not self.no_more_work_locked():
+            if self._finished or self.cancelled or not self._no_more_work_locked():
                 return
             self._finished = True
             self.cond.notify_all()

@@ -1,45 +1,65 @@
-"""Pick the executor that runs a stage's workers, by mode or backend.
+"""Executors: run a stage's pieces on workers (threads, processes, an event loop, dask).
 
-Every executor has the same small contract with its `StageDriver`:
+    engine --StagePort (port.py)--> Executor (base.py) <-- thread.py / process.py / aio.py / dask.py / inline.py
 
-    setup()   start workers and build the stage in each (a class is
-              instantiated there); raise `StageError` if that fails
-    close()   the stage's work is all done: tear down, give pools back
-              (never blocks: it may be called from a worker thread)
-    cancel()  stop now
-    join(t)   wait up to t seconds for the executor's own threads
+Owns: the executor base class and its port, one module per backend, the
+per-item rules (items.py, limits.py), and the process pool and worker
+(pool.py, worker.py). May import: ``_transport``, ``_plan``, ``_core``;
+never the engine, the views or the facade.
 
-Workers pull pieces with ``driver.next_piece()`` and report with
-``driver.on_result(...)``. Backends are imported by name only when a stage
-uses them, so dask is never imported by a run that does not need it.
+A backend is one module with one `Executor` subclass; add it to `_BACKENDS`.
+Backends load when a stage first uses them, so dask is never imported by a
+run that does not need it.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["make_executor", "StageError"]
+from .._core.errors import StageError
+from .base import Executor
+from .port import StagePort
 
-_MODULES = {
-    "thread": "thread",
-    "process": "process",
-    "async": "aio",
-    "dask": "dask",
-    "inline": "inline",
+if TYPE_CHECKING:
+    from .._plan.spec import StageSpec
+
+__all__ = ["Executor", "StageError", "StagePort", "make_executor"]
+
+
+def _thread() -> type[Executor]:
+    from .thread import ThreadExecutor
+
+    return ThreadExecutor
+
+
+def _process() -> type[Executor]:
+    from .process import ProcessExecutor
+
+    return ProcessExecutor
+
+
+def _async() -> type[Executor]:
+    from .aio import AsyncExecutor
+
+    return AsyncExecutor
+
+
+def _dask() -> type[Executor]:
+    from .dask import DaskExecutor
+
+    return DaskExecutor
+
+
+_BACKENDS: dict[str, Callable[[], type[Executor]]] = {
+    "thread": _thread,
+    "process": _process,
+    "async": _async,
+    "dask": _dask,
 }
 
 
-class StageError(RuntimeError):
-    """A stage could not start: its function or class failed to load or build."""
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(f"stage {stage!r} could not start: {message}")
-        self.stage = stage
-
-
-def make_executor(spec: Any, driver: Any) -> Any:
-    """Return the executor for this stage."""
+def make_executor(spec: StageSpec, port: StagePort) -> Executor:
+    """Return the executor for this stage: its `backend` (dask) if it has one, else its `mode`."""
     kind = "dask" if spec.backend is not None else spec.mode
-    module = import_module(f"ezflow._executors.{_MODULES[kind]}")
-    return module.Executor(spec, driver)
+    return _BACKENDS[kind]()(spec, port)

@@ -1,8 +1,8 @@
 """Async executor: coroutine stages on an event loop of their own.
 
-    driver.next_piece() --(one helper thread)--> asyncio.Queue --> N worker tasks
-                                                                   await fn(item)
-    driver.on_result() <-------------------------------------------+
+    port.take() --(one helper thread)--> asyncio.Queue --> N worker tasks
+                                                           await fn(item)
+    port.done() <------------------------------------------+
 
 The loop runs in a thread of its own, so a stage works the same from a
 plain script and from a notebook whose loop is already running. `workers`
@@ -21,52 +21,49 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._core.errors import short_repr
-from .._engine.channel import Cancelled
-from . import StageError
-from .items import CALL, build_runtime, close_runtime, item_failed, shape, steps
+from .._core.errors import Cancelled
+from .base import Executor
+from .items import CALL, Runtime, build_runtime, close_runtime, item_failed, shape, steps
+from .limits import TokenBucket, make_limiter
+from .port import ItemError, Piece, StagePort
 
-__all__ = ["Executor"]
+if TYPE_CHECKING:
+    from .._plan.spec import StageSpec
+
+__all__ = ["AsyncExecutor"]
 
 
-class Executor:
+class AsyncExecutor(Executor):
     """Runs a coroutine stage with `workers` items in flight."""
 
-    def __init__(self, spec: Any, driver: Any) -> None:
-        self.spec = spec
-        self.driver = driver
+    def __init__(self, spec: StageSpec, port: StagePort) -> None:
+        super().__init__(spec, port)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._setup_error: BaseException | None = None
+        self._start_error: BaseException | None = None
         self._puller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ezflow-async-pull")
-        self.rt: Any = None
-        self.limiter: Any = None
-        self._stopping = False  # set before ezflow cancels the tasks: their CancelledError is ours
-        self._abandoned: set[asyncio.Future] = set()  # timed-out items that ignored their cancel
+        self.rt: Runtime = None  # type: ignore[assignment]  # built in _serve()
+        self.limiter: TokenBucket | None = None
+        self._abandoned: set[asyncio.Future[Any]] = set()  # timed-out items that ignored their cancel
 
     def setup(self) -> None:
-        from .limits import make_limiter
-
         self.limiter = make_limiter(self.spec, shared=False)
-        self.thread = threading.Thread(target=self._main, name=f"ezflow-async-{self.spec.name}", daemon=True)
-        self.thread.start()
+        self._spawn(self._main, "async")
         self._ready.wait()
-        if self._setup_error is not None:
-            exc = self._setup_error
-            raise StageError(self.spec.name, f"{short_repr(self.spec.fn)} raised {type(exc).__name__}: {exc}") from exc
+        if self._start_error is not None:
+            raise self._setup_error(self._start_error) from self._start_error
 
     def _main(self) -> None:
         loop = self.loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._serve())
         except asyncio.CancelledError:
-            pass  # the run was cancelled: nothing to report from this thread
-        except BaseException as exc:  # a bug here must fail the run, not hang it
-            self.driver.run.abort(exc)
+            if not self.cancelled:
+                raise
         finally:
+            self._ready.set()  # a bug before the stage was built must not hang setup()
             loop.close()
             self._puller.shutdown(wait=False)
 
@@ -78,17 +75,17 @@ class Executor:
                 spec.retry_on, spec.backoff, pack=False, limiter=self.limiter, timeout=spec.timeout,
             )
         except BaseException as exc:
-            self._setup_error = exc
+            self._start_error = exc
             self._ready.set()
             return
         self._ready.set()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=spec.workers)
+        queue: asyncio.Queue[Piece | None] = asyncio.Queue(maxsize=spec.workers)
         workers = [asyncio.ensure_future(self._work(queue)) for _ in range(spec.workers)]
         loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
-                    piece = await loop.run_in_executor(self._puller, self.driver.next_piece)
+                    piece = await loop.run_in_executor(self._puller, self.port.take)
                 except Cancelled:
                     break
                 if piece is None:
@@ -105,10 +102,9 @@ class Executor:
             try:
                 close_runtime(self.rt)
             except BaseException as exc:
-                self.driver.run.abort(StageError(spec.name, f"close() raised {type(exc).__name__}: {exc}"), late=True)
+                self._close_failed(exc)
 
-    async def _work(self, queue: asyncio.Queue) -> None:
-        driver = self.driver
+    async def _work(self, queue: asyncio.Queue[Piece | None]) -> None:
         try:
             while True:
                 piece = await queue.get()
@@ -116,19 +112,20 @@ class Executor:
                     return
                 t0 = time.perf_counter()
                 values, errs, retried = await self._run_piece(piece.items, piece.attempts)
-                if driver.cancelled:
+                if self.cancelled:
                     return
-                driver.on_result(piece, values, errs, time.perf_counter() - t0, retried)
+                self.port.done(piece, values, errs, time.perf_counter() - t0, retried)
         except asyncio.CancelledError:
-            if not self._stopping:
-                driver.run.abort(RuntimeError(f"stage {self.spec.name!r}: an async worker was cancelled"))
+            if not self.cancelled:  # not ezflow's cancel: its items would never be reported
+                self.port.fail(RuntimeError(f"stage {self.spec.name!r}: an async worker task was cancelled"))
             raise
         except Cancelled:
             return
         except BaseException as exc:  # a bug (or an item's KeyboardInterrupt) must fail the run, not hang it
-            driver.run.abort(exc)
+            self.broken = True
+            self.port.fail(exc)
 
-    async def _run_piece(self, items: list, tried: int) -> tuple[list, list, int]:
+    async def _run_piece(self, items: list[Any], tried: int) -> tuple[list[Any], list[ItemError], int]:
         # The async runner: the rules are items.steps'; this says how to call and sleep.
         gen = steps(self.rt, items, tried)
         try:
@@ -140,7 +137,7 @@ class Executor:
                     await asyncio.sleep(step[1])
                     step = gen.send(None)
         except StopIteration as stop:
-            outcome: tuple[list, list, int] = stop.value
+            outcome: tuple[list[Any], list[ItemError], int] = stop.value
             return outcome
 
     async def _call(self, item: Any) -> tuple[bool, Any]:
@@ -153,7 +150,7 @@ class Executor:
                 out = await self._within(aw, rt.rules.timeout)
             return True, shape(rt.kind, out)
         except asyncio.CancelledError as exc:
-            if self._stopping:
+            if self.cancelled:
                 raise  # ezflow is cancelling the run: not the item's failure
             return False, exc  # the item raised it, or awaited something cancelled
         except BaseException as exc:
@@ -177,18 +174,11 @@ class Executor:
         task.add_done_callback(self._abandoned.discard)
         raise self.rt.rules.timeout_error("it was cancelled")
 
-    def close(self) -> None:
-        pass  # the serve loop ends when next_piece() returns None
-
     def cancel(self) -> None:
+        super().cancel()
         loop = self.loop
-        self._stopping = True
         if loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
             except RuntimeError:
                 pass  # the loop just closed
-
-    def join(self, timeout: float) -> None:
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout)

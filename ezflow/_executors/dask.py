@@ -1,9 +1,9 @@
 """Dask executor: a stage's pieces run as tasks on a `dask.distributed` cluster.
 
-    driver.next piece --> sender thread --client.submit(_run_remote, token, payload, items)--> scheduler
+    port.take(room) ----> sender thread --client.submit(_run_remote, token, payload, items)--> scheduler
                            (at most `limit` pieces                                               |
                             in flight: backpressure)                                             v
-    driver.on_result() <-- collector thread <--as_completed + gather-- dask worker: runtime cached per
+    port.done() <--------- collector thread <--as_completed + gather-- dask worker: runtime cached per
                            (KilledWorker: split the piece,              worker, run_piece(), result bytes
                             re-run its items one by one)
 
@@ -24,27 +24,31 @@ its items are then re-run one at a time, alone on the cluster ("quarantine",
 so no innocent item shares a dying worker), and the item that still kills
 its worker becomes a `WorkerDied` failure. A worker lost for another reason
 is dask's business: it reschedules the piece and results stay exact.
+
+The functions that run on the dask workers are in `dask_remote`.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import re
 import sys
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._engine.channel import Cancelled
-from .._core.errors import WorkerDied, pack_exception, short_repr
-from . import StageError
+from .._core.errors import StageError, WorkerDied
 from .._transport.serialize import dumps, loads
-from .._engine.stage import Piece
-from .items import Runtime, build_runtime, close_runtime, run_piece
+from .base import Executor
+from .dask_client import DaskNotInstalled, connect, import_distributed
+from .dask_remote import _hold, _run_remote, _setup_remote, _SetupFailed, _teardown_remote
+from .port import Piece, StagePort
 
-__all__ = ["Executor", "DaskNotInstalled"]
+if TYPE_CHECKING:
+    from .._plan.spec import StageSpec
+
+__all__ = ["DaskExecutor", "DaskNotInstalled", "import_distributed"]
 
 # Futures in flight per dask worker thread: enough that a thread never waits
 # for its next piece, few enough that a generator source is not run far ahead.
@@ -57,123 +61,14 @@ REFRESH_SECONDS = 2.0
 # a task's arguments travel in its graph, through the scheduler, and dask warns
 # about every graph over 10 MB (distributed.admin.large-graph-warning-threshold).
 PIECE_BYTES = 8 << 20
-ADDRESS = re.compile(r"^[a-z0-9+]+://")
 
-_ids = itertools.count()
-
-
-class DaskNotInstalled(ImportError):
-    """dask.distributed is needed for ``backend=`` and is not installed."""
-
-
-def import_distributed() -> Any:
-    """Return the `distributed` module, or raise `DaskNotInstalled` with the fix."""
-    try:
-        import distributed
-    except ImportError as exc:
-        raise DaskNotInstalled(
-            f'backend= runs stages on dask.distributed, which is not installed ({exc}): '
-            f'pip install "ezflow[dask]"'
-        ) from exc
-    return distributed
-
-
-# -- what runs on a dask worker ---------------------------------------------
-
-_worker_lock = threading.Lock()
-_runtimes: dict[tuple[str, str], Runtime] = {}  # (worker address, stage token) -> runtime
-# Tokens of stages that ended here: a piece still queued on this worker after a
-# cancel must not build the stage again (it would never be closed).
-_closed: collections.OrderedDict[str, None] = collections.OrderedDict()
-_CLOSED_KEEP = 1024
-
-
-class _SetupFailed(RuntimeError):
-    """The stage could not be built on a dask worker (message says why)."""
-
-
-def _hold(payload: bytes) -> bytes:
-    """Return the stage payload: a task, so dask can recompute it if lost."""
-    return payload
-
-
-def _worker_address() -> str:
-    from distributed import get_worker
-
-    return get_worker().address
-
-
-def _runtime(token: str, payload: bytes) -> Runtime | None:
-    key = (_worker_address(), token)
-    with _worker_lock:  # one build per worker, even with many threads
-        if token in _closed:
-            return None
-        rt = _runtimes.get(key)
-        if rt is not None:
-            return rt
-        try:
-            kind, fn, is_class, when, retries, retry_on, backoff, limiter = loads(payload)
-        except BaseException as exc:
-            raise _SetupFailed(f"loading the stage on a dask worker raised {type(exc).__name__}: {exc}") from exc
-        try:
-            rt = build_runtime(kind, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter)
-        except BaseException as exc:
-            what = short_repr(fn) + ("()" if is_class else "")
-            raise _SetupFailed(f"{what} raised {type(exc).__name__}: {exc}") from exc
-        _runtimes[key] = rt
-        return rt
-
-
-def _setup_remote(token: str, payload: bytes) -> tuple[BaseException, str] | None:
-    """Build the stage on this worker now; return the packed error if it fails."""
-    try:
-        _runtime(token, payload)
-    except _SetupFailed as exc:
-        return pack_exception(exc.__cause__ or exc)[0], str(exc)
-    return None
-
-
-def _run_remote(token: str, payload: bytes, data: bytes, special: bool) -> bytes | None:
-    """Run one piece on this worker; return (values, errs, busy, retries) as bytes."""
-    rt = _runtime(token, payload)
-    if rt is None:
-        return None  # the stage was cancelled while this piece waited in the worker
-    values, errs, busy, retries = run_piece(rt, loads(data), special)
-    try:
-        return dumps((values, errs, busy, retries))
-    except Exception:
-        from .worker import _unpicklable_to_errors
-
-        # one result that cannot travel fails that item, not the whole piece
-        _, _, values, errs, busy, retries = _unpicklable_to_errors(("result", 0, values, errs, busy, retries))
-        return dumps((values, errs, busy, retries))
-
-
-def _teardown_remote(token: str, dask_worker: Any = None) -> tuple[BaseException, str] | None:
-    """Close this worker's runtime of the stage; return the packed error of close()."""
-    with _worker_lock:
-        _closed[token] = None
-        while len(_closed) > _CLOSED_KEEP:
-            _closed.popitem(last=False)
-        rt = _runtimes.pop((dask_worker.address, token), None)
-    if rt is None:
-        return None
-    try:
-        close_runtime(rt)
-    except BaseException as exc:
-        return pack_exception(exc)
-    return None
-
-
-# -- the parent side ----------------------------------------------------------
-
-
-class Executor:
+class DaskExecutor(Executor):
     """Runs a stage's pieces as tasks on a dask.distributed cluster."""
 
-    def __init__(self, spec: Any, driver: Any) -> None:
-        self.spec = spec
-        self.driver = driver
+    sends_to = "a dask worker"
+
+    def __init__(self, spec: StageSpec, port: StagePort) -> None:
+        super().__init__(spec, port)
         self.client: Any = None
         self._owned = False  # we made the client from an address: we close it
         self._token = uuid.uuid4().hex
@@ -181,78 +76,36 @@ class Executor:
         self._prefix = f"ezflow-{safe}-{self._token[:8]}"
         self._payload: Any = None
         self._ac: Any = None
-        self._killed_worker: type = RuntimeError
+        self._killed_worker: type[BaseException] = RuntimeError
         self._lock = threading.Lock()
         self._futures: dict[str, tuple[Any, Piece]] = {}
         self._ids = itertools.count()
         self._limit = MIN_IN_FLIGHT
         self._refreshed = 0.0
         self._max_items = sys.maxsize  # items per task, from the bytes the last ones took (sender thread)
-        # counted under driver.cond:
+        # counted under _state:
+        self._state = threading.Condition(threading.Lock())
         self._reserved = 0  # pieces taken and not yet settled: the window
         self._outstanding = 0  # futures handed to as_completed and not yet read back
-        self._held: Piece | None = None  # an isolated piece waiting for the cluster to drain
+        self._drain = False  # an isolated piece waits for the cluster to drain
         self._quarantine = False  # an isolated piece is running alone
-        self._stop = False
-        self._cancelled = False
-        self._broken = False
-        self._threads: list[threading.Thread] = []
 
     # -- start ------------------------------------------------------------
 
     def setup(self) -> None:
-        spec = self.spec
         distributed = import_distributed()
         from distributed.scheduler import KilledWorker
 
         self._killed_worker = KilledWorker
-        self.client = self._connect(distributed)
+        self.client, self._owned = connect(self.spec, distributed)
         try:
             self._start_remote(distributed)
         except BaseException:
             self._teardown()  # close the stage on the workers where it was built
             self._release()
             raise
-        for target, name in ((self._send_loop, "send"), (self._collect_loop, "collect")):
-            t = threading.Thread(target=target, name=f"ezflow-dask-{name}-{spec.name}", daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _connect(self, distributed: Any) -> Any:
-        spec = self.spec
-        backend = spec.backend
-        if isinstance(backend, distributed.Client):
-            if backend.asynchronous:
-                raise StageError(spec.name, "backend= needs a synchronous dask Client, not Client(asynchronous=True)")
-            if backend.status not in ("running", "connecting", "newly-created"):
-                raise StageError(spec.name, f"the dask Client given as backend= is {backend.status}, not running")
-            return backend
-        if isinstance(backend, str) and backend == "dask":
-            try:
-                return distributed.get_client()
-            except ValueError as exc:
-                raise StageError(
-                    spec.name,
-                    "backend='dask' uses the current dask client and there is none: create one first "
-                    "(from dask.distributed import Client; client = Client() for a local cluster, "
-                    "or Client('tcp://scheduler:8786')), or pass backend=client or an address",
-                ) from exc
-        address = getattr(backend, "scheduler_address", None)  # a cluster object (LocalCluster, ...)
-        if isinstance(address, str):
-            backend = address
-        if isinstance(backend, str) and ADDRESS.match(backend):
-            try:
-                client = distributed.Client(backend, set_as_default=False)
-            except Exception as exc:
-                raise StageError(
-                    spec.name, f"cannot connect to the dask scheduler at {backend}: {type(exc).__name__}: {exc}"
-                ) from exc
-            self._owned = True
-            return client
-        raise TypeError(
-            "backend must be a dask.distributed Client, a scheduler address such as "
-            f"'tcp://127.0.0.1:8786', a dask cluster object, or 'dask' (the current client); got {backend!r}"
-        )
+        self._spawn(self._send_loop, "dask-send")
+        self._spawn(self._collect_loop, "dask-collect", after=self._finish)
 
     def _start_remote(self, distributed: Any) -> None:
         spec = self.spec
@@ -278,81 +131,66 @@ class Executor:
         try:
             answers = client.gather(setups)
         except Exception as exc:
-            raise StageError(spec.name, f"building the stage on the dask workers failed: {type(exc).__name__}: {exc}") from exc
+            raise StageError(
+                spec.name, f"building the stage on the dask workers failed: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             # A raised error keeps this frame alive: it must not keep the tasks alive on the cluster.
             setups.clear()
         for answer in answers:
             if answer is not None:
-                exc, message = answer
-                raise StageError(spec.name, message) from exc
+                cause, message = answer
+                raise StageError(spec.name, message) from cause
         self._set_limit(nthreads)
         self._ac = distributed.as_completed(loop=client.loop)
 
-    def _set_limit(self, nthreads: dict) -> None:
+    def _set_limit(self, nthreads: dict[str, int]) -> None:
         threads = sum(nthreads.values())
         self._limit = max(MIN_IN_FLIGHT, FUTURES_PER_THREAD * threads)
         self._refreshed = time.monotonic()
-        d = self.driver
-        with d.cond:
-            # The driver sizes its window of chunks from `workers`, which
-            # means this machine's CPUs for a dask stage: let a larger
-            # cluster have enough chunks to cut `limit` pieces from.
-            d.window = max(d.window, self._limit)
-            d.counters.workers = max(threads, 1)  # utilisation is per cluster thread
-            d.cond.notify_all()
+        # utilisation is per cluster thread; a larger cluster needs more chunks in the stage to cut pieces from
+        self.port.set_capacity(max(threads, 1), self._limit)
 
     # -- sending ------------------------------------------------------------
 
-    def _send_loop(self) -> None:
-        d = self.driver
-        try:
-            while True:
-                if time.monotonic() - self._refreshed > REFRESH_SECONDS:
-                    try:
-                        self._set_limit(self.client.nthreads())
-                    except Exception:
-                        self._refreshed = time.monotonic()  # keep the old limit; dask reports real trouble
-                with d.cond:
-                    while True:
-                        if self._cancelled or d.cancelled or self._stop:
-                            return
-                        piece = self._next_locked()
-                        if piece is not None:
-                            break
-                        if self._held is None and d.no_more_work_locked():
-                            return
-                        d.cond.wait()
-                    self._reserved += 1
-                    if piece.isolated:
-                        self._quarantine = True
-                self._submit(piece)
-        except Cancelled:
-            return
-        except BaseException as exc:  # a bug here must fail the run, not hang it
-            d.run.abort(exc)
-
-    def _next_locked(self) -> Piece | None:
+    def _room(self) -> bool:
         if self._quarantine or self._reserved >= self._limit:
-            return None
-        if self._held is None:
-            piece = self.driver.take_piece_locked()
-            if piece is None or not piece.isolated:
-                return piece
-            self._held = piece
-        if self._reserved > 0:
-            return None  # an isolated piece runs alone: wait for the rest to come back
-        piece, self._held = self._held, None
-        return piece
+            return False
+        return not self._drain or self._reserved == 0
+
+    def _send_loop(self) -> None:
+        port = self.port
+        while True:
+            if time.monotonic() - self._refreshed > REFRESH_SECONDS:
+                try:
+                    self._set_limit(self.client.nthreads())
+                except Exception:
+                    self._refreshed = time.monotonic()  # keep the old limit; dask reports real trouble
+            piece = port.take(self._room)
+            if piece is None or self.cancelled:
+                if piece is not None:
+                    port.give_back([piece])
+                return
+            with self._state:
+                wait = piece.isolated and self._reserved > 0
+                self._drain = wait  # an isolated piece runs alone: wait for the rest to come back
+                if not wait:
+                    self._reserved += 1
+                    self._quarantine = piece.isolated
+            if wait:
+                port.give_back([piece])
+                continue
+            self._submit(piece)
 
     def _submit(self, piece: Piece) -> None:
         while True:
             if len(piece.items) > self._max_items:
                 piece, rest = piece.split(self._max_items)
-                self.driver.redo([rest])  # sent next
+                self.port.give_back([rest])  # sent next
             try:
                 data = dumps(piece.items, to_worker=True)
             except Exception as exc:
+                self._settled(piece)
                 self._unsendable(piece, exc)
                 return
             n = len(piece.items)
@@ -365,78 +203,50 @@ class Executor:
             key=f"{self._prefix}-{piece.id}", pure=False, retries=self.spec.retries or None,
         )
         with self._lock:
-            late = self._cancelled
+            late = self.cancelled
             if not late:
                 self._futures[fut.key] = (fut, piece)
         if late:
             self._cancel_futures([fut])
             return
         self._ac.add(fut)
-        d = self.driver
-        with d.cond:
+        with self._state:
             self._outstanding += 1
-            d.cond.notify_all()
-
-    def _unsendable(self, piece: Piece, exc: Exception) -> None:
-        # Fail only the items that cannot travel; the others still run.
-        d = self.driver
-        self._settled(piece)
-        good = []
-        for pos, item in enumerate(piece.items):
-            one = Piece(piece.chunk, piece.start + pos, [item], isolated=piece.isolated)
-            try:
-                dumps(item, to_worker=True)
-            except Exception as e:
-                err = TypeError(f"the item cannot be sent to a dask worker: {type(e).__name__}: {e}")
-                d.on_result(one, [None], [(0, *pack_exception(err), 1)], 0.0)
-            else:
-                good.append(one)
-        if good:
-            d.redo(good)
+            self._state.notify_all()
 
     def _settled(self, piece: Piece) -> None:
-        d = self.driver
-        with d.cond:
+        with self._state:
             self._reserved -= 1
             if piece.isolated:
                 self._quarantine = False
-            d.cond.notify_all()
+        self.port.wake()
 
     # -- receiving ----------------------------------------------------------
 
     def _collect_loop(self) -> None:
-        d = self.driver
-        try:
-            while True:
-                with d.cond:
-                    while not (self._outstanding or self._stop or self._cancelled or d.cancelled):
-                        d.cond.wait()
-                    if self._cancelled or d.cancelled or not self._outstanding:
-                        break  # cancelled, or closed with nothing left out
-                # at least one future is in as_completed, so this blocks until it is done
-                batch = self._ac.next_batch(block=True)
-                with d.cond:
-                    self._outstanding -= len(batch)
-                outcomes = self._fetch(batch)
-                for fut in batch:
-                    self._settle(fut, outcomes.get(fut.key))
-        except Cancelled:
-            pass
-        except BaseException as exc:  # a bug here must fail the run, not hang it
-            self._broken = True
-            d.run.abort(exc)
-        finally:
-            self._finish()
+        while True:
+            with self._state:
+                while not (self._outstanding or self.closing or self.cancelled):
+                    self._state.wait()
+                if self.cancelled or not self._outstanding:
+                    break  # cancelled, or closed with nothing left out
+            # at least one future is in as_completed, so this blocks until it is done
+            batch = self._ac.next_batch(block=True)
+            with self._state:
+                self._outstanding -= len(batch)
+            outcomes = self._fetch(batch)
+            for fut in batch:
+                self._settle(fut, outcomes.get(fut.key))
 
     def _fetch(self, batch: list) -> dict[str, Any]:
         """Return each future's result bytes or exception, by key."""
         out: dict[str, Any] = {}
-        if self._cancelled:
+        if self.cancelled:
             return out  # nobody wants these results now
         done = [f for f in batch if f.status == "finished"]
         if done:
             try:
-                for f, value in zip(done, self.client.gather(done)):
+                for f, value in zip(done, self.client.gather(done), strict=True):
                     out[f.key] = value
             except Exception:
                 pass  # one of them went wrong meanwhile: ask each
@@ -458,38 +268,29 @@ class Executor:
         return out
 
     def _settle(self, fut: Any, outcome: Any) -> None:
-        d = self.driver
         with self._lock:
             entry = self._futures.pop(fut.key, None)
         if entry is None:
             return
         piece = entry[1]
         try:
-            if self._cancelled or d.cancelled:
+            if self.cancelled:
                 return
             if isinstance(outcome, (bytes, bytearray, memoryview)):
-                values, errs, busy, retries = loads(outcome)
-                d.on_result(piece, values, errs, busy, retries)
+                values, errs, busy, retries = loads(bytes(outcome) if isinstance(outcome, bytearray) else outcome)
+                self.port.done(piece, values, errs, busy, retries)
             elif isinstance(outcome, self._killed_worker):
-                self._killed(piece, outcome)
+                err = WorkerDied(None, self.spec.name)
+                err.args = (
+                    f"dask workers of stage {self.spec.name!r} kept dying while running this item "
+                    f"(the scheduler gave up on it: {outcome})",
+                )
+                # a piece of many items is re-run item by item, alone, to find the one that kills
+                self._worker_died([piece], err)
             else:
                 self._failed(outcome)
         finally:
             self._settled(piece)
-
-    def _killed(self, piece: Piece, exc: BaseException) -> None:
-        d = self.driver
-        if len(piece.items) == 1 or piece.isolated:
-            err = WorkerDied(None, self.spec.name)
-            err.args = (
-                f"dask workers of stage {self.spec.name!r} kept dying while running this item "
-                f"(the scheduler gave up on it: {exc})",
-            )
-            d.on_result(piece, [None], [(0, err, "", 1)], 0.0)
-            return
-        # One of these items may kill every worker it touches: find it by
-        # running each alone; the others come back with their results.
-        d.redo([Piece(piece.chunk, piece.start + i, [item], isolated=True) for i, item in enumerate(piece.items)])
 
     def _failed(self, outcome: Any) -> None:
         name = self.spec.name
@@ -505,12 +306,12 @@ class Executor:
             err = RuntimeError(f"stage {name!r}: a dask task failed: {type(outcome).__name__}: {outcome}")
         if isinstance(outcome, BaseException):
             err.__cause__ = outcome
-        self._broken = True
-        self.driver.run.abort(err, stage=name)
+        self.broken = True
+        self.port.fail(err, blame=True)
 
     # -- ending -------------------------------------------------------------
 
-    def _cancel_futures(self, futs: list) -> None:
+    def _cancel_futures(self, futs: list[Any]) -> None:
         if futs and self.client is not None:
             try:
                 self.client.cancel(futs)
@@ -518,13 +319,13 @@ class Executor:
                 pass  # a client already closed has no tasks to run
 
     def _finish(self) -> None:
-        healthy = not (self._cancelled or self._broken or self.driver.cancelled)
+        healthy = not (self.cancelled or self.broken)
         try:
             for t in list(self._threads):
                 if t is not threading.current_thread():
                     t.join(5.0)  # the sender may still be submitting
             with self._lock:
-                self._cancelled = self._cancelled or not healthy
+                self.cancelled = self.cancelled or not healthy
                 futs = [f for f, _ in self._futures.values()]
                 self._futures.clear()
             self._cancel_futures(futs)
@@ -533,12 +334,8 @@ class Executor:
         finally:
             self._release()  # whatever happened above, the cluster must forget our tasks
         if healthy:
-            from .._core.errors import attach_traceback
-
             for exc, tb in errors:
-                err = StageError(self.spec.name, f"close() raised {type(exc).__name__}: {exc}")
-                err.__cause__ = attach_traceback(exc, tb)
-                self.driver.run.abort(err, late=True)
+                self._close_failed(exc, tb)
 
     def _teardown(self) -> list[tuple[BaseException, str]]:
         client = self.client
@@ -561,29 +358,20 @@ class Executor:
             except Exception:
                 pass
 
-    def close(self) -> None:
-        self._stop = True
-        with self.driver.cond:
-            self.driver.cond.notify_all()
+    def _wakeup(self) -> None:
+        with self._state:
+            self._state.notify_all()
+        super()._wakeup()
 
     def cancel(self) -> None:
         with self._lock:
-            self._cancelled = True
+            self.cancelled = True
             futs = [f for f, _ in self._futures.values()]
         if futs:
             # Off this thread: cancel() must return at once, and the collector,
             # blocked on as_completed, wakes when the futures end as cancelled.
-            t = threading.Thread(target=self._cancel_futures, args=(futs,), name="ezflow-dask-cancel", daemon=True)
-            t.start()
-            self._threads.append(t)  # once started: join() may run at any moment
-        with self.driver.cond:
-            self.driver.cond.notify_all()
-
-    def join(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        for t in list(self._threads):
-            if t is not threading.current_thread():
-                t.join(max(0.0, end - time.monotonic()))
+            self._spawn(lambda: self._cancel_futures(futs), "dask-cancel")
+        self._wakeup()
 
 
 class _Cancelled:

@@ -1,6 +1,6 @@
 """Process executor: a warm pool of worker processes, one pipe each.
 
-    driver.take_piece_locked()                     worker 1..N (own process)
+    port.take(room: a worker has a free slot)      worker 1..N (own process)
          |                                              ^        |
     sender thread --("task", piece)--> pipe[w] ---------+        |
                                                                  v
@@ -8,7 +8,7 @@
          |  also waits on each worker's sentinel (death) and on the
          |  oldest piece's deadline (per-item timeout)
          v
-    driver.on_result(piece, values, errs, busy)
+    port.done(piece, values, errs, busy)
 
 Sending and receiving are on different threads, so a worker blocked on
 writing a large result can never deadlock with a parent blocked on
@@ -27,47 +27,43 @@ import os
 import threading
 import time
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .._engine.channel import Cancelled
 from .._core.env import default_start_method
-from .._core.errors import WorkerDied, describe_exit, pack_exception, short_repr
-from . import StageError
-from .pool import ProcessPool, WorkerProc, acquire, release
+from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
-from .._engine.stage import Piece
-from .rules import ItemRules
+from .base import Executor
+from .limits import TokenBucket, make_limiter
+from .pool import ProcessPool, WorkerProc, acquire, release
+from .port import Piece, StagePort
 from .worker import setup_payload
 
-__all__ = ["Executor"]
+if TYPE_CHECKING:
+    from .._plan.spec import StageSpec
+
+__all__ = ["ProcessExecutor"]
 
 _tokens = itertools.count(1)
 
 
-class Executor:
+class ProcessExecutor(Executor):
     """Runs a stage on a pool of worker processes."""
 
-    def __init__(self, spec: Any, driver: Any) -> None:
-        self.spec = spec
-        self.driver = driver
+    sends_to = "a worker process"
+
+    def __init__(self, spec: StageSpec, port: StagePort) -> None:
+        super().__init__(spec, port)
         # a timed or rate-limited item must start when it is sent: no queue in the worker
         self.prefetch = 1 if spec.timeout is not None or spec.rate is not None else 2
-        self.bucket = None
-        if spec.rate is not None:
-            from .limits import TokenBucket
-
-            self.bucket = TokenBucket(spec.rate, spec.burst)
+        self.bucket = TokenBucket(spec.rate, spec.burst) if spec.rate is not None else None
         self.token = next(_tokens)
-        self.rules = ItemRules.of(spec)  # decides whether a timed-out or orphaned item is tried again
         self.pool: ProcessPool | None = None
         self._ids = itertools.count()
-        self._stop = False
-        self._cancelled = False
-        self._broken = False
+        # guards the pool's worker list and each worker's outstanding pieces (sender vs collector)
+        self._lock = threading.Lock()
         self._timed_out: set[int] = set()
         self._wake_r, self._wake_w = os.pipe()
-        self._threads: list[threading.Thread] = []
         self._setup_msg = b""
         self._shm: StageLink = None  # type: ignore[assignment]  # set in setup()
 
@@ -75,8 +71,6 @@ class Executor:
 
     def setup(self) -> None:
         spec = self.spec
-        from .limits import make_limiter
-
         try:
             self._shm = StageLink(spec.share_arrays)
             with self._shm.setup_scope():  # arrays the function holds go by shared memory too
@@ -84,22 +78,20 @@ class Executor:
         except Exception as exc:
             raise StageError(spec.name, str(exc)) from exc
         self._setup_msg = dumps(("setup", self.token, payload, spec.is_class))
-        self.pool = acquire(spec.start_method or default_start_method(), spec.workers)
-        for w in self.pool.workers:
+        pool = self.pool = acquire(spec.start_method or default_start_method(), spec.workers)
+        for w in pool.workers:
             self._send_setup(w)
         # A class is built now, in every worker: its errors (and a slow start) must
         # surface before any input is read. A function's setup only unpickles it:
         # tasks queue behind it, and the collector reports the rare failure.
-        for w in list(self.pool.workers) if spec.is_class else ():
+        for w in list(pool.workers) if spec.is_class else ():
             err = self._await_ready(w)
             if err is not None:
-                self.pool.kill()
+                pool.kill()
                 self._close_wake()
-                raise StageError(spec.name, err[0]) from err[1]
-        for target, name in ((self._send_loop, "send"), (self._collect_loop, "collect")):
-            t = threading.Thread(target=target, name=f"ezflow-{name}-{spec.name}", daemon=True)
-            self._threads.append(t)
-            t.start()
+                raise err
+        self._spawn(self._send_loop, "send")
+        self._spawn(self._collect_loop, "collect", after=self._finish)
 
     def _send_setup(self, w: WorkerProc) -> None:
         try:
@@ -107,7 +99,7 @@ class Executor:
         except OSError:
             pass  # a worker already dead is found by its sentinel
 
-    def _await_ready(self, w: WorkerProc) -> tuple[str, BaseException | None] | None:
+    def _await_ready(self, w: WorkerProc) -> StageError | None:
         while True:
             ready = wait([w.conn, w.proc.sentinel])
             if w.conn in ready:
@@ -119,16 +111,12 @@ class Executor:
                     return None
                 if msg is not None and msg[0] == "setup_failed":
                     _, _, exc, tb = msg
-                    what = short_repr(self.spec.fn) + ("()" if self.spec.is_class else "")
                     exc.__cause__ = None
-                    from .._core.errors import attach_traceback
-
-                    attach_traceback(exc, tb)
-                    return (f"{what} raised {type(exc).__name__}: {exc}", exc)
+                    return self._setup_error(attach_traceback(exc, tb))
                 if msg is not None:
                     continue
             w.proc.join(1)
-            return (describe_exit(w.proc.exitcode, self.spec.name) + " while starting", None)
+            return StageError(self.spec.name, describe_exit(w.proc.exitcode, self.spec.name) + " while starting")
 
     # -- sending ------------------------------------------------------------
 
@@ -141,101 +129,82 @@ class Executor:
         return best
 
     def _send_loop(self) -> None:
-        d = self.driver
         pool = self.pool
         assert pool is not None
-        try:
-            while True:
-                with d.cond:
-                    while True:
-                        if self._cancelled or d.cancelled or self._stop:
-                            return
-                        w = self._free_worker(pool)
-                        piece = d.take_piece_locked() if w is not None else None
-                        if piece is not None:
-                            break
-                        if self._stop or d.no_more_work_locked():
-                            return
-                        d.cond.wait()
-                if self.bucket is not None:
-                    self.bucket.acquire()  # outside the lock: pacing must not stall the collector
-                with d.cond:
-                    if w not in pool.workers or self._cancelled or d.cancelled:
-                        d.redo_locked([piece])  # its worker died while we waited for a token
-                        continue
+        port = self.port
+
+        def room() -> bool:
+            return self._free_worker(pool) is not None
+
+        while True:
+            piece = port.take(room)
+            if piece is None:
+                return
+            if self.bucket is not None:
+                self.bucket.acquire()  # outside any lock: pacing must not stall the collector
+            rest = None
+            with self._lock:
+                w = None if self.cancelled else self._free_worker(pool)
+                if w is not None:
                     limit = self._shm.max_items()  # items carrying big arrays go a few at a time
                     if limit is not None and len(piece.items) > limit:
                         piece, rest = piece.split(limit)
-                        d.redo_locked([rest])
                     piece.id = next(self._ids)
                     w.outstanding.append(piece)
                     if len(w.outstanding) == 1:
                         w.sent_at = time.monotonic()
-                try:
-                    msg = ("task", piece.id, self.token, piece.items, piece.chunk.special, piece.attempts)
-                    data = self._shm.dumps_task(piece.id, msg)
-                except Exception as exc:
-                    self._unsendable(w, piece, exc)
-                    continue
-                try:
-                    w.conn.send_bytes(data)
-                except OSError:
-                    pass  # the worker died: the collector accounts for the piece
-        except Cancelled:
-            return
-        except BaseException as exc:  # a bug here must fail the run, not hang it
-            d.run.abort(exc)
-
-    def _unsendable(self, w: WorkerProc, piece: Piece, exc: Exception) -> None:
-        # Fail only the items that cannot travel; the others still run.
-        with self.driver.cond:
-            w.outstanding.remove(piece)
-            self.driver.cond.notify_all()
-        good, errs = [], []
-        for pos, item in enumerate(piece.items):
+            if w is None:
+                port.give_back([piece])  # its worker died while we waited for a token
+                continue
+            if rest is not None:
+                port.give_back([rest])
             try:
-                dumps(item, to_worker=True)
-                good.append(Piece(piece.chunk, piece.start + pos, [item]))
-            except Exception as e:
-                err = TypeError(f"the item cannot be sent to a worker process: {type(e).__name__}: {e}")
-                errs.append(Piece(piece.chunk, piece.start + pos, [item]))
-                errs[-1].id = -1
-                self.driver.on_result(errs[-1], [None], [(0, *pack_exception(err), 1)], 0.0)
-        if good:
-            self.driver.redo(good)
+                msg = ("task", piece.id, self.token, piece.items, piece.chunk.special, piece.attempts)
+                data = self._shm.dumps_task(piece.id, msg)
+            except Exception as exc:
+                with self._lock:
+                    w.outstanding.remove(piece)
+                port.wake()
+                self._unsendable(piece, exc)
+                continue
+            try:
+                w.conn.send_bytes(data)
+            except OSError:
+                pass  # the worker died: the collector accounts for the piece
 
     # -- receiving ----------------------------------------------------------
 
     def _collect_loop(self) -> None:
-        d = self.driver
-        try:
-            while not self._cancelled:
-                with d.cond:
-                    workers = list(self.pool.workers)  # type: ignore[union-attr]
-                    idle = self._stop and not any(w.outstanding for w in workers)
-                if idle:
-                    break
-                conns = {w.conn: w for w in workers}
-                sentinels = {w.proc.sentinel: w for w in workers}
-                ready = wait([*conns, *sentinels, self._wake_r], self._next_deadline(workers))
-                if self._cancelled:
-                    break
-                if self._wake_r in ready:
-                    os.read(self._wake_r, 512)
-                for obj in ready:
-                    if obj in conns:
-                        self._receive(conns[obj])
-                for obj in ready:
-                    if obj in sentinels:
-                        self._died(sentinels[obj])
-                self._check_timeouts(workers)
-        except Cancelled:
-            pass
-        except BaseException as exc:  # a bug here must fail the run, not hang it
-            self._broken = True
-            d.run.abort(exc)
-        finally:
-            self._finish()
+        pool = self.pool
+        assert pool is not None
+        while not self.cancelled:
+            with self._lock:
+                workers = list(pool.workers)
+                idle = self.closing and not any(w.outstanding for w in workers)
+            if idle:
+                break
+            conns = {w.conn: w for w in workers}
+            sentinels = {w.proc.sentinel: w for w in workers}
+            ready = wait([*conns, *sentinels, self._wake_r], self._next_deadline(workers))
+            if self.cancelled:
+                break
+            if self._wake_r in ready:
+                os.read(self._wake_r, 512)
+            for obj in ready:
+                if obj in conns:
+                    self._receive(conns[obj])
+            for obj in ready:
+                if obj in sentinels:
+                    self._died(sentinels[obj])
+            self._check_timeouts(workers)
+
+    def _pop(self, w: WorkerProc) -> Piece:
+        with self._lock:
+            piece = w.outstanding.popleft()
+            if w.outstanding:
+                w.sent_at = time.monotonic()
+        self.port.wake()  # the worker has a free slot
+        return piece
 
     def _receive(self, w: WorkerProc) -> None:
         try:
@@ -247,26 +216,18 @@ class Executor:
         if op == "result":
             _, pid, values, errs, busy, retries = msg
             self._shm.done(pid)
-            with self.driver.cond:
-                piece = w.outstanding.popleft()
-                if w.outstanding:
-                    w.sent_at = time.monotonic()
-                self.driver.cond.notify_all()
+            piece = self._pop(w)
             if piece.id != pid:  # pragma: no cover - a protocol bug, never data loss in silence
                 raise RuntimeError(f"worker answered piece {pid}, expected {piece.id}")
-            self.driver.on_result(piece, values, errs, busy, retries)
+            self.port.done(piece, values, errs, busy, retries)
         elif op == "setup_failed":
             _, _, exc, tb = msg
-            self._broken = True
-            what = short_repr(self.spec.fn) + ("()" if self.spec.is_class else "")
-            err = StageError(self.spec.name, f"{what} could not be set up in a worker: {type(exc).__name__}: {exc}")
-            err.__cause__ = exc
-            self.driver.run.abort(err)
+            self.broken = True
+            self.port.fail(self._setup_error(attach_traceback(exc, tb), "in a worker"))
 
     def _died(self, w: WorkerProc) -> None:
-        d = self.driver
         pool = self.pool
-        if pool is None or w not in pool.workers or self._cancelled or self._stop:
+        if pool is None or w not in pool.workers or self.cancelled or self.closing:
             return
         # results the worker sent before it died are still in the pipe
         while True:
@@ -279,39 +240,25 @@ class Executor:
             if msg[0] == "result":
                 _, pid, values, errs, busy, retries = msg
                 self._shm.done(pid)
-                with d.cond:
-                    piece = w.outstanding.popleft()
-                d.on_result(piece, values, errs, busy, retries)
+                self.port.done(self._pop(w), values, errs, busy, retries)
         w.proc.join(1)
         code = w.proc.exitcode
         timed_out = id(w) in self._timed_out
         self._timed_out.discard(id(w))
-        with d.cond:
+        with self._lock:
             pieces = list(w.outstanding)
             w.outstanding.clear()
             fresh = pool.replace(w)
             self._send_setup(fresh)  # before the sender can see it: its first message must be the setup
-            d.cond.notify_all()
+        self.port.wake()
         self._shm.done(*(p.id for p in pieces))
         self._shm.reap()  # segments the dead worker made and never sent
-        if not pieces:
-            return
-        running, rest = pieces[0], pieces[1:]
-        if len(running.items) == 1:
-            if timed_out:
-                err: BaseException = self.rules.timeout_error("its worker process was stopped")
-            else:
-                err = WorkerDied(code, self.spec.name)
-            failed = self.rules.on_lost(running, err, d.redo)
-            if failed is not None:
-                d.on_result(running, [None], [failed], 0.0)
+        err: BaseException
+        if timed_out:
+            err = self.rules.timeout_error("its worker process was stopped")
         else:
-            rest = [
-                Piece(running.chunk, running.start + i, [item], isolated=True)
-                for i, item in enumerate(running.items)
-            ] + rest
-        if rest:
-            d.redo(rest)
+            err = WorkerDied(code, self.spec.name)
+        self._worker_died(pieces, err)
 
     def _next_deadline(self, workers: list[WorkerProc]) -> float | None:
         timeout = self.spec.timeout
@@ -341,7 +288,7 @@ class Executor:
         pool = self.pool
         if pool is None:
             return
-        healthy = not (self._cancelled or self._broken or self.driver.cancelled)
+        healthy = not (self.cancelled or self.broken)
         if healthy:
             teardown = dumps(("teardown", self.token, self.spec.is_class))
             for w in pool.workers:
@@ -373,10 +320,7 @@ class Executor:
                 continue
             _, _, exc, tb = msg
             if exc is not None:
-                self.driver.run.abort(
-                    StageError(self.spec.name, f"close() raised {type(exc).__name__}: {exc}"),
-                    late=True,
-                )
+                self._close_failed(exc, tb)
             return True
 
     def _wake(self) -> None:
@@ -393,14 +337,12 @@ class Executor:
                 pass
         self._wake_r = self._wake_w = -1
 
-    def close(self) -> None:
-        self._stop = True
+    def _wakeup(self) -> None:
         self._wake()
-        with self.driver.cond:
-            self.driver.cond.notify_all()
+        super()._wakeup()
 
     def cancel(self) -> None:
-        self._cancelled = True
+        self.cancelled = True
         pool = self.pool
         if pool is not None:
             # only signal here: the collector reaps and closes pipes it may be waiting on
@@ -409,12 +351,4 @@ class Executor:
                     w.proc.kill()
                 except Exception:
                     pass
-        self._wake()
-        with self.driver.cond:
-            self.driver.cond.notify_all()
-
-    def join(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(max(0.0, end - time.monotonic()))
+        self._wakeup()

@@ -1,8 +1,8 @@
-"""Thread executor: `workers` threads in this process pull pieces and run them.
+"""Thread executor: `workers` threads in this process take pieces and run them.
 
-    driver.next_piece() --> thread 1..N: run_piece(runtime, items) --> driver.on_result()
-                            watchdog (only with `timeout`): fails an item that
-                            overstays and starts a fresh thread in its place
+    port.take() --> thread 1..N: run_piece(runtime, items) --> port.done()
+                    watchdog (only with `timeout`): fails an item that
+                    overstays and starts a fresh thread in its place
 
 Each thread builds its own runtime (a class stage is instantiated once per
 thread, inside it). Threads cannot be killed: on cancel, a thread stops
@@ -17,58 +17,48 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .._engine.channel import Cancelled
-from .._core.errors import short_repr
-from . import StageError
+from .base import Executor
 from .items import build_runtime, close_runtime, run_piece
-from .rules import ItemRules
+from .limits import TokenBucket, make_limiter
+from .port import Piece, StagePort
 
-__all__ = ["Executor"]
+if TYPE_CHECKING:
+    from .._plan.spec import StageSpec
+
+__all__ = ["ThreadExecutor"]
 
 
-class Executor:
+class ThreadExecutor(Executor):
     """Runs a stage on threads of this process."""
 
-    def __init__(self, spec: Any, driver: Any) -> None:
-        self.spec = spec
-        self.driver = driver
-        self.threads: list[threading.Thread] = []
+    def __init__(self, spec: StageSpec, port: StagePort) -> None:
+        super().__init__(spec, port)
         self._ready = threading.Barrier(spec.workers + 1)
-        self._setup_error: BaseException | None = None
-        self.limiter: Any = None
+        self._start_error: BaseException | None = None
+        self.limiter: TokenBucket | None = None
         self._lock = threading.Lock()
-        self._running: dict[int, tuple[Any, float]] = {}  # thread ident -> (piece, started)
+        self._running: dict[int, tuple[Piece, float]] = {}  # thread ident -> (piece, started)
         self._names = itertools.count()
         self._stop = threading.Event()
         self._abandoned: set[int] = set()  # threads still inside a timed-out call
-        self.rules = ItemRules.of(spec)  # decides whether a timed-out item is tried again
 
     def setup(self) -> None:
-        from .limits import make_limiter
-
         self.limiter = make_limiter(self.spec, shared=False)
         for _ in range(self.spec.workers):
-            self._start_thread(self._ready)
+            self._start_worker(self._ready)
         try:
             self._ready.wait()
         except threading.BrokenBarrierError:
             pass
-        if self._setup_error is not None:
-            exc = self._setup_error
-            raise StageError(self.spec.name, f"{short_repr(self.spec.fn)} raised {type(exc).__name__}: {exc}") from exc
+        if self._start_error is not None:
+            raise self._setup_error(self._start_error) from self._start_error
         if self.spec.timeout is not None:
-            t = threading.Thread(target=self._watch, name=f"ezflow-watch-{self.spec.name}", daemon=True)
-            t.start()
+            self._spawn(self._watch, "watch")
 
-    def _start_thread(self, ready: threading.Barrier | None) -> None:
-        t = threading.Thread(
-            target=self._work, args=(ready,), name=f"ezflow-{self.spec.name}-{next(self._names)}", daemon=True
-        )
-        with self._lock:
-            self.threads.append(t)
-        t.start()
+    def _start_worker(self, ready: threading.Barrier | None) -> None:
+        self._spawn(lambda: self._work(ready), f"thread{next(self._names)}")
 
     def _work(self, ready: threading.Barrier | None) -> None:
         spec = self.spec
@@ -79,9 +69,9 @@ class Executor:
             )
         except BaseException as exc:
             if ready is None:  # a replacement thread: the stage is running already
-                self.driver.run.abort(StageError(spec.name, f"{type(exc).__name__}: {exc}"))
+                self.port.fail(self._setup_error(exc))
                 return
-            self._setup_error = exc
+            self._start_error = exc
             ready.abort()
             return
         if ready is not None:
@@ -89,11 +79,11 @@ class Executor:
                 ready.wait()
             except threading.BrokenBarrierError:
                 return
-        driver = self.driver
+        port = self.port
         me = threading.get_ident()
         try:
             while True:
-                piece = driver.next_piece()
+                piece = port.take()
                 if piece is None:
                     return
                 with self._lock:
@@ -103,21 +93,17 @@ class Executor:
                     mine = self._running.pop(me, None) is not None
                 if not mine:
                     return  # the watchdog failed this item and replaced us: drop the late result
-                driver.on_result(piece, values, errs, busy, retries)
-        except Cancelled:
-            return
-        except BaseException as exc:  # a bug here must fail the run, not hang it
-            driver.run.abort(exc)
+                port.done(piece, values, errs, busy, retries)
         finally:
             try:
                 close_runtime(rt)
             except BaseException as exc:
-                driver.run.abort(StageError(spec.name, f"close() raised {type(exc).__name__}: {exc}"), late=True)
+                self._close_failed(exc)
 
     def _watch(self) -> None:
         timeout = self.spec.timeout
         assert timeout is not None
-        while not self._stop.is_set() and not self.driver.cancelled:
+        while not self._stop.is_set():
             now = time.monotonic()
             expired = []
             with self._lock:
@@ -131,25 +117,16 @@ class Executor:
                 err = self.rules.timeout_error(
                     "a thread cannot be stopped, so the call goes on in the background and its result is dropped"
                 )
-                self._start_thread(None)
-                failed = self.rules.on_lost(piece, err, self.driver.redo)
+                self._start_worker(None)
+                failed = self.rules.on_lost(piece, err, self.port.give_back)
                 if failed is not None:
-                    self.driver.on_result(piece, [None] * len(piece.items), [failed], timeout)
+                    self.port.done(piece, [None] * len(piece.items), [failed], timeout)
             self._stop.wait(max(0.005, min(timeout, oldest + timeout - time.monotonic())))
 
-    def close(self) -> None:
-        self._stop.set()  # threads end by themselves when next_piece() returns None
+    def _wakeup(self) -> None:
+        # threads end by themselves: take() returns None (closing) or raises Cancelled
+        self._stop.set()
 
-    def cancel(self) -> None:
-        self._stop.set()  # threads see Cancelled at their next next_piece()
-
-    def join(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
+    def _joinable(self, thread: threading.Thread) -> bool:
         with self._lock:
-            threads = list(self.threads)
-        for t in threads:
-            if t is not threading.current_thread():
-                with self._lock:
-                    stuck = t.ident in self._abandoned
-                if not stuck:
-                    t.join(max(0.0, end - time.monotonic()))
+            return thread.ident not in self._abandoned

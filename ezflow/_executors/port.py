@@ -1,0 +1,105 @@
+"""What travels between the engine and an executor: chunks, pieces, and the port.
+
+    engine (StageDriver)                                  executor (a backend)
+      cuts pieces from chunks  --- port.take() ------------>  runs them on its workers
+      reassembles chunks      <--- port.done(piece, ...) ----
+                              <--- port.give_back(pieces) --  (a worker died: run again)
+                              <--- port.fail(exc) ----------  (a bug, a setup failure)
+                              <--- port.set_capacity(...) --  (a cluster grew)
+                              <--- port.wake() -------------  (the executor has room again)
+
+The engine implements `StagePort`; an executor sees nothing else of it:
+not the run, not the driver's lock, not another stage. `Chunk` and `Piece`
+live here, below the engine, because both sides hold them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+__all__ = ["Chunk", "ItemError", "Piece", "StagePort"]
+
+# One failed item of a piece: (position in the piece, exception, traceback text, attempts).
+ItemError = tuple[int, BaseException, str, int]
+
+
+class Chunk:
+    """Items that travel together, with their source indices (the unit of flow and order)."""
+
+    __slots__ = ("busy", "idx", "items", "left", "made", "parts", "seq", "special")
+
+    def __init__(self, seq: int, idx: range | list[int], items: list[Any], special: bool = False) -> None:
+        self.seq = seq
+        self.idx = idx  # source index of each item: a range until something reorders
+        self.items = items
+        self.special = special  # may hold Failure records from an earlier stage
+        self.parts: list[tuple[int, list[Any], Sequence[ItemError]]] = []
+        self.left = len(items)
+        self.busy = 0.0
+        self.made = 0  # Failure records this stage put in (counted as errors, not out)
+
+
+class Piece:
+    """A slice of a chunk sent to one worker (the unit of dispatch)."""
+
+    __slots__ = ("attempts", "chunk", "id", "isolated", "items", "start")
+
+    def __init__(self, chunk: Chunk, start: int, items: list[Any], isolated: bool = False) -> None:
+        self.chunk = chunk
+        self.start = start
+        self.items = items
+        self.isolated = isolated  # re-run alone to find which item killed a worker
+        self.id = 0
+        self.attempts = 0  # tries a lone item already had when the parent gave it back (rules.ItemRules.on_lost)
+
+    def split(self, n: int) -> tuple[Piece, Piece]:
+        """Return the first n items as one piece and the rest as another."""
+        head = Piece(self.chunk, self.start, self.items[:n], self.isolated)
+        return head, Piece(self.chunk, self.start + n, self.items[n:], self.isolated)
+
+    def singles(self) -> list[Piece]:
+        """Return one isolated piece per item: each runs alone, to find an item that kills its worker."""
+        return [Piece(self.chunk, self.start + i, [item], isolated=True) for i, item in enumerate(self.items)]
+
+
+class StagePort(Protocol):
+    """What the engine offers the executor of one stage."""
+
+    def take(self, room: Callable[[], bool] | None = None) -> Piece | None:
+        """Block until a piece is waiting and the executor has `room()`; None once the stage has no more work.
+
+        `room` reads the executor's own state and nothing else (it is called
+        with the engine's lock held: no locks, no blocking); when that state
+        changes, the executor calls `wake()`.
+
+        Raises:
+            Cancelled: the run was cancelled.
+        """
+        ...
+
+    def done(
+        self, piece: Piece, values: list[Any], errs: Sequence[ItemError], busy: float, retries: int = 0
+    ) -> None:
+        """Report a finished piece: one value per item, the failed ones in `errs`, `busy` seconds of work."""
+        ...
+
+    def give_back(self, pieces: Sequence[Piece]) -> None:
+        """Queue pieces to run again ahead of new work (their worker died, or they were cut smaller)."""
+        ...
+
+    def fail(self, exc: BaseException, *, late: bool = False, blame: bool = False) -> None:
+        """Fail the run with `exc` (a bug, a setup failure).
+
+        `late`: the stage's results are all out; the caller raises it at the
+        end. `blame`: the stats mark this stage as the one that failed.
+        """
+        ...
+
+    def set_capacity(self, workers: int, pieces: int) -> None:
+        """The executor runs `workers` items at once and wants `pieces` pieces in flight to keep them fed."""
+        ...
+
+    def wake(self) -> None:
+        """The executor's own state changed: every waiting `take` checks its `room` again."""
+        ...
