@@ -125,3 +125,17 @@ def test_async_stage_cancelled_by_ezflow_still_stops():
     handle.cancel()
     assert handle.wait(timeout=10) == []  # ezflow's cancel is not ten item failures
     assert handle.done() and handle.stats.stages[0].errors == 0
+
+
+class BuildsWithOddError:
+    def __init__(self):
+        raise StrExplodes("no model")
+
+    def __call__(self, x):
+        return x
+
+
+def test_stage_that_cannot_start_reports_an_odd_exception(mode):
+    with pytest.raises(ezflow.StageError, match="could not start.*StrExplodes") as info:
+        ezflow.map(BuildsWithOddError, range(3), progress=False, **mode)
+    assert "BuildsWithOddError" in str(info.value)

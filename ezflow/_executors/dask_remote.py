@@ -14,7 +14,7 @@ import collections
 import threading
 from typing import Any
 
-from .._core.errors import pack_exception, short_repr
+from .._core.errors import describe, pack_exception, short_repr
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
 
@@ -54,12 +54,12 @@ def _runtime(token: str, payload: bytes) -> Runtime | None:
         try:
             kind, fn, is_class, when, retries, retry_on, backoff, limiter = loads(payload)
         except BaseException as exc:
-            raise _SetupFailed(f"loading the stage on a dask worker raised {type(exc).__name__}: {exc}") from exc
+            raise _SetupFailed(f"loading the stage on a dask worker raised {describe(exc)}") from exc
         try:
             rt = build_runtime(kind, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter)
         except BaseException as exc:
             what = short_repr(fn) + ("()" if is_class else "")
-            raise _SetupFailed(f"{what} raised {type(exc).__name__}: {exc}") from exc
+            raise _SetupFailed(f"{what} raised {describe(exc)}") from exc
         _runtimes[key] = rt
         return rt
 

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from .._core.errors import pack_exception
+from .._core.errors import RemoteError, describe, pack_exception
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
 
@@ -91,14 +91,15 @@ def _unpicklable_to_errors(msg: tuple) -> tuple:
         try:
             dumps(value)
         except Exception as exc:
-            err = TypeError(f"the result cannot be sent back to the parent: {type(exc).__name__}: {exc}")
+            err = TypeError(f"the result cannot be sent back to the parent: {describe(exc)}")
             values[pos] = None
             errs.append((pos, *pack_exception(err), 1))
     for i, (pos, exc, tb, attempts) in enumerate(errs):
         try:
             dumps(exc)
         except Exception:
-            errs[i] = (pos, *pack_exception(RuntimeError(f"{type(exc).__name__}: {exc}")), attempts)
+            # keep its type name, message and the worker's traceback text
+            errs[i] = (pos, RemoteError(type(exc).__qualname__, describe(exc).partition(": ")[2]), tb, attempts)
     return (op, pid, values, errs, busy, retries)
 
 
