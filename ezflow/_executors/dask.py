@@ -199,7 +199,7 @@ class DaskExecutor(Executor):
                 break
         piece.id = next(self._ids)
         fut = self.client.submit(
-            _run_remote, self._token, self._payload, data, piece.chunk.special,
+            _run_remote, self._token, self._payload, data, piece.chunk.special, piece.attempts,
             key=f"{self._prefix}-{piece.id}", pure=False, retries=self.spec.retries or None,
         )
         with self._lock:

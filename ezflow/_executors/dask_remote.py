@@ -73,12 +73,15 @@ def _setup_remote(token: str, payload: bytes) -> tuple[BaseException, str] | Non
     return None
 
 
-def _run_remote(token: str, payload: bytes, data: bytes, special: bool) -> bytes | None:
-    """Run one piece on this worker; return (values, errs, busy, retries) as bytes."""
+def _run_remote(token: str, payload: bytes, data: bytes, special: bool, tried: int = 0) -> bytes | None:
+    """Run one piece on this worker; return (values, errs, busy, retries) as bytes.
+
+    ``tried``: the tries a lone item already had (its workers kept dying).
+    """
     rt = _runtime(token, payload)
     if rt is None:
         return None  # the stage was cancelled while this piece waited in the worker
-    values, errs, busy, retries = run_piece(rt, loads(data), special)
+    values, errs, busy, retries = run_piece(rt, loads(data), special, tried)
     try:
         return dumps((values, errs, busy, retries))
     except Exception:
