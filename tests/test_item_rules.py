@@ -201,3 +201,43 @@ def test_option_table_prints_for_the_readme():
     table = support_table()
     assert table.startswith("| option | thread | process | async | dask |")
     assert all(option in table for option in SUPPORT)
+
+
+# -- rate and backoff: one implementation, driven by each runner -------------
+
+
+def test_async_rate_is_paced_without_blocking_the_loop():
+    async def stamp(_):
+        return time.monotonic()
+
+    stamps = ezflow.map(stamp, range(11), rate=20, workers=4, progress=False)
+    assert stamps[-1] - stamps[0] >= 0.45  # 10 gaps at 20 calls per second
+
+
+class FailsTwice:
+    def __init__(self):
+        self.calls = {}
+
+    def __call__(self, x):
+        self.calls[x] = self.calls.get(x, 0) + 1
+        if self.calls[x] <= 2:
+            raise OSError("flaky")
+        return x
+
+
+@pytest.mark.parametrize("mode", ["thread", "process", "async"])
+def test_backoff_waits_between_tries_in_every_mode(mode):
+    if mode == "async":
+
+        class Fn(FailsTwice):
+            async def __call__(self, x):
+                return FailsTwice.__call__(self, x)
+
+        fn, opts = Fn, {}
+    else:
+        fn, opts = FailsTwice, {"mode": mode, "workers": 1}
+    t0 = time.monotonic()
+    flow = ezflow.Flow([5]).map(fn, retries=2, backoff=0.2, retry_on=OSError, **opts)
+    assert flow.collect(progress=False) == [5]
+    assert time.monotonic() - t0 >= 0.6  # 0.2 then 0.4
+    assert flow.stats.stages[0].retries == 2
