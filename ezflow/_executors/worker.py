@@ -4,7 +4,7 @@
     ("setup", token, payload,      ----->    build the stage (instantiate a class here)
       want_ready)                  <-----    ("ready", token) if want_ready | ("setup_failed", token, exc, tb)
     ("task", piece_id, token,      ----->    run_piece()
-      items, special, tried)              <-----    ("result", piece_id, values, errs, busy, retries)
+      items, special, tried)       <-----    ("result", piece_id, values, errs, busy, retries)
     ("teardown", token,            ----->    close() a class stage
       want_reply)                  <-----    ("closed", token, exc_or_None, tb) if want_reply
     ("exit",)                      ----->    return
