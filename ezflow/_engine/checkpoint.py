@@ -1,0 +1,559 @@
+"""Resumable runs: feed a run only the items without a stored result; store results as delivered.
+
+    source --plan: stored segments whose items still match are set aside--> missing items
+           (with their source positions) --> Run (stages unchanged) --> chunks
+    chunks --CheckpointRun.chunks()--> + stored results merged back in source order --> caller
+           \\--Recorder: segments of delivered results --writer thread, one transaction
+                                                       at most every FLUSH_SECONDS--> Store
+
+A *segment* is a run of consecutive source positions whose results all
+arrived, keyed by one digest of their pickled items: what is stored,
+matched and reused. The engine emits each source chunk as exactly one
+chunk (map, filter and flat_map stages never merge chunks), so in an
+ordered flow the k-th delivered chunk completes the k-th source chunk,
+positions whose items a filter dropped included; in an unordered flow the
+positions that gave a result are complete (a dropped one is computed
+again next time). Batch stages merge chunks, so they are refused.
+
+Failures are not stored unless ``checkpoint_failures=True``: a failed
+position ends its segment and is computed again on the next run. Stages
+with ``errors="skip"`` run as ``"return"`` under a checkpoint, so a failure
+is told apart from a filtered item; it is dropped here and counted as a
+skip, as the stage would have done.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import pickle
+import threading
+import time
+import warnings
+from array import array
+from collections.abc import Generator, Iterator
+from typing import Any, cast
+
+from .._core.errors import Failure, short_repr
+from .._core.record import replace
+from .._plan.spec import StageSpec
+from .checkpoint_store import CheckpointError, Segment, Store, resolve_path
+from .fingerprint import call_key, segment_key
+from .run import Run
+from .._executors.port import Chunk
+
+__all__ = ["CheckpointError", "CheckpointOptions", "CheckpointRun", "checkpoint_options"]
+
+FLUSH_SECONDS = 0.5  # results wait at most about this long before they are written
+SEGMENT_MAX = 256  # positions per segment: one changed item recomputes at most this many
+MATCHES = ("value", "position")
+
+
+class CheckpointOptions:
+    """Validated ``checkpoint=``, ``checkpoint_match=`` and ``checkpoint_failures=``."""
+
+    __slots__ = ("by_position", "failures", "path")
+
+    def __init__(self, path: Any, by_position: bool, failures: bool) -> None:
+        self.path = path
+        self.by_position = by_position
+        self.failures = failures
+
+
+def checkpoint_options(checkpoint: Any, match: Any, failures: Any) -> CheckpointOptions | None:
+    """Check the checkpoint options at call time; None when there is no checkpoint.
+
+    Raises:
+        TypeError, ValueError: an option is invalid, or given without ``checkpoint``.
+        CheckpointError: the checkpoint's directory cannot be written.
+    """
+    if checkpoint is None:
+        given = [n for n, v in (("checkpoint_match", match), ("checkpoint_failures", failures)) if v is not None]
+        if given:
+            raise TypeError(
+                f"{' and '.join(given)} only apply with a checkpoint: pass checkpoint='runs/name' too, "
+                f"or drop {' and '.join(given)}"
+            )
+        return None
+    if match is None:
+        match = "value"
+    if match not in MATCHES:
+        raise ValueError(
+            f"checkpoint_match must be 'value' (items by position and value, the function by its code: "
+            f"the default) or 'position' (by position only, whatever the items and the function); got {match!r}"
+        )
+    if failures is None:
+        failures = False
+    if not isinstance(failures, bool):
+        raise TypeError(f"checkpoint_failures must be True or False, got {failures!r}")
+    return CheckpointOptions(resolve_path(checkpoint), match == "position", failures)
+
+
+def _plan_checks(source: Any, specs: tuple[StageSpec, ...]) -> None:
+    if source is None:
+        raise TypeError(
+            "checkpoint needs a source iterable (it matches items by their position in it); "
+            "a flow fed through handle.put() has none"
+        )
+    merging = [s.name for s in specs if s.kind in ("batch", "unbatch")]
+    if merging:
+        raise ValueError(
+            f"checkpoint does not support batch or unbatch stages ({', '.join(merging)}): they merge items "
+            "from different positions; checkpoint the stages before the batch in a flow of their own"
+        )
+    if not specs:
+        raise ValueError("checkpoint needs a flow with at least one stage")
+
+
+class CheckpointRun:
+    """A `Run` that takes stored results from a checkpoint and stores the new ones.
+
+    It offers what `Handle`, `collect` and iteration use of a run: ``start``,
+    ``chunks``, ``collect``, iteration, ``cancel``, ``snapshot``, ``specs``
+    and ``state``; the rest is the inner run's.
+    """
+
+    def __init__(self, source: Any, specs: tuple[StageSpec, ...], observer: Any, options: CheckpointOptions) -> None:
+        _plan_checks(source, specs)
+        self.options = options
+        self.errors = {s.name: s.errors for s in specs}
+        self.skip = {s.name for s in specs if s.errors == "skip"}
+        specs = tuple(replace(s, errors="return") if s.errors == "skip" else s for s in specs)
+        self.ordered = all(s.ordered for s in specs)
+        key = call_key([(s.kind, s.fn, s.when, s.size) for s in specs])
+        self.store = Store(options.path, key, ",".join(s.kind for s in specs), options.by_position)
+        try:
+            if self.store.discarded:
+                warnings.warn(
+                    f"ezflow: checkpoint {str(options.path)!r}: the function (or a stage of the flow) changed "
+                    f"since its {self.store.discarded} results were stored; they were discarded and the run "
+                    "starts over (pass checkpoint_match='position' to keep results whatever the function)",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            stored = [s for s in self.store.load() if self._reusable(s)]
+            self._reused: collections.deque[Segment] = collections.deque()
+            self._chunks: list[Any] = []  # positions of each source chunk, in order
+            self._items: dict[int, Any] | None = None  # streamed sources: items kept until stored
+            self._source: list | tuple | range | None = None  # an indexable source
+            fed, self._fed_pos, reused = self._plan(source, stored)
+            self.run = Run(fed, specs, observer, positions=self._positions)
+            self.run.from_checkpoint = reused
+            self.recorder = Recorder(self.store, self._segments, self._items_at, not options.by_position)
+        except BaseException:
+            self.store.close()
+            raise
+
+    # -- what is reused ----------------------------------------------------
+
+    def _reusable(self, seg: Segment) -> bool:
+        for v in seg.outputs:
+            if v.__class__ is Failure and (not self.options.failures or self.errors.get(v.stage) == "raise"):
+                return False  # a stored failure comes back only where asked for, and never to raise
+        return True
+
+    def _matches(self, seg: Segment, items: list) -> bool:
+        if self.options.by_position:
+            return True
+        return seg.key is not None and seg.key == self._key(items, seg.start)
+
+    def _key(self, items: list, start: int) -> bytes:
+        try:
+            return segment_key(items)
+        except Exception:
+            for i, item in enumerate(items):
+                try:
+                    pickle.dumps(item, protocol=5)
+                except Exception as exc:
+                    raise CheckpointError(
+                        f"checkpoint: item {start + i} ({short_repr(item)}) cannot be pickled, so a later run "
+                        f"could not recognise it ({type(exc).__name__}: {exc}); pass "
+                        "checkpoint_match='position' to match items by their position only"
+                    ) from exc
+            raise
+
+    def _plan(self, source: Any, stored: list[Segment]) -> tuple[Any, list | None, int]:
+        """Return the items to compute, their positions (None: all, in order) and how many are reused."""
+        if isinstance(source, (list, tuple, range)):
+            self._source = source
+            n = len(source)
+            reused = [s for s in stored if s.end <= n and self._matches(s, list(source[s.start : s.end]))]
+            if not reused:
+                return source, None, 0
+            self._reused.extend(reused)
+            missing: list[int] = []
+            at = 0
+            for s in reused:
+                missing.extend(range(at, s.start))
+                at = s.end
+            missing.extend(range(at, n))
+            return [source[p] for p in missing], missing, n - len(missing)
+        self._source = None
+        if not self.options.by_position:
+            self._items = {}
+        self._fed_log: list[int] = []
+        return _Stream(self, source, stored), self._fed_log, 0
+
+    def _positions(self, index: int, n: int) -> range | list:
+        """The engine asks for the source positions of its next source chunk (index: count fed so far)."""
+        if self._fed_pos is None:
+            pos: range | list = range(index, index + n)
+        else:
+            pos = self._fed_pos[index : index + n]
+        self._chunks.append(pos)
+        return pos
+
+    def _items_at(self, start: int, end: int) -> list:
+        if self._source is not None:
+            return list(self._source[start:end])
+        items = self._items
+        if items is None:
+            return []
+        return [items.pop(p) for p in range(start, end)]
+
+    # -- the run's interface -----------------------------------------------
+
+    @property
+    def specs(self) -> tuple[StageSpec, ...]:
+        return self.run.specs
+
+    @property
+    def state(self) -> str:
+        return self.run.state
+
+    def start(self) -> None:
+        self.run.start()
+
+    def cancel(self, state: str = "cancelled") -> None:
+        self.run.cancel(state)
+
+    def snapshot(self) -> Any:
+        return self.run.snapshot()
+
+    def __getattr__(self, name: str) -> Any:
+        if "run" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["run"], name)
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Yield the results in chunks, stored ones merged in; store the new ones as they come."""
+        inner = cast("Generator[Chunk, None, None]", self.run.chunks())  # closing it cancels the run
+        recorder = self.recorder
+        recorder.start()
+        k = 0
+        try:
+            for chunk in inner:
+                if self.ordered:
+                    positions = self._chunks[k]
+                    k += 1
+                    if positions:
+                        yield from self._stored_before(positions[0])
+                else:
+                    positions = None
+                    yield from self._stored_before(None)
+                recorder.add(chunk, positions)
+                recorder.check()
+                if positions and self._reused and self._reused[0].start < positions[-1]:
+                    yield from self._interleave(chunk)  # stored results fall between this chunk's items
+                    continue
+                out = self._deliver(chunk)
+                if out is not None:
+                    yield out
+            yield from self._stored_before(None)
+        finally:
+            inner.close()
+            recorder.close()
+        recorder.check()
+
+    def collect(self) -> list:
+        out: list = []
+        for chunk in self.chunks():
+            out.extend(chunk.items)
+        return out
+
+    def __iter__(self) -> Iterator[Any]:
+        for chunk in self.chunks():
+            yield from chunk.items
+
+    # -- merging and recording -----------------------------------------------
+
+    def _stored_before(self, position: int | None) -> Iterator[Chunk]:
+        reused = self._reused
+        while reused and (position is None or reused[0].start < position):
+            seg = reused.popleft()
+            out = self._deliver(Chunk(0, range(seg.start, seg.start + len(seg.outputs)), seg.outputs, True), True)
+            if out is not None:
+                yield out
+
+    def _interleave(self, chunk: Chunk) -> Iterator[Chunk]:
+        reused = self._reused
+        idx: list = []
+        items: list = []
+        for i, v in zip(chunk.idx, chunk.items, strict=True):
+            if reused and reused[0].start < i:
+                if items:
+                    out = self._deliver(Chunk(chunk.seq, idx, items, chunk.special))
+                    if out is not None:
+                        yield out
+                    idx, items = [], []
+                yield from self._stored_before(i)
+            idx.append(i)
+            items.append(v)
+        if items:
+            out = self._deliver(Chunk(chunk.seq, idx, items, chunk.special))
+            if out is not None:
+                yield out
+
+    def _deliver(self, chunk: Chunk, stored: bool = False) -> Chunk | None:
+        """Apply errors="skip" (run as "return" under a checkpoint) to a chunk of results."""
+        if not chunk.special or not self.skip:
+            return chunk if chunk.items else None
+        items, idx = [], []
+        counters = {c.name: c for c in self.run.counters}
+        for i, v in zip(chunk.idx, chunk.items, strict=True):
+            if v.__class__ is Failure and v.stage in self.skip:
+                c = counters.get(v.stage)
+                if c is not None:
+                    c.errors -= 0 if stored else 1
+                    c.skipped += 1
+                continue
+            items.append(v)
+            idx.append(i)
+        return Chunk(chunk.seq, idx, items, True) if items else None
+
+    def _segments(self, chunk: Chunk, positions: Any) -> tuple[list[tuple[int, int, int]], list]:
+        """Cut a delivered chunk into segments: consecutive complete positions, failures apart.
+
+        Returns:
+            ``(start, end, results)`` per segment, and the kept results of all of them, in order.
+        """
+        idx, outputs = chunk.idx, chunk.items
+        if positions is None:  # unordered: the positions that gave a result
+            positions = idx if isinstance(idx, range) else sorted(set(idx))
+        failed: set[int] = set()
+        if chunk.special:
+            failed = {i for i, v in zip(idx, outputs, strict=True) if v.__class__ is Failure}
+            if failed and self._items is not None and not self.options.failures:
+                for p in failed:
+                    self._items.pop(p, None)
+        if not failed and isinstance(idx, range) and isinstance(positions, range) and idx == positions:
+            return [(a, b, b - a) for a, b in _runs(positions, failed, False)], outputs  # a map: one each
+        idx_list = list(idx)
+        segs = []
+        kept: list = []
+        for a, b in _runs(positions, failed, self.options.failures):
+            lo = bisect.bisect_left(idx_list, a)
+            hi = bisect.bisect_left(idx_list, b)
+            kept.extend(outputs[lo:hi])
+            segs.append((a, b, hi - lo))
+        return segs, kept
+
+
+def _runs(positions: Any, failed: set[int], keep_failed: bool) -> Iterator[tuple[int, int]]:
+    """Split positions into runs of consecutive ones (at most SEGMENT_MAX); a failure stands alone or is left out."""
+    if isinstance(positions, range) and not failed:
+        for a in range(positions.start, positions.stop, SEGMENT_MAX):
+            yield a, min(a + SEGMENT_MAX, positions.stop)
+        return
+    start = prev = None
+    for p in positions:
+        if p in failed:
+            if start is not None:
+                yield start, prev + 1  # type: ignore[operator]
+                start = None
+            if keep_failed:
+                yield p, p + 1
+            continue
+        if start is None:
+            start = prev = p
+        elif p != prev + 1 or p - start >= SEGMENT_MAX:  # type: ignore[operator]
+            yield start, prev + 1  # type: ignore[operator]
+            start = prev = p
+        else:
+            prev = p
+    if start is not None:
+        yield start, prev + 1  # type: ignore[operator]
+
+
+class _Stream:
+    """A streamed source: set aside the items a stored segment covers, if they still match."""
+
+    def __init__(self, owner: CheckpointRun, source: Any, stored: list[Segment]) -> None:
+        self.owner = owner
+        self.source = source
+        self.stored = stored
+
+    def __iter__(self) -> Iterator[Any]:
+        owner = self.owner
+        log = owner._fed_log
+        keep = owner._items
+        stored = collections.deque(self.stored)
+        it = iter(self.source)
+        p = 0
+        while True:
+            seg = stored[0] if stored else None
+            if seg is not None and seg.start == p:
+                stored.popleft()
+                held = []
+                for item in it:
+                    held.append(item)
+                    if len(held) == seg.end - seg.start:
+                        break
+                if len(held) == seg.end - seg.start and owner._matches(seg, held):
+                    owner._reused.append(seg)
+                    owner.run.from_checkpoint += len(held)
+                    p += len(held)
+                    continue
+                for item in held:  # changed (or the source ended early): compute them again
+                    log.append(p)
+                    if keep is not None:
+                        keep[p] = item
+                    p += 1
+                    yield item
+                if len(held) < seg.end - seg.start:
+                    return
+                continue
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            while stored and stored[0].start < p:
+                stored.popleft()
+            log.append(p)
+            if keep is not None:
+                keep[p] = item
+            p += 1
+            yield item
+
+
+class Recorder:
+    """Collect delivered segments; a writer thread stores them in one transaction per flush."""
+
+    def __init__(self, store: Store, segments: Any, items_at: Any, keyed: bool) -> None:
+        self.store = store
+        self.segments = segments
+        self.items_at = items_at
+        self.keyed = keyed
+        self.error: BaseException | None = None
+        self._pending: list[tuple[Chunk, Any]] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._written = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ezflow-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, chunk: Chunk, positions: Any) -> None:
+        """Queue a delivered chunk (and, in an ordered flow, its source positions) for writing."""
+        with self._cond:
+            first = not self._pending
+            self._pending.append((chunk, positions))
+            if first:
+                self._cond.notify()
+
+    def check(self) -> None:
+        """Raise the writer's error, if writing failed."""
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Write what is pending; the writer then closes the file on its own.
+
+        Closing folds the WAL back into the file (a few ms of fsync): the
+        caller does not wait for it, since the rows are committed already.
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.ident is not None:
+            self._written.wait()
+        else:
+            self.store.close()
+
+    def _loop(self) -> None:
+        cond = self._cond
+        try:
+            while True:
+                with cond:
+                    while not self._pending and not self._closed:
+                        cond.wait()
+                    batch, self._pending = self._pending, []
+                    closed = self._closed
+                if batch and self.error is None:
+                    try:
+                        self._write([self.segments(chunk, pos) for chunk, pos in batch])
+                    except BaseException as exc:
+                        self.error = exc if isinstance(exc, CheckpointError) else _write_error(self.store, exc)
+                if closed:
+                    break
+                self._pause()
+        finally:
+            self._written.set()
+            self.store.close()
+
+    def _pause(self) -> None:
+        cond = self._cond
+        with cond:  # batch the next writes: at most one per FLUSH_SECONDS
+            end = time.monotonic() + FLUSH_SECONDS
+            while not self._closed and (left := end - time.monotonic()) > 0:
+                cond.wait(left)
+
+    def _write(self, batch: list[tuple[list[tuple[int, int, int]], list]]) -> None:
+        starts, ends, offsets = array("q"), array("q"), array("q")
+        keys: list[bytes] = []
+        outputs: list = []
+        failures = 0
+        n = 0
+        for segs, results in batch:
+            outputs.extend(results)
+            for a, b, count in segs:
+                starts.append(a)
+                ends.append(b)
+                if count == 1 and results and outputs[n].__class__ is Failure:
+                    failures += 1
+                n += count
+                offsets.append(n)
+                items = self.items_at(a, b)
+                if self.keyed:
+                    try:
+                        keys.append(segment_key(items))
+                    except Exception as exc:
+                        raise _item_error(items, a, exc) from exc
+        if not starts:
+            return
+        try:
+            blob = pickle.dumps(outputs, protocol=5)
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint {str(self.store.path)!r}: a result cannot be pickled, so it cannot be stored "
+                f"({type(exc).__name__}: {exc}); return picklable results, or run without checkpoint"
+            ) from exc
+        keyed = b"".join(keys) if self.keyed else None
+        self.store.append(starts=starts, ends=ends, keys=keyed, offsets=offsets, outputs=blob, failures=failures)
+
+
+def _item_error(items: list, start: int, exc: BaseException) -> CheckpointError:
+    for i, item in enumerate(items):
+        try:
+            pickle.dumps(item, protocol=5)
+        except Exception as err:
+            exc = err
+            start += i
+            items = [item]
+            break
+    return CheckpointError(
+        f"checkpoint: item {start} ({short_repr(items[0] if items else None)}) cannot be pickled, so a later "
+        f"run could not recognise it ({type(exc).__name__}: {exc}); pass checkpoint_match='position' to "
+        "match items by their position only"
+    )
+
+
+def _write_error(store: Store, exc: BaseException) -> CheckpointError:
+    err = CheckpointError(
+        f"checkpoint {str(store.path)!r}: writing results failed ({type(exc).__name__}: {exc}); "
+        "the run was stopped so that no result goes unstored"
+    )
+    err.__cause__ = exc
+    return err
+
