@@ -110,14 +110,28 @@ class Store:
         self.path = path
         self.discarded = 0
         self._sqlite = sqlite3
-        self._args = (call, stages, by_position)
+        self._args: tuple[str, str, bool] | None = (call, stages, by_position)
         self._db: Any = None
         if path.exists():  # a new file is made by the first write, off the caller's path
             self._connect()
 
+    @classmethod
+    def peek(cls, path: Path) -> list[Segment]:
+        """Return the segments stored in `path` whatever call wrote them, changing nothing."""
+        store = cls.__new__(cls)
+        import sqlite3
+
+        store.path, store.discarded, store._sqlite, store._args = path, 0, sqlite3, None
+        store._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        try:
+            return store.load()
+        finally:
+            store.close()
+
     def _connect(self) -> None:
         sqlite3 = self._sqlite
         path = self.path
+        assert self._args is not None
         call, stages, by_position = self._args
         try:
             self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
