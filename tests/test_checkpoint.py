@@ -137,7 +137,7 @@ def test_sigkilled_script_rerun_computes_only_the_missing_items(tmp_path):
 KERNEL_CELL = """
 import os, time, ezflow
 def work(x):
-    time.sleep(0.03)
+    time.sleep(0.05)
     fd = os.open(CALLS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.write(fd, f"{os.environ['EZ_TAG']} {x}\\n".encode())
     os.close(fd)
@@ -159,7 +159,7 @@ def _kernel(tmp_path: Path, tag: str):
 
 @pytest.mark.slow
 def test_killed_kernel_rerun_computes_only_the_missing_items(tmp_path):
-    n = 100
+    n = 200
     calls = tmp_path / "calls.txt"
     setup = f"CALLS = {str(calls)!r}; N = {n}"
     km, kc = _kernel(tmp_path, "a")
