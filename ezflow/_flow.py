@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
-from ._engine.checkpoint import checkpoint_options
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
 from ._core.record import replace
 from ._engine.run import Run
@@ -345,6 +344,15 @@ class Flow:
             else:
                 parts.append(f".{s.kind}({s.name}, {s.mode}x{s.workers})")
         return "".join(parts)
+
+
+def checkpoint_options(checkpoint: Any, match: Any, failures: Any) -> Any:
+    """Validate the checkpoint options (the checkpoint module loads only when one is given)."""
+    if checkpoint is None and match is None and failures is None:
+        return None
+    from ._engine.checkpoint import checkpoint_options as check
+
+    return check(checkpoint, match, failures)
 
 
 def _messages(source: Any) -> Any:

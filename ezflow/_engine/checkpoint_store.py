@@ -23,8 +23,10 @@ import bisect
 import os
 import pickle
 from array import array
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["FORMAT", "CheckpointError", "Segment", "Store", "resolve_path"]
 
@@ -64,6 +66,8 @@ def resolve_path(checkpoint: Any) -> Path:
             f"checkpoint must be a path (str or os.PathLike) such as 'runs/thumbnails', "
             f"got {type(checkpoint).__name__} {checkpoint!r}"
         )
+    from pathlib import Path
+
     text = os.fspath(checkpoint)
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"checkpoint must be a non-empty path such as 'runs/thumbnails', got {checkpoint!r}")
