@@ -13,7 +13,14 @@ chunk (map, filter and flat_map stages never merge chunks), so in an
 ordered flow the k-th delivered chunk completes the k-th source chunk,
 positions whose items a filter dropped included; in an unordered flow the
 positions that gave a result are complete (a dropped one is computed
-again next time). Batch stages merge chunks, so they are refused.
+again next time).
+
+Batch stages merge chunks, and a result's index is its batch's first
+item's: a flow with batch stages (all ordered) runs in *prefix mode*: the
+results of every position below the newest delivered index are stored as
+one segment, and a later run reuses stored segments only as an unbroken
+run from position 0 (a changed item, a gap or a failure ends it; all
+after it is computed again), so fresh results always follow stored ones.
 
 Failures are not stored unless ``checkpoint_failures=True``: a failed
 position ends its segment and is computed again on the next run. Stages
@@ -27,6 +34,7 @@ from __future__ import annotations
 import bisect
 import collections
 import pickle
+import sys
 import threading
 import time
 import warnings
@@ -96,10 +104,11 @@ def _plan_checks(source: Any, specs: tuple[StageSpec, ...]) -> None:
             "a flow fed through handle.put() has none"
         )
     merging = [s.name for s in specs if s.kind in ("batch", "unbatch")]
-    if merging:
+    unordered = [s.name for s in specs if not s.ordered]
+    if merging and unordered:
         raise ValueError(
-            f"checkpoint does not support batch or unbatch stages ({', '.join(merging)}): they merge items "
-            "from different positions; checkpoint the stages before the batch in a flow of their own"
+            f"checkpoint with batch stages ({', '.join(merging)}) needs every stage ordered; "
+            f"{', '.join(unordered)} has ordered=False: drop it, or checkpoint without the batch"
         )
     if not specs:
         raise ValueError("checkpoint needs a flow with at least one stage")
@@ -120,6 +129,12 @@ class CheckpointRun:
         self.skip = {s.name for s in specs if s.errors == "skip"}
         specs = tuple(replace(s, errors="return") if s.errors == "skip" else s for s in specs)
         self.ordered = all(s.ordered for s in specs)
+        # batch stages merge chunks: results are stored and reused as a prefix of the source
+        self.prefix = any(s.kind in ("batch", "unbatch") for s in specs)
+        self._open_from = 0  # prefix mode: the first position not yet stored
+        self._held: tuple[list, list] = ([], [])  # prefix mode: (positions, results) delivered, not yet stored
+        self._limit = sys.maxsize  # prefix mode: a failure not stored ends what can be stored
+        self._offset = 0  # prefix mode: the first position fed
         key = call_key([(s.kind, s.fn, s.when, s.size) for s in specs])
         self.store = Store(options.path, key, ",".join(s.kind for s in specs), options.by_position)
         try:
@@ -139,7 +154,8 @@ class CheckpointRun:
             fed, self._fed_pos, reused = self._plan(source, stored)
             self.run = Run(fed, specs, observer, positions=self._positions)
             self.run.from_checkpoint = reused
-            self.recorder = Recorder(self.store, self._segments, self._items_at, not options.by_position)
+            segments = self._prefix_segments if self.prefix else self._segments
+            self.recorder = Recorder(self.store, segments, self._items_at, not options.by_position)
         except BaseException:
             self.store.close()
             raise
@@ -177,6 +193,15 @@ class CheckpointRun:
         if isinstance(source, (list, tuple, range)):
             self._source = source
             n = len(source)
+            if self.prefix:
+                at = 0
+                for seg in stored:
+                    if seg.start != at or seg.end > n or not self._matches(seg, list(source[seg.start : seg.end])):
+                        break
+                    self._reused.append(seg)
+                    at = seg.end
+                self._open_from = self._offset = at
+                return source[at:], None, at
             reused = [s for s in stored if s.end <= n and self._matches(s, list(source[s.start : s.end]))]
             if not reused:
                 return source, None, 0
@@ -192,12 +217,12 @@ class CheckpointRun:
         if not self.options.by_position:
             self._items = {}
         self._fed_log: list[int] = []
-        return _Stream(self, source, stored), self._fed_log, 0
+        return _Stream(self, source, stored, self.prefix), self._fed_log, 0
 
     def _positions(self, index: int, n: int) -> range | list:
         """The engine asks for the source positions of its next source chunk (index: count fed so far)."""
         if self._fed_pos is None:
-            pos: range | list = range(index, index + n)
+            pos: range | list = range(self._offset + index, self._offset + index + n)
         else:
             pos = self._fed_pos[index : index + n]
         self._chunks.append(pos)
@@ -243,7 +268,10 @@ class CheckpointRun:
         k = 0
         try:
             for chunk in inner:
-                if self.ordered:
+                if self.prefix:
+                    positions = None
+                    yield from self._stored_before(None)  # all stored results come first
+                elif self.ordered:
                     positions = self._chunks[k]
                     k += 1
                     if positions:
@@ -260,6 +288,8 @@ class CheckpointRun:
                 if out is not None:
                     yield out
             yield from self._stored_before(None)
+            if self.prefix:
+                recorder.add(None, None)  # the run ended: every item fed is done
         finally:
             inner.close()
             recorder.close()
@@ -321,6 +351,45 @@ class CheckpointRun:
             idx.append(i)
         return Chunk(chunk.seq, idx, items, True) if items else None
 
+    def _prefix_segments(self, chunk: Chunk | None, positions: Any) -> tuple[list[tuple[int, int, int]], list]:
+        """Prefix mode: store the results of the positions known complete.
+
+        A result's index is that of its batch's first item, and batches leave
+        in order, so every position below the newest result's index is
+        complete; a `Failure` passes a batch that is still filling, so its
+        index says nothing of the positions before it. A failure that is not
+        stored ends what can be stored at its position.
+        """
+        held_idx, held = self._held
+        if chunk is None:  # the run ended: every item fed is complete
+            if self._source is not None:
+                return self._store_below(len(self._source))
+            return self._store_below(self._fed_log[-1] + 1) if self._fed_log else ([], [])
+        mark = -1
+        for i, v in zip(chunk.idx, chunk.items, strict=True):
+            if v.__class__ is Failure:
+                if not self.options.failures:
+                    self._limit = min(self._limit, i)
+                    continue
+            elif i > mark:
+                mark = i
+            held_idx.append(i)
+            held.append(v)
+        return self._store_below(mark)
+
+    def _store_below(self, end: int) -> tuple[list[tuple[int, int, int]], list]:
+        end = min(end, self._limit)
+        start = self._open_from
+        if end <= start:
+            return [], []
+        held_idx, held = self._held
+        kept = [v for i, v in zip(held_idx, held, strict=True) if i < end]
+        rest = [(i, v) for i, v in zip(held_idx, held, strict=True) if i >= end]
+        held_idx[:] = [i for i, _ in rest]
+        held[:] = [v for _, v in rest]
+        self._open_from = end
+        return [(start, end, len(kept))], kept
+
     def _segments(self, chunk: Chunk, positions: Any) -> tuple[list[tuple[int, int, int]], list]:
         """Cut a delivered chunk into segments: consecutive complete positions, failures apart.
 
@@ -378,10 +447,11 @@ def _runs(positions: Any, failed: set[int], keep_failed: bool) -> Iterator[tuple
 class _Stream:
     """A streamed source: set aside the items a stored segment covers, if they still match."""
 
-    def __init__(self, owner: CheckpointRun, source: Any, stored: list[Segment]) -> None:
+    def __init__(self, owner: CheckpointRun, source: Any, stored: list[Segment], prefix: bool) -> None:
         self.owner = owner
         self.source = source
         self.stored = stored
+        self.prefix = prefix  # reuse only a run of segments from position 0
 
     def __iter__(self) -> Iterator[Any]:
         owner = self.owner
@@ -392,6 +462,9 @@ class _Stream:
         p = 0
         while True:
             seg = stored[0] if stored else None
+            if self.prefix and seg is not None and seg.start != p:
+                stored.clear()  # a gap: the prefix ends here
+                seg = None
             if seg is not None and seg.start == p:
                 stored.popleft()
                 held = []
@@ -404,7 +477,11 @@ class _Stream:
                     owner.run.from_checkpoint += len(held)
                     p += len(held)
                     continue
+                if self.prefix:
+                    stored.clear()
                 for item in held:  # changed (or the source ended early): compute them again
+                    if not log:
+                        owner._open_from = p
                     log.append(p)
                     if keep is not None:
                         keep[p] = item
@@ -419,6 +496,8 @@ class _Stream:
                 return
             while stored and stored[0].start < p:
                 stored.popleft()
+            if not log:
+                owner._open_from = p
             log.append(p)
             if keep is not None:
                 keep[p] = item
@@ -435,7 +514,7 @@ class Recorder:
         self.items_at = items_at
         self.keyed = keyed
         self.error: BaseException | None = None
-        self._pending: list[tuple[Chunk, Any]] = []
+        self._pending: list[tuple[Chunk | None, Any]] = []
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._written = threading.Event()
@@ -444,7 +523,7 @@ class Recorder:
     def start(self) -> None:
         self._thread.start()
 
-    def add(self, chunk: Chunk, positions: Any) -> None:
+    def add(self, chunk: Chunk | None, positions: Any) -> None:
         """Queue a delivered chunk (and, in an ordered flow, its source positions) for writing."""
         with self._cond:
             first = not self._pending
