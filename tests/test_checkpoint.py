@@ -566,3 +566,39 @@ def test_interrupted_then_resumed_loses_and_repeats_nothing(
     assert sorted(out) == want if not ordered else out == want
     assert sorted(_calls(calls, "b")) == sorted(set(data) - stored)
     assert got == want[:k] if ordered else set(got) <= set(want)
+
+
+# --- what the function key sees ------------------------------------------------------------
+
+
+def test_function_key_follows_code_and_captured_values_not_names_or_docs():
+    import functools
+
+    from ezflow._engine.fingerprint import function_key as key
+
+    def make(c):
+        def f(x):
+            return x + c
+
+        return f
+
+    assert key(make(1)) == key(make(1)) != key(make(2))  # closure values
+    assert key(functools.partial(pow, 2)) != key(functools.partial(pow, 3))
+    assert key(lambda x: x + 1) == key(lambda x: x + 1) != key(lambda x: x + 2)
+
+    def g(x):
+        """One docstring."""
+        return x
+
+    first = key(g)
+
+    def g(x):  # noqa: F811 - redefined on purpose: same code, another docstring
+        """Another docstring."""
+        return x
+
+    assert key(g) == first
+    scope = {}
+    exec("class M:\n    def __call__(self, x):\n        return x * 2\n", scope)
+    m2 = key(scope["M"])
+    exec("class M:\n    def __call__(self, x):\n        return x * 3\n", scope)
+    assert key(scope["M"]) != m2  # a class stage: its methods' code
