@@ -49,7 +49,10 @@ def measure(module, quick: bool, repeat: int) -> dict:
             out = ezflow.map(fn, items, workers=WORKERS, progress=False, checkpoint=path)
             again.append(time.perf_counter() - t)
             assert out == expected
-        size = os.path.getsize(os.path.join(tmp, f"run{repeat - 1}.sqlite"))
+        ezflow.shutdown()
+        time.sleep(0.2)  # the writer closes the file (folding the WAL in) after the call returns
+        last = os.path.join(tmp, f"run{repeat - 1}.sqlite")
+        size = sum(os.path.getsize(p) for p in (last, last + "-wal") if os.path.exists(p))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n = len(items)
