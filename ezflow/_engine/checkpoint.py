@@ -31,29 +31,23 @@ skip, as the stage would have done.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import pickle
-import sys
-import threading
-import time
 import warnings
-from array import array
 from collections.abc import Generator, Iterator
 from typing import Any, cast
 
 from .._core.errors import Failure, short_repr
 from .._core.record import replace
+from .._executors.port import Chunk
 from .._plan.spec import StageSpec
+from .checkpoint_record import Cut, PrefixCutter, Recorder, cut_chunk
 from .checkpoint_store import CheckpointError, Segment, Store, resolve_path
 from .fingerprint import call_key, segment_key
 from .run import Run
-from .._executors.port import Chunk
 
 __all__ = ["CheckpointError", "CheckpointOptions", "CheckpointRun", "checkpoint_options"]
 
-FLUSH_SECONDS = 0.5  # results wait at most about this long before they are written
-SEGMENT_MAX = 256  # positions per segment: one changed item recomputes at most this many
 MATCHES = ("value", "position")
 
 
@@ -131,9 +125,7 @@ class CheckpointRun:
         self.ordered = all(s.ordered for s in specs)
         # batch stages merge chunks: results are stored and reused as a prefix of the source
         self.prefix = any(s.kind in ("batch", "unbatch") for s in specs)
-        self._open_from = 0  # prefix mode: the first position not yet stored
-        self._held: tuple[list, list] = ([], [])  # prefix mode: (positions, results) delivered, not yet stored
-        self._limit = sys.maxsize  # prefix mode: a failure not stored ends what can be stored
+        self._cutter = PrefixCutter()  # prefix mode: which delivered results are complete
         self._offset = 0  # prefix mode: the first position fed
         key = call_key([(s.kind, s.fn, s.when, s.size) for s in specs])
         self.store = Store(options.path, key, ",".join(s.kind for s in specs), options.by_position)
@@ -200,7 +192,7 @@ class CheckpointRun:
                         break
                     self._reused.append(seg)
                     at = seg.end
-                self._open_from = self._offset = at
+                self._cutter.open_from = self._offset = at
                 return source[at:], None, at
             reused = [s for s in stored if s.end <= n and self._matches(s, list(source[s.start : s.end]))]
             if not reused:
@@ -351,97 +343,21 @@ class CheckpointRun:
             idx.append(i)
         return Chunk(chunk.seq, idx, items, True) if items else None
 
-    def _prefix_segments(self, chunk: Chunk | None, positions: Any) -> tuple[list[tuple[int, int, int]], list]:
-        """Prefix mode: store the results of the positions known complete.
+    def _prefix_segments(self, chunk: Chunk | None, positions: Any) -> Cut:
+        """Prefix mode (flows with batch stages): see `PrefixCutter`; None: the run ended."""
+        cutter = self._cutter
+        if chunk is not None:
+            return cutter.cut(chunk, self.options.failures)
+        if self._source is not None:  # every item fed is complete
+            return cutter.store_below(len(self._source))
+        return cutter.store_below(self._fed_log[-1] + 1) if self._fed_log else ([], [])
 
-        A result's index is that of its batch's first item, and batches leave
-        in order, so every position below the newest result's index is
-        complete; a `Failure` passes a batch that is still filling, so its
-        index says nothing of the positions before it. A failure that is not
-        stored ends what can be stored at its position.
-        """
-        held_idx, held = self._held
-        if chunk is None:  # the run ended: every item fed is complete
-            if self._source is not None:
-                return self._store_below(len(self._source))
-            return self._store_below(self._fed_log[-1] + 1) if self._fed_log else ([], [])
-        mark = -1
-        for i, v in zip(chunk.idx, chunk.items, strict=True):
-            if v.__class__ is Failure:
-                if not self.options.failures:
-                    self._limit = min(self._limit, i)
-                    continue
-            elif i > mark:
-                mark = i
-            held_idx.append(i)
-            held.append(v)
-        return self._store_below(mark)
-
-    def _store_below(self, end: int) -> tuple[list[tuple[int, int, int]], list]:
-        end = min(end, self._limit)
-        start = self._open_from
-        if end <= start:
-            return [], []
-        held_idx, held = self._held
-        kept = [v for i, v in zip(held_idx, held, strict=True) if i < end]
-        rest = [(i, v) for i, v in zip(held_idx, held, strict=True) if i >= end]
-        held_idx[:] = [i for i, _ in rest]
-        held[:] = [v for _, v in rest]
-        self._open_from = end
-        return [(start, end, len(kept))], kept
-
-    def _segments(self, chunk: Chunk, positions: Any) -> tuple[list[tuple[int, int, int]], list]:
-        """Cut a delivered chunk into segments: consecutive complete positions, failures apart.
-
-        Returns:
-            ``(start, end, results)`` per segment, and the kept results of all of them, in order.
-        """
-        idx, outputs = chunk.idx, chunk.items
-        if positions is None:  # unordered: the positions that gave a result
-            positions = idx if isinstance(idx, range) else sorted(set(idx))
-        failed: set[int] = set()
-        if chunk.special:
-            failed = {i for i, v in zip(idx, outputs, strict=True) if v.__class__ is Failure}
-            if failed and self._items is not None and not self.options.failures:
-                for p in failed:
-                    self._items.pop(p, None)
-        if not failed and isinstance(idx, range) and isinstance(positions, range) and idx == positions:
-            return [(a, b, b - a) for a, b in _runs(positions, failed, False)], outputs  # a map: one each
-        idx_list = list(idx)
-        segs = []
-        kept: list = []
-        for a, b in _runs(positions, failed, self.options.failures):
-            lo = bisect.bisect_left(idx_list, a)
-            hi = bisect.bisect_left(idx_list, b)
-            kept.extend(outputs[lo:hi])
-            segs.append((a, b, hi - lo))
+    def _segments(self, chunk: Chunk, positions: Any) -> Cut:
+        segs, kept, failed = cut_chunk(chunk, positions, self.options.failures)
+        if failed and self._items is not None and not self.options.failures:
+            for p in failed:
+                self._items.pop(p, None)  # a failure is not stored: its item need not be kept
         return segs, kept
-
-
-def _runs(positions: Any, failed: set[int], keep_failed: bool) -> Iterator[tuple[int, int]]:
-    """Split positions into runs of consecutive ones (at most SEGMENT_MAX); a failure stands alone or is left out."""
-    if isinstance(positions, range) and not failed:
-        for a in range(positions.start, positions.stop, SEGMENT_MAX):
-            yield a, min(a + SEGMENT_MAX, positions.stop)
-        return
-    start = prev = None
-    for p in positions:
-        if p in failed:
-            if start is not None:
-                yield start, prev + 1  # type: ignore[operator]
-                start = None
-            if keep_failed:
-                yield p, p + 1
-            continue
-        if start is None:
-            start = prev = p
-        elif p != prev + 1 or p - start >= SEGMENT_MAX:  # type: ignore[operator]
-            yield start, prev + 1  # type: ignore[operator]
-            start = prev = p
-        else:
-            prev = p
-    if start is not None:
-        yield start, prev + 1  # type: ignore[operator]
 
 
 class _Stream:
@@ -481,7 +397,7 @@ class _Stream:
                     stored.clear()
                 for item in held:  # changed (or the source ended early): compute them again
                     if not log:
-                        owner._open_from = p
+                        owner._cutter.open_from = p
                     log.append(p)
                     if keep is not None:
                         keep[p] = item
@@ -497,142 +413,9 @@ class _Stream:
             while stored and stored[0].start < p:
                 stored.popleft()
             if not log:
-                owner._open_from = p
+                owner._cutter.open_from = p
             log.append(p)
             if keep is not None:
                 keep[p] = item
             p += 1
             yield item
-
-
-class Recorder:
-    """Collect delivered segments; a writer thread stores them in one transaction per flush."""
-
-    def __init__(self, store: Store, segments: Any, items_at: Any, keyed: bool) -> None:
-        self.store = store
-        self.segments = segments
-        self.items_at = items_at
-        self.keyed = keyed
-        self.error: BaseException | None = None
-        self._pending: list[tuple[Chunk | None, Any]] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._closed = False
-        self._written = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="ezflow-checkpoint", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def add(self, chunk: Chunk | None, positions: Any) -> None:
-        """Queue a delivered chunk (and, in an ordered flow, its source positions) for writing."""
-        with self._cond:
-            first = not self._pending
-            self._pending.append((chunk, positions))
-            if first:
-                self._cond.notify()
-
-    def check(self) -> None:
-        """Raise the writer's error, if writing failed."""
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        """Write what is pending; the writer then closes the file on its own.
-
-        Closing folds the WAL back into the file (a few ms of fsync): the
-        caller does not wait for it, since the rows are committed already.
-        """
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread.ident is not None:
-            self._written.wait()
-        else:
-            self.store.close()
-
-    def _loop(self) -> None:
-        cond = self._cond
-        try:
-            while True:
-                with cond:
-                    while not self._pending and not self._closed:
-                        cond.wait()
-                    batch, self._pending = self._pending, []
-                    closed = self._closed
-                if batch and self.error is None:
-                    try:
-                        self._write([self.segments(chunk, pos) for chunk, pos in batch])
-                    except BaseException as exc:
-                        self.error = exc if isinstance(exc, CheckpointError) else _write_error(self.store, exc)
-                if closed:
-                    break
-                self._pause()
-        finally:
-            self._written.set()
-            self.store.close()
-
-    def _pause(self) -> None:
-        cond = self._cond
-        with cond:  # batch the next writes: at most one per FLUSH_SECONDS
-            end = time.monotonic() + FLUSH_SECONDS
-            while not self._closed and (left := end - time.monotonic()) > 0:
-                cond.wait(left)
-
-    def _write(self, batch: list[tuple[list[tuple[int, int, int]], list]]) -> None:
-        starts, ends, offsets = array("q"), array("q"), array("q")
-        keys: list[bytes] = []
-        outputs: list = []
-        failures = 0
-        n = 0
-        for segs, results in batch:
-            outputs.extend(results)
-            for a, b, count in segs:
-                starts.append(a)
-                ends.append(b)
-                if count == 1 and results and outputs[n].__class__ is Failure:
-                    failures += 1
-                n += count
-                offsets.append(n)
-                items = self.items_at(a, b)
-                if self.keyed:
-                    try:
-                        keys.append(segment_key(items))
-                    except Exception as exc:
-                        raise _item_error(items, a, exc) from exc
-        if not starts:
-            return
-        try:
-            blob = pickle.dumps(outputs, protocol=5)
-        except Exception as exc:
-            raise CheckpointError(
-                f"checkpoint {str(self.store.path)!r}: a result cannot be pickled, so it cannot be stored "
-                f"({type(exc).__name__}: {exc}); return picklable results, or run without checkpoint"
-            ) from exc
-        keyed = b"".join(keys) if self.keyed else None
-        self.store.append(starts=starts, ends=ends, keys=keyed, offsets=offsets, outputs=blob, failures=failures)
-
-
-def _item_error(items: list, start: int, exc: BaseException) -> CheckpointError:
-    for i, item in enumerate(items):
-        try:
-            pickle.dumps(item, protocol=5)
-        except Exception as err:
-            exc = err
-            start += i
-            items = [item]
-            break
-    return CheckpointError(
-        f"checkpoint: item {start} ({short_repr(items[0] if items else None)}) cannot be pickled, so a later "
-        f"run could not recognise it ({type(exc).__name__}: {exc}); pass checkpoint_match='position' to "
-        "match items by their position only"
-    )
-
-
-def _write_error(store: Store, exc: BaseException) -> CheckpointError:
-    err = CheckpointError(
-        f"checkpoint {str(store.path)!r}: writing results failed ({type(exc).__name__}: {exc}); "
-        "the run was stopped so that no result goes unstored"
-    )
-    err.__cause__ = exc
-    return err
-
