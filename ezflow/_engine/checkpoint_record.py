@@ -1,8 +1,8 @@
 """Writing a checkpoint: cut delivered chunks into segments; one writer thread stores them.
 
     consumer thread: Recorder.add(chunk, positions)  --pending-->  writer thread
-    writer thread:   cut into segments, key each one's items, pickle the results,
-                     one INSERT (one transaction) per flush, at most every FLUSH_SECONDS
+    writer thread:   cut into segments, key each one's items, pickle the results (as they come);
+                     insert the rows prepared so far in one transaction, at most every FLUSH_SECONDS
 
 The consumer only appends to a list: cutting, keying, pickling and the
 write all happen in the writer, so a run of tiny items does not wait on
@@ -183,34 +183,45 @@ class Recorder:
             self.store.close()
 
     def _loop(self) -> None:
+        # Cut, key and pickle what arrives as it arrives (overlapping the run);
+        # insert the prepared rows in one transaction at most every FLUSH_SECONDS.
         cond = self._cond
+        rows: list[dict[str, Any]] = []
+        written_at = -FLUSH_SECONDS
         try:
             while True:
                 with cond:
                     while not self._pending and not self._closed:
-                        cond.wait()
+                        left = written_at + FLUSH_SECONDS - time.monotonic()
+                        if rows and left <= 0:
+                            break
+                        cond.wait(left if rows else None)
                     batch, self._pending = self._pending, []
                     closed = self._closed
-                if batch and self.error is None:
-                    try:
-                        self._write([self.segments(chunk, pos) for chunk, pos in batch])
-                    except BaseException as exc:
-                        self.error = exc if isinstance(exc, CheckpointError) else _write_error(self.store, exc)
+                if self.error is not None:
+                    rows.clear()
+                    if closed:
+                        break
+                    continue
+                try:
+                    if batch:
+                        row = self._prepare([self.segments(chunk, pos) for chunk, pos in batch])
+                        if row is not None:
+                            rows.append(row)
+                    if rows and (closed or time.monotonic() - written_at >= FLUSH_SECONDS):
+                        self.store.append_rows(rows)
+                        rows.clear()
+                        written_at = time.monotonic()
+                except BaseException as exc:
+                    self.error = exc if isinstance(exc, CheckpointError) else _write_error(self.store, exc)
                 if closed:
                     break
-                self._pause()
         finally:
             self._written.set()
             self.store.close()
 
-    def _pause(self) -> None:
-        cond = self._cond
-        with cond:  # batch the next writes: at most one per FLUSH_SECONDS
-            end = time.monotonic() + FLUSH_SECONDS
-            while not self._closed and (left := end - time.monotonic()) > 0:
-                cond.wait(left)
-
-    def _write(self, batch: list[tuple[list[tuple[int, int, int]], list]]) -> None:
+    def _prepare(self, batch: list[Cut]) -> dict[str, Any] | None:
+        """Return one row: the segments' bounds, their items' keys, their results pickled."""
         starts, ends, offsets = array("q"), array("q"), array("q")
         keys: list[bytes] = []
         outputs: list = []
@@ -232,7 +243,7 @@ class Recorder:
                     except Exception as exc:
                         raise item_error(items, a, exc) from exc
         if not starts:
-            return
+            return None
         try:
             blob = pickle.dumps(outputs, protocol=5)
         except Exception as exc:
@@ -241,7 +252,9 @@ class Recorder:
                 f"({type(exc).__name__}: {exc}); return picklable results, or run without checkpoint"
             ) from exc
         keyed = b"".join(keys) if self.keyed else None
-        self.store.append(starts=starts, ends=ends, keys=keyed, offsets=offsets, outputs=blob, failures=failures)
+        return {
+            "starts": starts, "ends": ends, "keys": keyed, "offsets": offsets, "outputs": blob, "failures": failures
+        }
 
 
 def item_error(items: list, start: int, exc: BaseException) -> CheckpointError:

@@ -247,16 +247,20 @@ class Store:
                 kept.insert(i, seg)
         return kept
 
-    def append(
-        self, *, starts: array, ends: array, keys: bytes | None, offsets: array, outputs: bytes, failures: int
-    ) -> None:
-        """Write one row of segments in one transaction."""
+    def append_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Write rows of segments (``starts``, ``ends``, ``keys``, ``offsets``, ``outputs``,
+        ``failures``) in one transaction."""
         if self._db is None:
             self._connect()
-        self._db.execute(
-            "INSERT INTO segments (starts, ends, keys, offsets, outputs, failures) VALUES (?, ?, ?, ?, ?, ?)",
-            (starts.tobytes(), ends.tobytes(), keys, offsets.tobytes(), outputs, failures),
-        )
+        values = [
+            (r["starts"].tobytes(), r["ends"].tobytes(), r["keys"], r["offsets"].tobytes(), r["outputs"], r["failures"])
+            for r in rows
+        ]
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO segments (starts, ends, keys, offsets, outputs, failures) VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
 
     def close(self) -> None:
         """Close the file (a clean close folds the WAL back into it)."""
