@@ -478,6 +478,25 @@ def _square(x):
     return x * x
 
 
+def _slow_square(x):
+    time.sleep(0.01)
+    return x * x
+
+
+def test_cancelled_handle_keeps_what_was_stored(tmp_path):
+    ck = tmp_path / "ck"
+    flow = ezflow.Flow(range(300)).map(_slow_square, mode="thread", workers=2)
+    handle = flow.start(checkpoint=ck)
+    _wait_for(lambda: len(handle.results) >= 50, "50 results")
+    handle.cancel()
+    kept = len(handle.results)
+    assert kept < 300
+    again = flow.start(checkpoint=ck)
+    assert again.wait(60) == [x * x for x in range(300)]
+    assert again.stats.from_checkpoint >= kept  # what the cancelled run delivered was stored
+    assert again.stats[0].items_in == 300 - again.stats.from_checkpoint
+
+
 # --- what is refused, and how ----------------------------------------------------------
 
 
