@@ -32,16 +32,15 @@ skip, as the stage would have done.
 from __future__ import annotations
 
 import collections
-import pickle
 import warnings
 from collections.abc import Generator, Iterator
 from typing import Any, cast
 
-from .._core.errors import Failure, short_repr
+from .._core.errors import Failure
 from .._core.record import replace
 from .._executors.port import Chunk
 from .._plan.spec import StageSpec
-from .checkpoint_record import Cut, PrefixCutter, Recorder, cut_chunk
+from .checkpoint_record import Cut, PrefixCutter, Recorder, cut_chunk, item_error
 from .checkpoint_store import CheckpointError, Segment, Store, resolve_path
 from .fingerprint import call_key, segment_key
 from .run import Run
@@ -168,17 +167,8 @@ class CheckpointRun:
     def _key(self, items: list, start: int) -> bytes:
         try:
             return segment_key(items)
-        except Exception:
-            for i, item in enumerate(items):
-                try:
-                    pickle.dumps(item, protocol=5)
-                except Exception as exc:
-                    raise CheckpointError(
-                        f"checkpoint: item {start + i} ({short_repr(item)}) cannot be pickled, so a later run "
-                        f"could not recognise it ({type(exc).__name__}: {exc}); pass "
-                        "checkpoint_match='position' to match items by their position only"
-                    ) from exc
-            raise
+        except Exception as exc:
+            raise item_error(items, start, exc) from exc
 
     def _plan(self, source: Any, stored: list[Segment]) -> tuple[Any, list | None, int]:
         """Return the items to compute, their positions (None: all, in order) and how many are reused."""
@@ -376,6 +366,14 @@ class _Stream:
         stored = collections.deque(self.stored)
         it = iter(self.source)
         p = 0
+
+        def note(position: int, item: Any) -> None:  # an item fed to the run: its position, kept for its key
+            if not log:
+                owner._cutter.open_from = position
+            log.append(position)
+            if keep is not None:
+                keep[position] = item
+
         while True:
             seg = stored[0] if stored else None
             if self.prefix and seg is not None and seg.start != p:
@@ -396,11 +394,7 @@ class _Stream:
                 if self.prefix:
                     stored.clear()
                 for item in held:  # changed (or the source ended early): compute them again
-                    if not log:
-                        owner._cutter.open_from = p
-                    log.append(p)
-                    if keep is not None:
-                        keep[p] = item
+                    note(p, item)
                     p += 1
                     yield item
                 if len(held) < seg.end - seg.start:
@@ -410,12 +404,6 @@ class _Stream:
                 item = next(it)
             except StopIteration:
                 return
-            while stored and stored[0].start < p:
-                stored.popleft()
-            if not log:
-                owner._cutter.open_from = p
-            log.append(p)
-            if keep is not None:
-                keep[p] = item
+            note(p, item)
             p += 1
             yield item

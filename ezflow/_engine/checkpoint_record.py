@@ -258,6 +258,7 @@ class Recorder:
 
 
 def item_error(items: list, start: int, exc: BaseException) -> CheckpointError:
+    """Return the error for a segment ``items`` (from position `start`) whose key failed: it names the item."""
     for i, item in enumerate(items):
         try:
             pickle.dumps(item, protocol=5)
