@@ -197,11 +197,6 @@ class Flow:
         if checkpoint is not None:
             from ._engine.checkpoint import CheckpointRun
 
-            if self._source is None:
-                raise TypeError(
-                    "checkpoint needs a source iterable (it matches items by their position in it); "
-                    "give Flow(...) an iterable, a flow fed with handle.put() has none"
-                )
             ck = CheckpointRun(_messages(self._source), self._stages, _observer(progress), checkpoint)
             self._last = ck.run
             return ck
