@@ -216,3 +216,17 @@ def test_one_spelling_of_worker_labels_in_every_view(unbatched):
     assert f"  {label}  " in summary(unbatched)
     assert f">{label}</td>" in _render_html(unbatched)
     assert "threadx2" not in repr(unbatched) and "thread x2" not in summary(unbatched)
+
+
+def test_a_failed_stage_note_leads_with_what_failed_not_the_stage_name_again():
+    def boom(i: int) -> int:
+        raise ValueError("cannot resize")
+
+    flow = ezflow.Flow(range(10)).map(boom, mode="thread", name="resize")
+    with pytest.raises(ezflow.TaskError):
+        flow.collect(progress=False)
+    stats = flow.stats
+    assert stats["resize"].error.startswith("TaskError: stage 'resize' failed on item ")
+    (bar,) = [ln for ln in _tqdm_lines([stats, stats]) if ln.startswith("resize")][-1:]
+    assert "FAILED: item " in bar and "ValueError: cannot resize" in bar
+    assert "stage 'resize' failed: item " in summary(stats)

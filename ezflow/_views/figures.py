@@ -24,9 +24,12 @@ __all__ = [
     "format_table",
     "fraction",
     "human",
+    "losses",
     "outcome",
     "progress_count",
+    "progress_fraction",
     "progress_total",
+    "stage_error",
     "stage_notes",
     "stage_tone",
     "status_line",
@@ -72,6 +75,11 @@ def stage_tone(s: StageStats) -> str:
     return s.state
 
 
+def losses(stats: FlowStats) -> list[tuple[str, str]]:
+    """Return (stage name, "6 errors · 2 skipped") for each stage that lost items."""
+    return [(s.name, " · ".join(_losses(s.errors, s.skipped))) for s in stats.stages if s.errors or s.skipped]
+
+
 def _losses(errors: int, skipped: int) -> list[str]:
     words = []
     if errors:
@@ -96,8 +104,22 @@ def progress_count(s: StageStats) -> int:
 
 
 def progress_total(s: StageStats) -> int | None:
-    """Items a stage's bar fills up to, or None when unknown."""
-    return None if s.kind == "unbatch" else s.total
+    """Items a stage's bar fills up to, or None when unknown.
+
+    Totals after a ``batch`` stage are estimates (failures pass a batch on
+    their own), so a stage that did more than expected shows what it did.
+    """
+    if s.kind == "unbatch" or s.total is None:
+        return None
+    return max(s.total, s.done)
+
+
+def progress_fraction(s: StageStats) -> float:
+    """Share of a stage's bar to fill, 0..1; without a total, what it finished of what came in."""
+    total = progress_total(s)
+    if total:
+        return min(1.0, progress_count(s) / total)
+    return min(1.0, s.done / s.items_in) if s.items_in else 0.0
 
 
 def count(n: int | None) -> str:
@@ -129,12 +151,19 @@ def eta(stats: FlowStats) -> float | None:
     return left
 
 
+def stage_error(s: StageStats) -> str:
+    """What failed in a stage, without repeating the stage's name the view already shows."""
+    error = s.error or "failed"
+    prefix = f"TaskError: stage {s.name!r} failed on "
+    return error[len(prefix) :] if error.startswith(prefix) else error
+
+
 def stage_notes(s: StageStats, is_bottleneck: bool) -> list[str]:
     """Short notes on one stage, most important first: state, busy, queue, counts."""
     notes = []
     counted = False
     if s.state == "failed":
-        error = s.error or "failed"
+        error = stage_error(s)
         if len(error) > _ERROR_CHARS:
             error = error[: _ERROR_CHARS - 3] + "..."
         notes.append(f"FAILED: {error}")  # first: the end of a long line gets cut
@@ -154,7 +183,8 @@ def stage_notes(s: StageStats, is_bottleneck: bool) -> list[str]:
 
 
 def _done_of(s: StageStats) -> str:
-    return f"{human(s.done)}/{human(s.total)}" if s.total is not None else human(s.done)
+    # max: totals after a batch stage are estimates (see `progress_total`)
+    return f"{human(s.done)}/{human(max(s.total, s.done))}" if s.total is not None else human(s.done)
 
 
 def _progress_of(s: StageStats) -> str:
@@ -198,7 +228,7 @@ def summary(stats: FlowStats) -> str:
     out = [title, *format_table(rows)]
     failed = [s for s in stats.stages if s.state == "failed" and s.error]
     for s in failed:
-        out.append(f"stage {s.name!r} failed: {s.error}")
+        out.append(f"stage {s.name!r} failed: {stage_error(s)}")
     if stats.error and not any(s.error and s.error in stats.error for s in failed):
         out.append(f"error: {stats.error}")
     return "\n".join(out)

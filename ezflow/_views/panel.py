@@ -37,9 +37,12 @@ from .figures import (
     eta,
     fraction,
     human,
+    losses,
     outcome,
     progress_count,
+    progress_fraction,
     progress_total,
+    stage_error,
     stage_tone,
     summary,
     worker_label,
@@ -225,7 +228,7 @@ def _row(s: StageStats, is_slow: bool) -> str:
         f'data-state="{_e(s.state)}" data-errors="{s.errors}" style="{row_bg}">'
         f'<td style="{cell}">{name}</td>'
         f'<td style="{cell}color:{_MUTED};">{_e(worker_label(s))}</td>'
-        f'<td style="{cell}">{_progress_bar(done_n, total_n, s.items_in, colour)}</td>'
+        f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
         f'<td style="{right}">{done}</td>'
         f'<td style="{right}">{human(s.throughput)}</td>'
         f'<td style="{cell}">{_queue_bar(s, is_slow)}</td>'
@@ -239,18 +242,16 @@ def _row(s: StageStats, is_slow: bool) -> str:
             f'<tr data-error-of="{_e(s.name)}" style="background:rgba(214,69,65,0.12);">'
             f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;color:{colour};'
             f"border-bottom:1px solid {_RULE};font-family:var(--jp-code-font-family,monospace);"
-            f'font-size:12px;white-space:pre-wrap;">{_e(s.error)}</td></tr>'
+            f'font-size:12px;white-space:pre-wrap;">{_e(stage_error(s))}</td></tr>'
         )
     return html_row
 
 
-def _progress_bar(done: int, total: int | None, items_in: int, colour: str) -> str:
-    if total:
-        frac, style = min(1.0, done / total), ""
-    else:
-        # Unknown total: fill by what came in, so the bar still shows how
+def _progress_bar(s: StageStats, colour: str) -> str:
+    frac, style = progress_fraction(s), ""
+    if progress_total(s) is None:
+        # Unknown total: filled by what came in, so the bar still shows how
         # far this stage lags its input; striped to say it is no percentage.
-        frac = min(1.0, done / items_in) if items_in else 0.0
         style = "background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.35) 0 6px,transparent 6px 12px);"
     return _bar(frac, colour, width=120, height=8, extra=style)
 
@@ -289,7 +290,12 @@ def _footer(stats: FlowStats, slow: StageStats | None) -> str:
             lines.append(f'<div style="color:{_FAILED};">{_e(stats.error)}</div>')
     elif stats.state == "cancelled":
         lines.append(f'<div style="color:{_TONE_COLOURS["cancelled"]};margin-top:6px;">■ cancelled</div>')
-    if slow is not None and stats.state in ("running", "done"):
+    elif stats.state == "done":
+        for name, words in losses(stats):
+            lines.append(
+                f'<div style="color:{_TONE_COLOURS["warn"]};margin-top:6px;">▲ <b>{_e(name)}</b>: {_e(words)}</div>'
+            )
+    if slow is not None and stats.state in ("running", "done", "cancelled"):
         queue = ", input queue full" if slow.queue_fill >= 0.8 else ""
         lines.append(
             f'<div style="color:{_MUTED};margin-top:6px;font-size:12px;">'
