@@ -37,7 +37,7 @@ __all__ = [
     "worker_label",
 ]
 
-_ERROR_CHARS = 60
+_ERROR_CHARS = 68  # "FAILED: " and 60 characters of the error
 
 
 class Outcome:
@@ -152,10 +152,16 @@ def eta(stats: FlowStats) -> float | None:
 
 
 def stage_error(s: StageStats) -> str:
-    """What failed in a stage, without repeating the stage's name the view already shows."""
-    error = s.error or "failed"
-    prefix = f"TaskError: stage {s.name!r} failed on "
-    return error[len(prefix) :] if error.startswith(prefix) else error
+    """Say what failed in a stage without its name, which every view already shows beside it.
+
+    "failed on item 3 (3): ValueError: ..." from the engine's TaskError text,
+    "failed: <error>" for any other error, "failed" without one.
+    """
+    error = s.error or ""
+    prefix = f"TaskError: stage {s.name!r} failed "  # the engine's words
+    if error.startswith(prefix):
+        return "failed " + error[len(prefix) :]
+    return f"failed: {error}" if error else "failed"
 
 
 def stage_notes(s: StageStats, is_bottleneck: bool) -> list[str]:
@@ -163,10 +169,10 @@ def stage_notes(s: StageStats, is_bottleneck: bool) -> list[str]:
     notes = []
     counted = False
     if s.state == "failed":
-        error = stage_error(s)
+        error = "FAILED" + stage_error(s)[len("failed") :]
         if len(error) > _ERROR_CHARS:
             error = error[: _ERROR_CHARS - 3] + "..."
-        notes.append(f"FAILED: {error}")  # first: the end of a long line gets cut
+        notes.append(error)  # first: the end of a long line gets cut
     elif s.state == "cancelled":
         notes.append("cancelled")
     elif s.state == "done" and (s.errors or s.skipped):
@@ -228,7 +234,7 @@ def summary(stats: FlowStats) -> str:
     out = [title, *format_table(rows)]
     failed = [s for s in stats.stages if s.state == "failed" and s.error]
     for s in failed:
-        out.append(f"stage {s.name!r} failed: {stage_error(s)}")
+        out.append(f"stage {s.name!r} {stage_error(s)}")
     if stats.error and not any(s.error and s.error in stats.error for s in failed):
         out.append(f"error: {stats.error}")
     return "\n".join(out)

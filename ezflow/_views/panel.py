@@ -14,7 +14,9 @@ figures at ``close``, so a notebook viewed where widgets cannot render
 
 Hooks for tests and users' CSS: the widget has the class ``ezflow-panel``;
 the root element has ``data-state``; each stage row has ``data-stage``,
-``data-done``, ``data-total`` and ``data-state``.
+``data-done`` (the stage's `StageStats.done`, in the units it takes:
+lists for ``unbatch``), ``data-total``, ``data-state``, ``data-errors`` and
+``data-out`` (items emitted). The visible count of an ``unbatch`` stage is its items out.
 
 ipywidgets and IPython are imported here only, and this module only when a
 notebook view is made.
@@ -224,8 +226,8 @@ def _row(s: StageStats, is_slow: bool) -> str:
         row_bg = "background:rgba(224,138,0,0.10);"
     total = "" if total_n is None else str(total_n)
     html_row = (
-        f'<tr data-stage="{_e(s.name)}" data-done="{done_n}" data-total="{total}" '
-        f'data-state="{_e(s.state)}" data-errors="{s.errors}" style="{row_bg}">'
+        f'<tr data-stage="{_e(s.name)}" data-done="{s.done}" data-total="{total}" '
+        f'data-state="{_e(s.state)}" data-errors="{s.errors}" data-out="{s.items_out}" style="{row_bg}">'
         f'<td style="{cell}">{name}</td>'
         f'<td style="{cell}color:{_MUTED};">{_e(worker_label(s))}</td>'
         f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
