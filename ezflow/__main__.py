@@ -80,7 +80,7 @@ def demo(n: int, progress: object) -> int:
         return 1
     print(f"ezflow:  {t_flow:6.2f} s  ->  {t_serial / t_flow:.2f}x faster than serial\n")
     try:
-        from ._views.bars import summary
+        from ._views.figures import summary
 
         print(summary(flow.stats))
     except ImportError:

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from _progress_fakes import flow_at, run_of
 
-from ezflow._views.choose import Delayed, TextObserver, bottleneck, make_observer, summary
 from ezflow._views.bars import TqdmObserver
+from ezflow._views.choose import Delayed, make_observer
+from ezflow._views.figures import bottleneck, summary
+from ezflow._views.text import TextObserver
 from ezflow._core.stats import FlowStats, StageStats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +134,7 @@ def test_text_observer_writes_status_lines_and_a_summary():
     status = [ln for ln in lines if ln.startswith("[")]
     assert [ln[:6] for ln in status] == ["[1.0s]", "[2.0s]", "[3.0s]"]
     assert "load 400/1.0k" in status[0]
-    assert lines[len(status) + 1].startswith("ezflow done in 3.2s")
+    assert lines[len(status) + 1].startswith("ezflow done · 4 errors · 2 skipped in 3.2s")
     for name in NAMES:
         assert any(ln.startswith(name) for ln in lines)
 
@@ -140,10 +142,10 @@ def test_text_observer_writes_status_lines_and_a_summary():
 def test_summary_table_has_each_stage_figures():
     text = summary(flow_at(9.0, state="done"))
     head, columns, *rows = text.splitlines()
-    assert head == "ezflow done in 9.0s; bottleneck: resize (busy 97%)"
+    assert head == "ezflow done · 4 errors · 2 skipped in 9.0s; bottleneck: resize (busy 97%)"
     assert columns.split() == ["stage", "mode", "items", "out", "items/s", "busy", "errors", "skipped", "retries"]
     resize = rows[1].split()
-    assert resize == ["resize", "process", "x2", "1.0k/1.0k", "994", "111", "97%", "4", "2", "8"]
+    assert resize == ["resize", "process×2", "1.0k/1.0k", "994", "111", "97%", "4", "2", "8"]
 
 
 def test_summary_names_the_failed_stage_and_its_error():
@@ -379,7 +381,7 @@ def test_widget_panel_in_a_real_kernel():
     assert "bottleneck" in value
     # The display was replaced at close: its text and HTML copies carry the final figures too.
     (display,) = [o for o in cells[1].outputs if o.get("output_type") == "display_data"]
-    assert display["data"]["text/plain"].startswith("ezflow done in 2.0s")
+    assert display["data"]["text/plain"].startswith("ezflow done · 4 errors · 2 skipped in 2.0s")
     assert 'data-state="done"' in display["data"]["text/html"]
     # Throttled: at most one draw per 0.25 s, whatever the update rate.
     words = _stdout(cells[1].outputs).split()

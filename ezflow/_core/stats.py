@@ -21,11 +21,20 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 from .record import Factory, record
 
-__all__ = ["StageStats", "FlowStats"]
+__all__ = ["FlowStats", "StageStats", "clock", "format_table", "human", "worker_label"]
+
+# A bottleneck is named only once the figures have settled: a second of run
+# and a few items per worker, so start-up noise (workers warming up, queues
+# filling for the first time) does not pick a stage.
+SETTLE_SECONDS = 1.0
+SETTLE_ITEMS_PER_WORKER = 2
+# A stage that spent this share of its life waiting for room in the next
+# stage's queue is held back by that stage, not holding the flow back.
+BLOCKED_SHARE = 0.1
 
 
 @record(frozen=True)
@@ -51,6 +60,9 @@ class StageStats:
     total: int | None = None  # items expected, when the source has a length
     state: str = "pending"  # "pending" | "running" | "done" | "failed" | "cancelled"
     error: str | None = None  # what failed, for a failed stage
+    # seconds the stage before this one (or the source) spent waiting for
+    # room in this stage's input queue: time blocked on output, not work
+    inbox_full_seconds: float = 0.0
 
     @property
     def done(self) -> int:
@@ -95,6 +107,11 @@ class FlowStats:
             raise KeyError(f"no stage named {key!r}; stages are {names}")
         return self.stages[key]
 
+    def blocked_on_output(self, index: int) -> float:
+        """Seconds stage ``index`` spent waiting for room in the next stage's input queue."""
+        nxt = index + 1
+        return self.stages[nxt].inbox_full_seconds if nxt < len(self.stages) else 0.0
+
     @property
     def bottleneck(self) -> StageStats | None:
         """The stage holding the flow back, or None when no stage clearly is.
@@ -106,14 +123,24 @@ class FlowStats:
         over the whole run's time plus their queue fill, and one is named
         only if its workers are mostly busy. A single stage is trivially its
         own bottleneck, so it is never named; nor is one in a failed run.
+        Nothing is named before the figures settle (`SETTLE_SECONDS`, a few
+        items per worker), and never a stage that has been waiting on a full
+        downstream queue: its time blocked on output is not work.
         """
-        if len(self.stages) < 2 or self.state == "failed" or self.elapsed <= 0:
+        if len(self.stages) < 2 or self.state == "failed" or self.elapsed < SETTLE_SECONDS:
             return None  # after a failure, what failed matters, not what was slow
 
         def score(s: StageStats) -> float:
             return s.busy_seconds / (max(s.workers, 1) * self.elapsed) + s.queue_fill
 
-        candidates = [s for s in self.stages if s.elapsed > 0 and s.kind != "batch"]
+        candidates = [
+            s
+            for i, s in enumerate(self.stages)
+            if s.elapsed > 0
+            and s.kind != "batch"
+            and s.done >= SETTLE_ITEMS_PER_WORKER * max(s.workers, 1)
+            and self.blocked_on_output(i) < BLOCKED_SHARE * s.elapsed
+        ]
         slow = max(candidates, key=score, default=None)
         if slow is None or slow.busy < 0.5:
             return None  # nobody is busy: the source is what is slow
@@ -126,7 +153,7 @@ class FlowStats:
             rows.append(
                 (
                     s.name,
-                    f"{s.mode}x{s.workers}",
+                    worker_label(s),
                     human(s.items_in),
                     human(s.items_out),
                     str(s.errors),
@@ -136,14 +163,12 @@ class FlowStats:
                     f"{s.queue_depth}",
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = [
-            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            for r in rows
-        ]
         title = f"FlowStats({self.state}, {self.elapsed:.2f}s"
         title += f", error={self.error!r})" if self.error else ")"
-        return "\n".join([title, *lines])
+        return "\n".join([title, *format_table(rows)])
+
+
+# -- the figures' spelling, shared by `repr(flow.stats)` and every view ------
 
 
 def human(x: float) -> str:
@@ -152,6 +177,38 @@ def human(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.1f}{unit}"
     return f"{x:.0f}" if float(x).is_integer() or abs(x) >= 10 else f"{x:.1f}"
+
+
+def clock(seconds: float) -> str:
+    """Format a duration for people: 0.4s, 12.3s, 4m05s, 2h03m."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+_TIMES = "\u00d7"  # the multiplication sign: one word in a table, and it reads "times"
+
+
+def worker_label(s: StageStats) -> str:
+    """Name a stage's executor and worker count as one word: ``process`` times ``2``."""
+    return f"{s.mode}{_TIMES}{s.workers}"
+
+
+def format_table(rows: Sequence[Sequence[str]], *, left: int = 2) -> list[str]:
+    """Align rows of cells into lines: the first ``left`` columns flush left, the rest right."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    ]
 
 
 @record()
@@ -182,6 +239,12 @@ class _Counters:
     finished: float | None = None
     state: str = "pending"
     error: str | None = None
+    # Time producers spent waiting for room in this stage's input queue
+    # (written by `Channel.put`); `put_waiters` and `full_since` count the
+    # wait that is going on now, so a live snapshot sees it too.
+    inbox_full_seconds: float = 0.0
+    put_waiters: int = 0
+    full_since: float | None = None
     lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
 
     def start(self) -> None:
@@ -203,6 +266,10 @@ class _Counters:
             end = self.finished if self.finished is not None else time.perf_counter()
             elapsed = end - self.started
         in_flight = max(0, self.items_in - self.items_done)
+        inbox_full = self.inbox_full_seconds
+        since = self.full_since
+        if since is not None:
+            inbox_full += max(0.0, time.perf_counter() - since)
         return StageStats(
             name=self.name,
             kind=self.kind,
@@ -225,4 +292,5 @@ class _Counters:
             total=self.total,
             state=self.state,
             error=self.error,
+            inbox_full_seconds=inbox_full,
         )

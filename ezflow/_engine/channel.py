@@ -45,8 +45,8 @@ class Channel:
     def put(self, chunk: Any, size: int = 0) -> None:
         """Append a chunk of `size` items, waiting while the channel is full."""
         with self._cond:
-            while len(self._items) >= self.capacity and not self._cancelled:
-                self._cond.wait()
+            if len(self._items) >= self.capacity and not self._cancelled:
+                self._wait_for_room()
             if self._cancelled:
                 raise Cancelled
             if self._closed:
@@ -54,6 +54,25 @@ class Channel:
             self._items.append((chunk, size))
             self._account(size)
             self._cond.notify_all()
+
+    def _wait_for_room(self) -> None:
+        # Called with the lock held. The receiving stage's counters keep the
+        # time its producer spent blocked here: a stage waiting on a full
+        # downstream queue is held back, not holding the flow back.
+        c = self._counters
+        if c is not None:
+            c.put_waiters += 1
+            if c.full_since is None:
+                c.full_since = time.perf_counter()
+        try:
+            while len(self._items) >= self.capacity and not self._cancelled:
+                self._cond.wait()
+        finally:
+            if c is not None:
+                c.put_waiters -= 1
+                if c.put_waiters == 0 and c.full_since is not None:
+                    c.inbox_full_seconds += time.perf_counter() - c.full_since
+                    c.full_since = None
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the next chunk; None if `timeout` passes first.

@@ -7,6 +7,8 @@
     resize  :  44%|####4     | 440/1000 [00:03<00:04, 128it/s, busy 98%, queue 100%, bottleneck]
     save    :  44%|####4     | 439/1000 [00:03<00:04, 128it/s, busy 5%, queue 0%]
 
+Every count, word and note comes from `figures`; this module only draws.
+An ``unbatch`` stage's bar counts the items it emitted, as the table does.
 tqdm is imported here only, and this module only when a tqdm view is made.
 Bars are fed the stage's finished count as deltas and run on the stage's
 own clock (``StageStats.elapsed``), so tqdm's smoothed rate and ETA apply
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from .choose import bottleneck, summary
-from .._core.stats import FlowStats, StageStats
+from .._core.stats import FlowStats
+from .figures import bottleneck, progress_count, progress_total, stage_notes, stage_tone, summary
 
-__all__ = ["TqdmObserver", "summary"]
+__all__ = ["TqdmObserver"]
 
-_ERROR_CHARS = 60
+# tqdm's colour for a stage that finished with failed or skipped items
+# (the warning tone of the panel's "done · 8 errors"); a failed one is red.
+_COLOURS = {"failed": "red", "warn": "yellow"}
 # A fixed bar width keeps the stacked bars aligned whatever each postfix says.
 _BAR_FORMAT = "{l_bar}{bar:20}{r_bar}"  # a longer message would squeeze the bar; summary() has it whole
 
@@ -50,18 +54,21 @@ class TqdmObserver:
         if cls is None:
             # tqdm.auto: text bars in a terminal, tqdm's own widget bars if
             # someone asks for "tqdm" inside a notebook.
-            from tqdm.auto import tqdm as cls
+            from tqdm.auto import tqdm as auto_tqdm
+
+            cls = auto_tqdm
         width = max((len(s.name) for s in stats.stages), default=0)
         self.bars = []
         self._clocks = []
         for i, s in enumerate(stats.stages):
+            total = progress_total(s)
             bar = cls(
-                total=s.total,
+                total=total,
                 desc=s.name.ljust(width),
                 position=i,
                 leave=True,  # final figures stay on screen, a failed bar too
                 unit="it",
-                bar_format=_BAR_FORMAT if s.total is not None else None,
+                bar_format=_BAR_FORMAT if total is not None else None,
                 dynamic_ncols=True,
                 mininterval=0,
                 smoothing=0.3,
@@ -78,7 +85,7 @@ class TqdmObserver:
             bar.last_print_t = s.elapsed
             # Set what is already done directly: through update() it would
             # count as one huge step in tqdm's smoothed rate.
-            bar.n = bar.last_print_n = s.done
+            bar.n = bar.last_print_n = progress_count(s)
             self.bars.append(bar)
             self._clocks.append(clock)
         self._draw(stats)
@@ -106,14 +113,15 @@ class TqdmObserver:
         # must not raise if a record ever holds more or fewer.
         for bar, clock, stage in zip(self.bars, self._clocks, stats.stages, strict=False):
             clock[0] = stage.elapsed
-            if stage.total is not None and bar.total != stage.total:
-                bar.total = stage.total
+            total = progress_total(stage)
+            if total is not None and bar.total != total:
+                bar.total = total
                 bar.bar_format = _BAR_FORMAT
-            failed = stage.state == "failed"
-            if failed:
-                bar.colour = "red"
-            bar.set_postfix_str(_postfix(stage, stage is slow), refresh=False)
-            delta = stage.done - bar.n
+            colour = _COLOURS.get(stage_tone(stage))
+            if colour is not None:
+                bar.colour = colour
+            bar.set_postfix_str(", ".join(stage_notes(stage, stage is slow)), refresh=False)
+            delta = progress_count(stage) - bar.n
             if delta > 0:
                 bar.update(delta)  # redraws: mininterval is 0
             else:
@@ -121,27 +129,3 @@ class TqdmObserver:
 
     def __repr__(self) -> str:
         return f"TqdmObserver(bars={len(self.bars)})"
-
-
-def _postfix(stage: StageStats, is_bottleneck: bool) -> str:
-    parts = []
-    if stage.state == "failed":
-        error = stage.error or "failed"
-        if len(error) > _ERROR_CHARS:
-            error = error[: _ERROR_CHARS - 3] + "..."
-        parts.append(f"FAILED: {error}")  # first: the end of a long line gets cut
-    elif stage.state == "cancelled":
-        parts.append("cancelled")
-    parts += [f"busy {stage.busy:.0%}", f"queue {stage.queue_fill:.0%}"]
-    if is_bottleneck:
-        parts[-1] += " << bottleneck"
-    for count, word in ((stage.errors, "error"), (stage.skipped, "skipped"), (stage.retries, "retr")):
-        if count:
-            parts.append(f"{count} {_plural(count, word)}")
-    return ", ".join(parts)
-
-
-def _plural(count: int, word: str) -> str:
-    if word == "retr":
-        return "retry" if count == 1 else "retries"
-    return word if count == 1 or word == "skipped" else word + "s"

@@ -14,7 +14,9 @@ figures at ``close``, so a notebook viewed where widgets cannot render
 
 Hooks for tests and users' CSS: the widget has the class ``ezflow-panel``;
 the root element has ``data-state``; each stage row has ``data-stage``,
-``data-done``, ``data-total`` and ``data-state``.
+``data-done`` (the stage's `StageStats.done`, in the units it takes:
+lists for ``unbatch``), ``data-total``, ``data-state``, ``data-errors`` and
+``data-out`` (items emitted). The visible count of an ``unbatch`` stage is its items out.
 
 ipywidgets and IPython are imported here only, and this module only when a
 notebook view is made.
@@ -29,22 +31,43 @@ from typing import Any
 import ipywidgets
 from IPython.display import display
 
-from .choose import _clock, bottleneck, eta, fraction, summary
-from .._core.stats import FlowStats, StageStats, human
+from .._core.stats import FlowStats, StageStats
+from .figures import (
+    bottleneck,
+    clock,
+    count,
+    eta,
+    fraction,
+    human,
+    losses,
+    outcome,
+    progress_count,
+    progress_fraction,
+    progress_total,
+    stage_error,
+    stage_tone,
+    summary,
+    worker_label,
+)
 
 __all__ = ["WidgetObserver", "render_html"]
 
 # Front-end colours: JupyterLab's theme variables when there, fallbacks
 # elsewhere; tints are translucent so they read on light and dark themes.
-_STATE_COLOURS = {
+# Keyed by tone (`figures.outcome`, `figures.stage_tone`): a run or stage
+# that finished with failed items is "warn", amber, never the green of "ok".
+_AMBER = "#e08a00"
+_TONE_COLOURS = {
     "pending": "#8a8a8a",
     "running": "#2f80ed",
+    "ok": "#1e9e5a",
     "done": "#1e9e5a",
+    "warn": "#c77700",
     "failed": "#d64541",
     "cancelled": "#b7791f",
 }
-_STATE_MARKS = {"pending": "○", "running": "●", "done": "✓", "failed": "✖", "cancelled": "■"}
-_AMBER = "#e08a00"
+_TONE_MARKS = {"pending": "○", "running": "●", "ok": "✓", "done": "✓", "warn": "▲", "failed": "✖", "cancelled": "■"}
+_FAILED = _TONE_COLOURS["failed"]
 _FG = "var(--jp-ui-font-color1, #1f1f1f)"
 _MUTED = "var(--jp-ui-font-color2, #6b6b6b)"
 _RULE = "var(--jp-border-color2, #e3e3e3)"
@@ -100,18 +123,19 @@ class WidgetObserver:
 def render_html(stats: FlowStats) -> str:
     """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only)."""
     state = stats.state
-    colour = _STATE_COLOURS.get(state, _MUTED)
+    result = outcome(stats)
+    colour = _TONE_COLOURS.get(result.tone, _MUTED)
     slow = bottleneck(stats)
     rows = "".join(_row(s, s is slow) for s in stats.stages)
     return (
-        f'<div class="ezflow-run" data-state="{_e(state)}" style="'
+        f'<div class="ezflow-run" data-state="{_e(state)}" data-outcome="{_e(result.word)}" style="'
         f"font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);"
         f"font-size:13px;line-height:1.45;color:{_FG};"
         f"border:1px solid {_RULE};border-left:4px solid {colour};border-radius:6px;"
         f"padding:8px 12px;margin:2px 0;display:inline-block;min-width:560px;max-width:100%;"
         f"box-sizing:border-box;overflow-x:auto;"
         f'{"background:rgba(214,69,65,0.06);" if state == "failed" else ""}">'
-        f"{_header(stats, colour)}"
+        f"{_header(stats, result.word, colour)}"
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
         f'margin-top:6px;">'
         f"<thead>{_head_row()}</thead><tbody>{rows}</tbody></table>"
@@ -120,22 +144,22 @@ def render_html(stats: FlowStats) -> str:
     )
 
 
-def _header(stats: FlowStats, colour: str) -> str:
-    bits = [f"<span>{_clock(stats.elapsed)}</span>"]
+def _header(stats: FlowStats, word: str, colour: str) -> str:
+    bits = [f"<span>{clock(stats.elapsed)}</span>"]
     frac = fraction(stats)
     if frac is not None:
         bits.append(f"<span>{frac:.0%} done</span>")
     if stats.state == "running":
         left = eta(stats)
         if left is not None:
-            bits.append(f"<span>ETA {_clock(left)}</span>")
+            bits.append(f"<span>ETA {clock(left)}</span>")
     if stats.total is not None:
-        bits.append(f"<span>{_count(stats.total)} items</span>")
+        bits.append(f"<span>{count(stats.total)} items</span>")
     sep = f'<span style="color:{_MUTED};">·</span>'
     badge = (
         f'<span style="background:{colour};color:#fff;border-radius:9px;padding:1px 9px;'
         f'font-size:11px;font-weight:600;letter-spacing:0.04em;text-transform:uppercase;">'
-        f"{_e(stats.state)}</span>"
+        f"{_e(word)}</span>"
     )
     return (
         f'<div style="display:flex;gap:10px;align-items:center;flex-wrap:wrap;">'
@@ -170,10 +194,11 @@ def _head_row() -> str:
 
 
 def _row(s: StageStats, is_slow: bool) -> str:
-    colour = _STATE_COLOURS.get(s.state, _MUTED)
+    tone = stage_tone(s)
+    colour = _TONE_COLOURS.get(tone, _MUTED)
     cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;"
     right = cell + "text-align:right;"
-    name = f'<span style="color:{colour};font-size:11px;">{_STATE_MARKS.get(s.state, "")}</span> <b>{_e(s.name)}</b>'
+    name = f'<span style="color:{colour};font-size:11px;">{_TONE_MARKS.get(tone, "")}</span> <b>{_e(s.name)}</b>'
     if s.kind != "map":
         name += f' <span style="color:{_MUTED};font-size:11px;">{_e(s.kind)}</span>'
     if is_slow:
@@ -182,11 +207,12 @@ def _row(s: StageStats, is_slow: bool) -> str:
             f"color:#fff;border-radius:8px;padding:0 5px;font-size:9px;font-weight:700;vertical-align:1px;"
             f'text-transform:uppercase;letter-spacing:0.04em;">bottleneck</span>'
         )
-    done = _count(s.done) + (f'<span style="color:{_MUTED};"> / {_count(s.total)}</span>' if s.total else "")
+    done_n, total_n = progress_count(s), progress_total(s)
+    done = count(done_n) + (f'<span style="color:{_MUTED};"> / {count(total_n)}</span>' if total_n else "")
     busy_style = f"font-weight:700;color:{_AMBER};" if is_slow else ""
     errors = str(s.errors) if s.errors else f'<span style="color:{_MUTED};">0</span>'
     if s.errors:
-        errors = f'<span style="color:{_STATE_COLOURS["failed"]};font-weight:600;">{s.errors}</span>'
+        errors = f'<span style="color:{_FAILED};font-weight:600;">{s.errors}</span>'
     if s.skipped:
         errors += (
             f'<span title="dropped by errors=&#x27;skip&#x27;" style="color:{_MUTED};font-size:10px;">'
@@ -198,12 +224,12 @@ def _row(s: StageStats, is_slow: bool) -> str:
         row_bg = "background:rgba(214,69,65,0.12);"
     elif is_slow:
         row_bg = "background:rgba(224,138,0,0.10);"
-    total = "" if s.total is None else str(s.total)
+    total = "" if total_n is None else str(total_n)
     html_row = (
         f'<tr data-stage="{_e(s.name)}" data-done="{s.done}" data-total="{total}" '
-        f'data-state="{_e(s.state)}" data-errors="{s.errors}" style="{row_bg}">'
+        f'data-state="{_e(s.state)}" data-errors="{s.errors}" data-out="{s.items_out}" style="{row_bg}">'
         f'<td style="{cell}">{name}</td>'
-        f'<td style="{cell}color:{_MUTED};">{_e(s.mode)} × {s.workers}</td>'
+        f'<td style="{cell}color:{_MUTED};">{_e(worker_label(s))}</td>'
         f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
         f'<td style="{right}">{done}</td>'
         f'<td style="{right}">{human(s.throughput)}</td>'
@@ -218,18 +244,16 @@ def _row(s: StageStats, is_slow: bool) -> str:
             f'<tr data-error-of="{_e(s.name)}" style="background:rgba(214,69,65,0.12);">'
             f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;color:{colour};'
             f"border-bottom:1px solid {_RULE};font-family:var(--jp-code-font-family,monospace);"
-            f'font-size:12px;white-space:pre-wrap;">{_e(s.error)}</td></tr>'
+            f'font-size:12px;white-space:pre-wrap;">{_e(stage_error(s))}</td></tr>'
         )
     return html_row
 
 
 def _progress_bar(s: StageStats, colour: str) -> str:
-    if s.total:
-        frac, style = min(1.0, s.done / s.total), ""
-    else:
-        # Unknown total: fill by what came in, so the bar still shows how
+    frac, style = progress_fraction(s), ""
+    if progress_total(s) is None:
+        # Unknown total: filled by what came in, so the bar still shows how
         # far this stage lags its input; striped to say it is no percentage.
-        frac = s.done / s.items_in if s.items_in else 0.0
         style = "background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.35) 0 6px,transparent 6px 12px);"
     return _bar(frac, colour, width=120, height=8, extra=style)
 
@@ -261,14 +285,19 @@ def _footer(stats: FlowStats, slow: StageStats | None) -> str:
         where = f"stage <b>{_e(failed[0].name)}</b> failed" if failed else "the run failed"
         why = stats.error or (failed[0].error if failed else None) or ""
         lines.append(
-            f'<div style="color:{_STATE_COLOURS["failed"]};margin-top:6px;">✖ {where}'
+            f'<div style="color:{_FAILED};margin-top:6px;">✖ {where}'
             f"{': ' + _e(why) if why and not failed else ''}</div>"
         )
         if failed and stats.error and failed[0].error and failed[0].error not in stats.error:
-            lines.append(f'<div style="color:{_STATE_COLOURS["failed"]};">{_e(stats.error)}</div>')
+            lines.append(f'<div style="color:{_FAILED};">{_e(stats.error)}</div>')
     elif stats.state == "cancelled":
-        lines.append(f'<div style="color:{_STATE_COLOURS["cancelled"]};margin-top:6px;">■ cancelled</div>')
-    if slow is not None and stats.state in ("running", "done"):
+        lines.append(f'<div style="color:{_TONE_COLOURS["cancelled"]};margin-top:6px;">■ cancelled</div>')
+    elif stats.state == "done":
+        for name, words in losses(stats):
+            lines.append(
+                f'<div style="color:{_TONE_COLOURS["warn"]};margin-top:6px;">▲ <b>{_e(name)}</b>: {_e(words)}</div>'
+            )
+    if slow is not None and stats.state in ("running", "done", "cancelled"):
         queue = ", input queue full" if slow.queue_fill >= 0.8 else ""
         lines.append(
             f'<div style="color:{_MUTED};margin-top:6px;font-size:12px;">'
@@ -276,13 +305,6 @@ def _footer(stats: FlowStats, slow: StageStats | None) -> str:
             f"(busy {slow.busy:.0%}{queue}) — more workers there may speed up the flow</div>"
         )
     return "".join(lines)
-
-
-def _count(n: int | None) -> str:
-    """Format an item count exactly while it is readable (12,345), compactly beyond (3.4M)."""
-    if n is None:
-        return "?"
-    return f"{n:,}" if abs(n) < 1_000_000 else human(n)
 
 
 def _e(text: object) -> str:
