@@ -37,6 +37,8 @@ def map(  # noqa: A001 - the point is to read like the builtin
     start_method: str | None = None,
     backend: Any = None,
     share_arrays: bool | int | None = None,
+    max_tasks_per_worker: int | None = None,
+    max_memory: int | str | None = None,
 ) -> list:
     """Apply `fn` to every item in parallel and return the results in order.
 
@@ -86,6 +88,8 @@ def imap(
     start_method: str | None = None,
     backend: Any = None,
     share_arrays: bool | int | None = None,
+    max_tasks_per_worker: int | None = None,
+    max_memory: int | str | None = None,
 ) -> Iterator[Any]:
     """Like `map`, but return a lazy iterator with a bounded number of items in flight.
 

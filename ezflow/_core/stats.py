@@ -51,6 +51,9 @@ class StageStats:
     total: int | None = None  # items expected, when the source has a length
     state: str = "pending"  # "pending" | "running" | "done" | "failed" | "cancelled"
     error: str | None = None  # what failed, for a failed stage
+    peak_worker_rss: int = 0  # most resident memory (bytes) one worker process was seen to use; 0: not measured
+    workers_recycled: int = 0  # worker processes replaced on purpose (max_tasks_per_worker, max_memory)
+    memory_failures: int = 0  # items failed with MemoryLimitExceeded (raised, returned or skipped)
 
     @property
     def done(self) -> int:
@@ -181,6 +184,9 @@ class _Counters:
     finished: float | None = None
     state: str = "pending"
     error: str | None = None
+    peak_worker_rss: int = 0
+    workers_recycled: int = 0
+    memory_failures: int = 0
     lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
 
     def start(self) -> None:
@@ -224,4 +230,7 @@ class _Counters:
             total=self.total,
             state=self.state,
             error=self.error,
+            peak_worker_rss=self.peak_worker_rss,
+            workers_recycled=self.workers_recycled,
+            memory_failures=self.memory_failures,
         )

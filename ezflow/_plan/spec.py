@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from .._core.env import NUM_CPUS, NUM_THREADS
 from .._core.record import record
+from .lifespan import check_lifespan
 
 __all__ = ["StageSpec", "make_stage", "MODES", "ERRORS", "KINDS"]
 
@@ -46,6 +47,8 @@ class StageSpec:
     size: int = 0  # batch size
     batch_timeout: float | None = None
     is_class: bool = False
+    max_tasks_per_worker: int | None = None  # replace a worker process after this many items
+    max_memory: int | None = None  # bytes of RSS per worker process (the memory guard)
 
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up
@@ -99,6 +102,8 @@ def make_stage(
     start_method: str | None = None,
     backend: Any = None,
     share_arrays: bool | int | None = None,
+    max_tasks_per_worker: int | None = None,
+    max_memory: int | str | None = None,
 ) -> StageSpec:
     """Validate a stage's options and return its spec.
 
@@ -164,6 +169,8 @@ def make_stage(
         name = _fn_name(fn)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
+    where = "dask" if backend is not None else mode
+    max_tasks_per_worker, max_memory = check_lifespan(name, where, max_tasks_per_worker, max_memory)
     return StageSpec(
         kind=kind,
         fn=fn,
@@ -184,6 +191,8 @@ def make_stage(
         backend=backend,
         share_arrays=share_arrays,
         is_class=is_class,
+        max_tasks_per_worker=max_tasks_per_worker,
+        max_memory=max_memory,
     )
 
 
