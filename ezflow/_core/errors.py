@@ -109,8 +109,7 @@ class MemoryLimitExceeded(MemoryError):
         self.limit = limit
         super().__init__(
             f"item {index} ({item}) of stage {stage!r} took its worker process to {format_bytes(peak_rss)} "
-            f"resident memory, over max_memory={format_bytes(limit)}; the worker was stopped (a fresh "
-            "worker ran it too, or it was the worker's first item, so the item itself needs the memory)"
+            f"resident memory, over max_memory={format_bytes(limit)}, on a fresh worker; the worker was stopped"
         )
 
     def __reduce__(self) -> tuple:

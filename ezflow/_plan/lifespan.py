@@ -94,7 +94,8 @@ def check_lifespan(name: str, where: str, max_tasks: Any, max_memory: Any) -> tu
     """
     if max_tasks is not None:
         if isinstance(max_tasks, bool) or not isinstance(max_tasks, int):
-            raise TypeError(f"max_tasks_per_worker must be an int >= 1 or None, got {type(max_tasks).__name__} {max_tasks!r}")
+            kind = type(max_tasks).__name__
+            raise TypeError(f"max_tasks_per_worker must be an int >= 1 or None, got {kind} {max_tasks!r}")
         if max_tasks < 1:
             raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks}")
     size = None if max_memory is None else parse_memory(max_memory)
