@@ -326,6 +326,7 @@ class ProcessExecutor(RecyclingExecutor):
     def _finish(self) -> None:
         with self._lock:
             self._life.stop.set()  # before the pool goes back: the sampler must not stop another run's worker
+        self._join_retired()
         pool = self.pool
         if pool is None:
             return

@@ -84,6 +84,16 @@ def _psutil() -> Any:
     return psutil
 
 
+def _available(ps: Any) -> int:
+    """The machine's available memory in bytes (-1: unknown)."""
+    if ps is None:
+        return -1
+    try:
+        return int(ps.virtual_memory().available)
+    except Exception:
+        return -1
+
+
 class Lifespan:
     """The lifespan rules of one process stage's workers (`spec.max_tasks_per_worker`, `spec.max_memory`)."""
 
@@ -155,12 +165,17 @@ class Lifespan:
 
     # -- measuring -------------------------------------------------------------
 
-    def sample(self, w: WorkerProc) -> int:
-        """Return `w`'s RSS in bytes now (its last sample if it cannot be read), and keep the stage's peak."""
+    def sample(self, w: WorkerProc, machine: bool = False) -> int:
+        """Return `w`'s RSS in bytes now (its last sample if it cannot be read), and keep the stage's peak.
+
+        `machine`: note the machine's available memory too (for `death_note`).
+        """
         life = _life(w)
         ps = self._psutil
         if ps is None:
             return life.rss
+        if machine:
+            life.avail = _available(ps)
         try:
             if life.proc is None:
                 life.proc = ps.Process(w.proc.pid)
@@ -180,10 +195,7 @@ class Lifespan:
         if ps is None:
             return
         while not self.stop.wait(self.interval):
-            try:
-                avail = int(ps.virtual_memory().available)
-            except Exception:
-                avail = -1
+            avail = _available(ps)
             for w in workers():
                 rss = self.sample(w)
                 _life(w).avail = avail
@@ -206,14 +218,13 @@ class Lifespan:
             return ""
         note = f"; its last measured resident memory was {format_bytes(life.rss)}"
         note += f" ({time.monotonic() - life.rss_at:.1f} s before it died)"
+        now = _available(self._psutil)
         if life.avail >= 0:
-            note += f", when the machine had {format_bytes(life.avail)} available"
-        ps = self._psutil
-        if ps is not None:
-            try:
-                note += f" ({format_bytes(ps.virtual_memory().available)} now)"
-            except Exception:
-                pass
+            note += f"; the machine had {format_bytes(life.avail)} of memory available then"
+            if now >= 0:
+                note += f", {format_bytes(now)} now"
+        elif now >= 0:
+            note += f"; the machine has {format_bytes(now)} of memory available now"
         return note
 
     def memory_error(self, piece: Piece, peak: int) -> MemoryLimitExceeded:
@@ -243,6 +254,7 @@ class RecyclingExecutor(Executor):
         self._life = Lifespan(spec, port.report_workers)
         self._refresh: set[Piece] = set()  # stopped over max_memory on a used worker: run next on a fresh one
         self._second: set[Piece] = set()  # sent to a fresh worker after that: stopped again, the item is blamed
+        self._retirements: list[threading.Thread] = []
 
     def _send_setup(self, w: WorkerProc) -> None:
         raise NotImplementedError
@@ -257,7 +269,7 @@ class RecyclingExecutor(Executor):
         # warm workers that used their items up, or grew past max_memory, in an earlier run
         for old in list(pool.workers):
             w = old
-            self._life.sample(w)  # a first figure, for a worker SIGKILLed before the sampler's first tick
+            self._life.sample(w, machine=True)  # a first figure, for a worker SIGKILLed before the first tick
             if self._life.spent(w):
                 with self._lock:
                     w = pool.swap(old)
@@ -330,10 +342,27 @@ class RecyclingExecutor(Executor):
         # the old worker closes the stage (a class's close()) and exits off this thread
         self.port.report_workers(recycled=1)
         self.port.wake()
-        self._spawn(lambda: self._stop_retired(old, teardown), "retire")
+        t = threading.Thread(
+            target=self._guarded,
+            args=(lambda: self._stop_retired(old, teardown), None),
+            name=f"ezflow-retire-{self.spec.name}",
+            daemon=True,
+        )
+        with self._threads_lock:
+            self._threads.append(t)
+            self._retirements.append(t)
+        t.start()
+
+    def _join_retired(self, timeout: float = 30.0) -> None:
+        """Wait for retired workers to close the stage: its close() calls are over when the stage ends."""
+        end = time.monotonic() + timeout
+        with self._threads_lock:
+            threads, self._retirements = self._retirements, []
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
 
     def _stop_retired(self, old: WorkerProc, teardown: bool) -> None:
-        if teardown:
+        if teardown and not self.cancelled:
             try:
                 old.conn.send_bytes(dumps(("teardown", self.token, self.spec.is_class)))
             except OSError:
