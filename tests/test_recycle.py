@@ -144,6 +144,30 @@ class _Hog:
         return hog_on_three(x, self.extra)
 
 
+def test_a_piece_of_many_items_is_split_and_only_the_hog_fails():
+    limit = _rest_rss() + 150 * MB
+    got = ezflow.map(
+        _Hog(limit + 200 * MB), range(12), workers=2, chunksize=4, start_method="fork", max_memory=limit,
+        errors="return", progress=False,
+    )
+    assert [g for i, g in enumerate(got) if i != 3] == [x for x in range(12) if x != 3]
+    assert isinstance(got[3].error, ezflow.MemoryLimitExceeded) and got[3].index == 3
+
+
+class BigModel:
+    def __init__(self):
+        self.weights = b"\x01" * (120 * MB)
+
+    def __call__(self, x):
+        return x
+
+
+def test_a_class_that_alone_passes_the_limit_fails_the_start():
+    limit = _rest_rss() + 60 * MB
+    with pytest.raises(ezflow.StageError, match="once it has built the stage's class"):
+        ezflow.map(BigModel, range(3), workers=1, start_method="fork", max_memory=limit, progress=False)
+
+
 def test_memory_limit_raises_task_error_naming_the_item():
     limit = _rest_rss() + 150 * MB
     with pytest.raises(ezflow.TaskError, match=r"failed on item 3 .*MemoryLimitExceeded") as info:

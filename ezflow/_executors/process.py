@@ -100,6 +100,8 @@ class ProcessExecutor(RecyclingExecutor):
                 pool.kill()
                 self._close_wake()
                 raise err
+        if spec.is_class:
+            self._check_built(pool)
         self._spawn(self._send_loop, "send")
         self._spawn(self._collect_loop, "collect", after=self._finish)
         self._spawn(lambda: self._life.watch(self._workers, self._over_limit), "memory")

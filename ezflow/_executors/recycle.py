@@ -150,13 +150,18 @@ class Lifespan:
             return True
         return self.max_memory is not None and self.sample(w) > self.max_memory
 
-    def too_big_to_start(self, w: WorkerProc) -> str | None:
-        """Why `w`, fresh, is above max_memory before running any item, or None."""
+    def too_big_to_start(self, w: WorkerProc, built: bool = False) -> str | None:
+        """Why `w`, fresh (`built`: with the stage's class built in it), is above max_memory already, or None."""
         if self.max_memory is None:
             return None
         rss = self.sample(w)
         if rss <= self.max_memory:
             return None
+        if built:
+            return (
+                f"max_memory={format_bytes(self.max_memory)} is below what a worker uses once it has built "
+                f"the stage's class, before any item ({format_bytes(rss)} resident): raise max_memory"
+            )
         return (
             f"max_memory={format_bytes(self.max_memory)} is below what a fresh worker process already uses "
             f"({format_bytes(rss)} resident): raise max_memory; a forked worker (start_method='fork') counts "
@@ -280,6 +285,15 @@ class RecyclingExecutor(Executor):
                 self._close_wake()
                 raise StageError(self.spec.name, why)
 
+    def _check_built(self, pool: ProcessPool) -> None:
+        """A class stage is built in every worker: fail the start if that alone passes max_memory."""
+        for w in list(pool.workers):
+            why = self._life.too_big_to_start(w, built=True)
+            if why is not None:
+                pool.kill()
+                self._close_wake()
+                raise StageError(self.spec.name, why)
+
     def _workers(self) -> list[WorkerProc]:
         pool = self.pool
         with self._lock:
@@ -293,6 +307,8 @@ class RecyclingExecutor(Executor):
                 return
             if self._life.killed(w):
                 return  # stopped already
+            if not w.outstanding and not self._life.used(w):
+                return  # fresh and idle: its first piece decides (no churn of new workers that start big)
             self._life.mark_killed(w, rss)
             try:
                 w.proc.kill()  # SIGKILL: a worker deep in an allocation cannot be asked
