@@ -10,6 +10,7 @@ from ._executors import StageError
 from ._flow import Flow
 from ._executors.pool import shutdown
 from ._core.stats import FlowStats, StageStats
+from ._engine.checkpoint_store import CheckpointError
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "NUM_CPUS",
     "NUM_THREADS",
+    "CheckpointError",
     "Failure",
     "Flow",
     "FlowStats",

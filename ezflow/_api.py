@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 from ._flow import Flow
@@ -9,6 +10,13 @@ from ._flow import Flow
 __all__ = ["map", "imap"]
 
 _builtin_map = map
+
+
+_CHECKPOINT = ("checkpoint", "checkpoint_match", "checkpoint_failures")
+
+
+def _options(scope: dict) -> dict:
+    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress")}
 
 
 def _flow(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: dict) -> Flow:
@@ -39,6 +47,9 @@ def map(  # noqa: A001 - the point is to read like the builtin
     share_arrays: bool | int | None = None,
     max_tasks_per_worker: int | None = None,
     max_memory: int | str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_match: str | None = None,
+    checkpoint_failures: bool | None = None,
 ) -> list:
     """Apply `fn` to every item in parallel and return the results in order.
 
@@ -52,6 +63,12 @@ def map(  # noqa: A001 - the point is to read like the builtin
         chunksize: items per message to a worker (default: adaptive).
         progress: None (auto), True, False, "tqdm", "notebook", or an observer.
         errors: "raise", "return" (a `Failure` in place of the value) or "skip".
+        checkpoint: a path such as "runs/thumbnails" (file runs/thumbnails.sqlite):
+            results are stored as they arrive, and the same call again
+            computes only the items without a stored result.
+        checkpoint_match: "value" (default: items by position and value, fn by
+            its code and captured values) or "position" (by position only).
+        checkpoint_failures: store failures too (``errors="return"``).
         Other options: as `Flow.map`.
 
     Returns:
@@ -62,8 +79,9 @@ def map(  # noqa: A001 - the point is to read like the builtin
         TaskError: an item failed (``errors="raise"``); it names the item's
             index and value, and its ``__cause__`` is the original exception.
     """
-    opts = {k: v for k, v in locals().items() if k not in ("fn", "iterable", "progress")}
-    return _flow(fn, iterable, opts).collect(progress=progress)
+    opts = _options(locals())
+    ck = {k: opts.pop(k) for k in _CHECKPOINT}
+    return _flow(fn, iterable, opts).collect(progress=progress, **ck)
 
 
 def imap(
@@ -90,11 +108,15 @@ def imap(
     share_arrays: bool | int | None = None,
     max_tasks_per_worker: int | None = None,
     max_memory: int | str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_match: str | None = None,
+    checkpoint_failures: bool | None = None,
 ) -> Iterator[Any]:
     """Like `map`, but return a lazy iterator with a bounded number of items in flight.
 
     Stopping early (``break``, ``itertools.islice``) stops the workers.
     Takes the same arguments as `map`.
     """
-    opts = {k: v for k, v in locals().items() if k not in ("fn", "iterable", "progress")}
-    return _flow(fn, iterable, opts).iter(progress=progress)
+    opts = _options(locals())
+    ck = {k: opts.pop(k) for k in _CHECKPOINT}
+    return _flow(fn, iterable, opts).iter(progress=progress, **ck)

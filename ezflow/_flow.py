@@ -9,6 +9,7 @@ can be run many times (a generator source, of course, only yields once).
 
 from __future__ import annotations
 
+import os
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
@@ -205,7 +206,13 @@ class Flow:
 
     # -- running ------------------------------------------------------------
 
-    def _run(self, progress: Any, source: Any = None) -> Run:
+    def _run(self, progress: Any, source: Any = None, checkpoint: Any = None) -> Any:
+        if checkpoint is not None:
+            from ._engine.checkpoint import CheckpointRun
+
+            ck = CheckpointRun(_messages(self._source), self._stages, _observer(progress), checkpoint)
+            self._last = ck.run
+            return ck
         if source is None:
             if self._source is None:
                 raise TypeError(
@@ -217,34 +224,74 @@ class Flow:
         self._last = run
         return run
 
-    def collect(self, *, progress: Any = None) -> list:
+    def collect(
+        self,
+        *,
+        progress: Any = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_match: str | None = None,
+        checkpoint_failures: bool | None = None,
+    ) -> list:
         """Run the flow to the end and return its results as a list.
 
         Args:
             progress: None (auto: a live view in notebooks and terminals for
                 runs longer than a second), True, False, "tqdm", "notebook",
                 or an observer object.
+            checkpoint: a path (``"runs/thumbnails"``: the file
+                ``runs/thumbnails.sqlite``, directories made as needed).
+                Results are stored as they are delivered; the same call
+                again computes only the items without a stored result.
+            checkpoint_match: "value" (default: items by position and
+                pickled value, stage functions by code and captured values)
+                or "position" (by position only, whatever changed).
+            checkpoint_failures: also store failures (``errors="return"``),
+                so a later run returns them instead of trying again.
 
         Raises:
             TaskError: an item failed in a stage with ``errors="raise"``.
             StageError: a stage could not start (its class failed to build).
+            CheckpointError: the checkpoint cannot be used (the message says why and what to do).
         """
-        return self._run(progress).collect()
+        ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
+        return self._run(progress, checkpoint=ck).collect()
 
-    def iter(self, *, progress: Any = None) -> Iterator[Any]:
-        """Return an iterator over the results, computed as you consume them."""
-        return iter(self._run(progress))
+    def iter(
+        self,
+        *,
+        progress: Any = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_match: str | None = None,
+        checkpoint_failures: bool | None = None,
+    ) -> Iterator[Any]:
+        """Return an iterator over the results, computed as you consume them.
+
+        The checkpoint options are those of `collect`; stopping early stores
+        the results delivered so far.
+        """
+        ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
+        return iter(self._run(progress, checkpoint=ck))
 
     def __iter__(self) -> Iterator[Any]:
         return self.iter()
 
-    def start(self, *, progress: Any = None, timeout: float | None = None) -> Any:
+    def start(
+        self,
+        *,
+        progress: Any = None,
+        timeout: float | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_match: str | None = None,
+        checkpoint_failures: bool | None = None,
+    ) -> Any:
         """Start the flow in the background and return its `Handle`.
 
         Args:
             progress: as for `collect`.
             timeout: seconds to wait for every stage's workers to start
                 (class stages built); `TimeoutError` names the slow stage.
+            checkpoint, checkpoint_match, checkpoint_failures: as for `collect`
+                (``handle.cancel()`` keeps what was stored).
 
         Returns:
             A `Handle`: ``wait()``, ``cancel()``, ``done()``, ``stats``,
@@ -254,8 +301,9 @@ class Flow:
         from ._engine.feed import Feed
         from ._engine.handle import Handle
 
-        feed = Feed() if self._source is None else None
-        return Handle(self._run(progress, feed), timeout=timeout, feed=feed)
+        ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
+        feed = Feed() if self._source is None and ck is None else None
+        return Handle(self._run(progress, feed, checkpoint=ck), timeout=timeout, feed=feed)
 
     async def acollect(self, *, progress: Any = None) -> list:
         """Run the flow without blocking the event loop; return the results."""
@@ -304,6 +352,15 @@ class Flow:
             else:
                 parts.append(f".{s.kind}({s.name}, {s.mode}x{s.workers})")
         return "".join(parts)
+
+
+def checkpoint_options(checkpoint: Any, match: Any, failures: Any) -> Any:
+    """Validate the checkpoint options (the checkpoint module loads only when one is given)."""
+    if checkpoint is None and match is None and failures is None:
+        return None
+    from ._engine.checkpoint import checkpoint_options as check
+
+    return check(checkpoint, match, failures)
 
 
 def _messages(source: Any) -> Any:

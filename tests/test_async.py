@@ -40,7 +40,12 @@ def test_async_is_default_mode_for_coroutines():
 def test_async_errors_and_mixed_flow():
     got = ezflow.map(fails_on_3, range(6), errors="return", progress=False)
     assert isinstance(got[3], ezflow.Failure) and isinstance(got[3].error, ValueError)
-    flow = ezflow.Flow(range(20)).map(lambda x: x + 1, mode="process").map(nap, workers=10).filter(lambda x: x % 4 == 0, mode="thread")
+    flow = (
+        ezflow.Flow(range(20))
+        .map(lambda x: x + 1, mode="process")
+        .map(nap, workers=10)
+        .filter(lambda x: x % 4 == 0, mode="thread")
+    )
     assert flow.collect(progress=False) == [y for y in ((x + 1) * 2 for x in range(20)) if y % 4 == 0]
 
 

@@ -8,6 +8,7 @@ import sys
 import ezflow
 
 PUBLIC = {
+    "CheckpointError",
     "Failure",
     "Flow",
     "FlowStats",

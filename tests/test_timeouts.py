@@ -46,3 +46,13 @@ def test_thread_timeout_fails_item_and_keeps_capacity():
     assert time.monotonic() - t0 < 10
     assert isinstance(got[2], ezflow.Failure) and isinstance(got[2].error, ezflow.ItemTimeout)
     assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_timeout_in_a_piece_of_several_items_blames_only_the_slow_one():
+    for mode in ("thread", "process"):
+        got = ezflow.map(
+            stuck_on_two, range(6), mode=mode, workers=2, chunksize=3, timeout=0.5, errors="return", progress=False
+        )
+        assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4, 5], mode
+        assert isinstance(got[2], ezflow.Failure) and isinstance(got[2].error, ezflow.ItemTimeout), mode
+        assert got[2].index == 2

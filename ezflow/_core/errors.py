@@ -43,6 +43,22 @@ def short_repr(obj: Any) -> str:
         return f"<{type(obj).__name__} object>"
 
 
+def describe(exc: BaseException) -> str:
+    """Return ``"TypeName: message"``, even for an exception whose ``__str__`` raises."""
+    try:
+        msg = str(exc)
+    except BaseException as e:  # an item's odd exception must not hide the report of it
+        msg = f"<str() of the exception raised {type(e).__name__}>"
+    return f"{type(exc).__name__}: {msg}"
+
+
+def _safe_repr(exc: BaseException) -> str:
+    try:
+        return repr(exc)
+    except BaseException:
+        return f"<{describe(exc)}>"
+
+
 class Cancelled(Exception):
     """The run was cancelled while this thread waited (on a channel, or for work)."""
 
@@ -174,18 +190,14 @@ class Failure:
     def __repr__(self) -> str:
         return (
             f"Failure(stage={self.stage!r}, index={self.index}, "
-            f"item={short_repr(self.item)}, error={self.error!r})"
+            f"item={short_repr(self.item)}, error={_safe_repr(self.error)})"
         )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Failure):
             return NotImplemented
-        return (self.index, self.stage, type(self.error), str(self.error)) == (
-            other.index,
-            other.stage,
-            type(other.error),
-            str(other.error),
-        )
+        mine = (self.index, self.stage, type(self.error), describe(self.error))
+        return mine == (other.index, other.stage, type(other.error), describe(other.error))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -219,7 +231,7 @@ class TaskError(Exception):
         tries = f" after {failure.attempts} attempts" if failure.attempts > 1 else ""
         super().__init__(
             f"stage {failure.stage!r} failed on item {failure.index} "
-            f"({short_repr(failure.item)}){tries}: {type(err).__name__}: {err}"
+            f"({short_repr(failure.item)}){tries}: {describe(err)}"
         )
         self.__cause__ = err
 
@@ -247,7 +259,7 @@ def pack_exception(exc: BaseException) -> tuple[BaseException, str]:
         exc.__traceback__ = None
         return exc, tb
     except Exception:
-        return RemoteError(type(exc).__qualname__, str(exc)), tb
+        return RemoteError(type(exc).__qualname__, describe(exc).partition(": ")[2]), tb
 
 
 def attach_traceback(exc: BaseException, tb: str) -> BaseException:

@@ -81,6 +81,7 @@ class FlowStats:
     state: str = "pending"
     total: int | None = None
     error: str | None = None
+    from_checkpoint: int = 0  # source items whose results a checkpoint supplied (not computed, not in stages)
 
     def __iter__(self) -> Iterator[StageStats]:
         return iter(self.stages)

@@ -64,8 +64,16 @@ def source_length(source: Any) -> int | None:
 class Run:
     """Runs a plan once; iterate it (or call `collect`) to get the results."""
 
-    def __init__(self, source: Iterable[Any], specs: tuple[StageSpec, ...], observer: Any = None) -> None:
+    def __init__(
+        self,
+        source: Iterable[Any],
+        specs: tuple[StageSpec, ...],
+        observer: Any = None,
+        positions: Callable[[int, int], range | list] | None = None,
+    ) -> None:
         self.source = source
+        self.positions = positions  # a checkpoint feeds only missing items: their source indices
+        self.from_checkpoint = 0  # source items whose results a checkpoint supplied
         self.specs = specs
         self.total = source_length(source)
         self.error: BaseException | None = None
@@ -166,7 +174,8 @@ class Run:
                 items = reader.take(n, SOURCE_CHUNK_SECONDS)
                 if not items:
                     break
-                inbox.put(Chunk(seq, range(index, index + len(items)), items), len(items))
+                idx = range(index, index + len(items)) if self.positions is None else self.positions(index, len(items))
+                inbox.put(Chunk(seq, idx, items), len(items))
                 index += len(items)
             inbox.close()
         except Cancelled:
@@ -193,6 +202,7 @@ class Run:
             state=self.state,
             total=self.total,
             error=err,
+            from_checkpoint=self.from_checkpoint,
         )
 
     def _notify(self, method: str) -> None:

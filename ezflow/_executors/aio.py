@@ -7,8 +7,12 @@
 The loop runs in a thread of its own, so a stage works the same from a
 plain script and from a notebook whose loop is already running. `workers`
 is how many items are awaited at once. A class stage is instantiated once
-(one loop, one instance). `timeout` cancels an item's coroutine
-(`asyncio.wait_for`); a coroutine that never awaits cannot be interrupted.
+(one loop, one instance). The per-item rules are `items.steps`, as in every
+mode; this runner supplies the call (an await, within `timeout`: the item's
+coroutine is cancelled and left behind) and the sleep (`asyncio.sleep`). A
+coroutine that never awaits cannot be interrupted. A `CancelledError` the
+item raised (or got from awaiting something cancelled) is the item's
+failure; only ezflow's own cancel of the run stops a worker task.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .._core.errors import Cancelled, Failure, ItemTimeout
+from .._core.errors import Cancelled
 from .base import Executor
-from .items import _CAUGHT, Runtime, _error, _passthrough, build_runtime, close_runtime
+from .items import CALL, Runtime, build_runtime, close_runtime, item_failed, shape, steps
 from .limits import TokenBucket, make_limiter
-from .port import Piece, StagePort
+from .port import ItemError, Piece, StagePort
 
 if TYPE_CHECKING:
     from .._plan.spec import StageSpec
@@ -42,6 +46,7 @@ class AsyncExecutor(Executor):
         self._puller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ezflow-async-pull")
         self.rt: Runtime = None  # type: ignore[assignment]  # built in _serve()
         self.limiter: TokenBucket | None = None
+        self._abandoned: set[asyncio.Future[Any]] = set()  # timed-out items that ignored their cancel
 
     def setup(self) -> None:
         self.limiter = make_limiter(self.spec, shared=False)
@@ -54,6 +59,9 @@ class AsyncExecutor(Executor):
         loop = self.loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._serve())
+        except asyncio.CancelledError:
+            if not self.cancelled:
+                raise
         finally:
             self._ready.set()  # a bug before the stage was built must not hang setup()
             loop.close()
@@ -64,7 +72,7 @@ class AsyncExecutor(Executor):
         try:
             self.rt = build_runtime(
                 spec.kind, spec.fn, spec.is_class, spec.when, spec.retries,
-                spec.retry_on, spec.backoff, pack=False, limiter=None,
+                spec.retry_on, spec.backoff, pack=False, limiter=self.limiter, timeout=spec.timeout,
             )
         except BaseException as exc:
             self._start_error = exc
@@ -89,74 +97,82 @@ class AsyncExecutor(Executor):
         finally:
             for w in workers:
                 w.cancel()
+            for t in list(self._abandoned):
+                t.cancel()
             try:
                 close_runtime(self.rt)
             except BaseException as exc:
                 self._close_failed(exc)
 
     async def _work(self, queue: asyncio.Queue[Piece | None]) -> None:
-        while True:
-            piece = await queue.get()
-            if piece is None:
-                return
-            t0 = time.perf_counter()
-            values, errs, retried = await self._run_piece(piece.items, piece.chunk.special)
-            if self.cancelled:
-                return
-            self.port.done(piece, values, errs, time.perf_counter() - t0, retried)
-
-    async def _run_piece(self, items: list, special: bool) -> tuple[list, list, int]:
-        rt = self.rt
-        spec = self.spec
-        values: list = []
-        errs: list = []
-        retried = 0
-        for pos, item in enumerate(items):
-            if item.__class__ is Failure:
-                values.append(_passthrough(rt.kind, item))
-                continue
-            if rt.when is not None:
-                try:
-                    go = rt.when(item)
-                except _CAUGHT as exc:
-                    errs.append(_error(rt, exc, 1, pos))
-                    values.append(None)
-                    continue
-                if not go:
-                    values.append(_passthrough(rt.kind, item))
-                    continue
-            attempt = 1
+        try:
             while True:
-                try:
-                    if self.limiter is not None:
-                        await asyncio.get_running_loop().run_in_executor(None, self.limiter.acquire)
-                    aw = rt.call(item)
-                    if spec.timeout is not None:
-                        try:
-                            out = await asyncio.wait_for(aw, spec.timeout)
-                        except asyncio.TimeoutError:
-                            raise ItemTimeout(
-                                f"item took longer than the stage's timeout of {spec.timeout:g}s; it was cancelled"
-                            ) from None
-                    else:
-                        out = await aw
-                    if rt.kind == "filter":
-                        out = bool(out)
-                    elif rt.kind == "flat_map":
-                        out = list(out)
-                    values.append(out)
-                    break
-                except _CAUGHT as exc:
-                    if attempt <= rt.retries and isinstance(exc, rt.retry_on):
-                        retried += 1
-                        if rt.backoff:
-                            await asyncio.sleep(rt.backoff * (2 ** (attempt - 1)))
-                        attempt += 1
-                        continue
-                    errs.append(_error(rt, exc, attempt, pos))
-                    values.append(None)
-                    break
-        return values, errs, retried
+                piece = await queue.get()
+                if piece is None:
+                    return
+                t0 = time.perf_counter()
+                values, errs, retried = await self._run_piece(piece.items, piece.attempts)
+                if self.cancelled:
+                    return
+                self.port.done(piece, values, errs, time.perf_counter() - t0, retried)
+        except asyncio.CancelledError:
+            if not self.cancelled:  # not ezflow's cancel: its items would never be reported
+                self.port.fail(RuntimeError(f"stage {self.spec.name!r}: an async worker task was cancelled"))
+            raise
+        except Cancelled:
+            return
+        except BaseException as exc:  # a bug (or an item's KeyboardInterrupt) must fail the run, not hang it
+            self.broken = True
+            self.port.fail(exc)
+
+    async def _run_piece(self, items: list[Any], tried: int) -> tuple[list[Any], list[ItemError], int]:
+        # The async runner: the rules are items.steps'; this says how to call and sleep.
+        gen = steps(self.rt, items, tried)
+        try:
+            step = next(gen)
+            while True:
+                if step[0] == CALL:
+                    step = gen.send(await self._call(step[1]))
+                else:
+                    await asyncio.sleep(step[1])
+                    step = gen.send(None)
+        except StopIteration as stop:
+            outcome: tuple[list[Any], list[ItemError], int] = stop.value
+            return outcome
+
+    async def _call(self, item: Any) -> tuple[bool, Any]:
+        rt = self.rt
+        try:
+            aw = rt.call(item)
+            if rt.rules.timeout is None:
+                out = await aw
+            else:
+                out = await self._within(aw, rt.rules.timeout)
+            return True, shape(rt.kind, out)
+        except asyncio.CancelledError as exc:
+            if self.cancelled:
+                raise  # ezflow is cancelling the run: not the item's failure
+            return False, exc  # the item raised it, or awaited something cancelled
+        except BaseException as exc:
+            if not item_failed(exc):
+                raise
+            return False, exc
+
+    async def _within(self, aw: Any, timeout: float) -> Any:
+        # Not asyncio.wait_for: a coroutine that swallows its cancellation would
+        # keep wait_for (and the run) waiting; here it is left behind instead.
+        task = asyncio.ensure_future(aw)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if done:
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+        raise self.rt.rules.timeout_error("it was cancelled")
 
     def cancel(self) -> None:
         super().cancel()

@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .._core.errors import Cancelled, StageError, attach_traceback, pack_exception, short_repr
+from .._core.errors import Cancelled, StageError, attach_traceback, describe, pack_exception, short_repr
 from .port import Piece, StagePort
+from .rules import ItemRules
 
 if TYPE_CHECKING:
     from .._plan.spec import StageSpec
@@ -52,6 +53,7 @@ class Executor:
         self.broken = False  # a bug or a lost worker: pools are not reused
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
+        self.rules = ItemRules.of(spec)  # decides whether a lone item that timed out or died is tried again
 
     # -- the contract with the engine ----------------------------------------
 
@@ -112,13 +114,13 @@ class Executor:
     def _setup_error(self, exc: BaseException, where: str = "") -> StageError:
         """Return the `StageError` for a stage whose function or class failed to build (`where`: e.g. "in a worker")."""
         place = f" could not be set up {where}:" if where else " raised"
-        err = StageError(self.spec.name, f"{self._what()}{place} {type(exc).__name__}: {exc}")
+        err = StageError(self.spec.name, f"{self._what()}{place} {describe(exc)}")
         err.__cause__ = exc
         return err
 
     def _close_failed(self, exc: BaseException, tb: str = "") -> None:
         """The stage's ``close()`` raised in a worker: the run fails once its results are out."""
-        err = StageError(self.spec.name, f"close() raised {type(exc).__name__}: {exc}")
+        err = StageError(self.spec.name, f"close() raised {describe(exc)}")
         err.__cause__ = attach_traceback(exc, tb) if tb else exc
         self.port.fail(err, late=True)
 
@@ -132,7 +134,7 @@ class Executor:
             try:
                 dumps(item, to_worker=True)
             except Exception as e:
-                err = TypeError(f"the item cannot be sent to {self.sends_to}: {type(e).__name__}: {e}")
+                err = TypeError(f"the item cannot be sent to {self.sends_to}: {describe(e)}")
                 self.port.done(one, [None], [(0, *pack_exception(err), 1)], 0.0)
             else:
                 good.append(one)
@@ -146,7 +148,9 @@ class Executor:
             return
         running, rest = pieces[0], list(pieces[1:])
         if len(running.items) == 1:
-            self.port.done(running, [None], [(0, err, "", 1)], 0.0)
+            failed = self.rules.on_lost(running, err, self.port.give_back)
+            if failed is not None:
+                self.port.done(running, [None], [failed], 0.0)
         else:
             rest = running.singles() + rest
         if rest:

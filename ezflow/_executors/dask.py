@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from .._core.errors import StageError, WorkerDied
 from .._transport.serialize import dumps, loads
 from .base import Executor
-from .dask_client import DaskNotInstalled, check_spec, connect, import_distributed
+from .dask_client import DaskNotInstalled, connect, import_distributed
 from .dask_remote import _hold, _run_remote, _setup_remote, _SetupFailed, _teardown_remote
 from .port import Piece, StagePort
 
@@ -94,7 +94,6 @@ class DaskExecutor(Executor):
 
     def setup(self) -> None:
         distributed = import_distributed()
-        check_spec(self.spec)
         from distributed.scheduler import KilledWorker
 
         self._killed_worker = KilledWorker
@@ -200,7 +199,7 @@ class DaskExecutor(Executor):
                 break
         piece.id = next(self._ids)
         fut = self.client.submit(
-            _run_remote, self._token, self._payload, data, piece.chunk.special,
+            _run_remote, self._token, self._payload, data, piece.chunk.special, piece.attempts,
             key=f"{self._prefix}-{piece.id}", pure=False, retries=self.spec.retries or None,
         )
         with self._lock:

@@ -15,7 +15,7 @@ from .._core.errors import StageError
 if TYPE_CHECKING:
     from .._plan.spec import StageSpec
 
-__all__ = ["DaskNotInstalled", "check_spec", "connect", "import_distributed"]
+__all__ = ["DaskNotInstalled", "connect", "import_distributed"]
 
 ADDRESS = re.compile(r"^[a-z0-9+]+://")
 
@@ -34,24 +34,6 @@ def import_distributed() -> Any:
             f'pip install "ezflow[dask]"'
         ) from exc
     return distributed
-
-
-def check_spec(spec: StageSpec) -> None:
-    """Raise `StageError` for the options a dask stage cannot honour."""
-    if spec.mode == "async":
-        raise StageError(
-            spec.name,
-            "coroutine functions cannot run on a dask backend: wrap it, "
-            "e.g. lambda x: asyncio.run(fn(x)), or use mode='async' without backend=",
-        )
-    if spec.timeout is not None:
-        raise StageError(
-            spec.name,
-            "timeout= is not supported with backend= (dask cannot stop a running task); "
-            "drop timeout= or run the stage locally",
-        )
-    if spec.rate is not None:
-        raise StageError(spec.name, "rate= is not supported with backend= yet; run the stage locally")
 
 
 def connect(spec: StageSpec, distributed: Any) -> tuple[Any, bool]:

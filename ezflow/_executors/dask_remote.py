@@ -14,7 +14,7 @@ import collections
 import threading
 from typing import Any
 
-from .._core.errors import pack_exception, short_repr
+from .._core.errors import describe, pack_exception, short_repr
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
 
@@ -54,12 +54,12 @@ def _runtime(token: str, payload: bytes) -> Runtime | None:
         try:
             kind, fn, is_class, when, retries, retry_on, backoff, limiter = loads(payload)
         except BaseException as exc:
-            raise _SetupFailed(f"loading the stage on a dask worker raised {type(exc).__name__}: {exc}") from exc
+            raise _SetupFailed(f"loading the stage on a dask worker raised {describe(exc)}") from exc
         try:
             rt = build_runtime(kind, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter)
         except BaseException as exc:
             what = short_repr(fn) + ("()" if is_class else "")
-            raise _SetupFailed(f"{what} raised {type(exc).__name__}: {exc}") from exc
+            raise _SetupFailed(f"{what} raised {describe(exc)}") from exc
         _runtimes[key] = rt
         return rt
 
@@ -73,12 +73,15 @@ def _setup_remote(token: str, payload: bytes) -> tuple[BaseException, str] | Non
     return None
 
 
-def _run_remote(token: str, payload: bytes, data: bytes, special: bool) -> bytes | None:
-    """Run one piece on this worker; return (values, errs, busy, retries) as bytes."""
+def _run_remote(token: str, payload: bytes, data: bytes, special: bool, tried: int = 0) -> bytes | None:
+    """Run one piece on this worker; return (values, errs, busy, retries) as bytes.
+
+    ``tried``: the tries a lone item already had (its workers kept dying).
+    """
     rt = _runtime(token, payload)
     if rt is None:
         return None  # the stage was cancelled while this piece waited in the worker
-    values, errs, busy, retries = run_piece(rt, loads(data), special)
+    values, errs, busy, retries = run_piece(rt, loads(data), special, tried)
     try:
         return dumps((values, errs, busy, retries))
     except Exception:

@@ -1,8 +1,16 @@
 """What every worker runs: apply one stage to one piece of items.
 
-The same code runs in a worker process, a worker thread and (per item) an
-async task, so every mode has the same semantics. A piece's outcome is
-compact, one entry per item:
+    steps(rt, items)  --(CALL, item)-->    runner: call fn(item) its own way
+    (the rules, once)  <--(ok, value)--     (sync: run_piece here; async: aio.py)
+                      --(SLEEP, secs)-->   runner: time.sleep / asyncio.sleep
+                      return (values, errs, retried)
+
+The per-item rules (``when``, pass-through of earlier failures, rate,
+retries, retry_on, backoff) are written once, in the `steps` generator;
+a runner supplies only how to call, sleep and wait (the async runner adds
+the timeout to its call). Retry decisions are `rules.ItemRules`'s, the same
+object the parent asks about items it saw time out or die. A piece's
+outcome is compact, one entry per item:
 
     kind      values[i]                     pass-through item
     map       fn(item)                      the item itself
@@ -12,50 +20,71 @@ compact, one entry per item:
 plus ``errs``: ``(position, exception, traceback_text, attempts)`` for each
 failed item (its ``values`` slot is None). Items that are a `Failure` from
 an earlier stage, or for which ``when`` is false, pass through untouched.
+A plain map with no rules takes `_fast_map`, which adds nothing per item.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 from .._core.errors import Failure, pack_exception
+from .limits import TokenBucket
+from .rules import ItemRules
 
-__all__ = ["Runtime", "build_runtime", "run_piece", "close_runtime"]
+__all__ = [
+    "CALL",
+    "SLEEP",
+    "Runtime",
+    "build_runtime",
+    "call_item",
+    "close_runtime",
+    "item_failed",
+    "run_piece",
+    "steps",
+]
 
 # A stage function that calls sys.exit() fails its item; it must not end the worker.
 _CAUGHT = (Exception, SystemExit)
+
+CALL = 0  # step (CALL, item): the runner calls the stage on item, sends back (ok, value_or_exception)
+SLEEP = 1  # step (SLEEP, seconds): the runner waits, sends back None
+
+Step = tuple[int, Any]
+Outcome = tuple[list, list, int]  # values, errs, retried
 
 
 class Runtime:
     """A stage as a worker holds it: the ready callable and its rules."""
 
-    __slots__ = ("kind", "call", "instance", "when", "retries", "retry_on", "backoff", "pack", "limiter")
+    __slots__ = ("call", "instance", "kind", "limiter", "pack", "rules", "when")
 
     def __init__(
         self,
         kind: str,
         call: Callable[[Any], Any],
+        *,
         instance: Any,
         when: Callable[[Any], bool] | None,
-        retries: int,
-        retry_on: tuple[type[BaseException], ...],
-        backoff: float,
+        rules: ItemRules,
         pack: bool,
-        limiter: Any = None,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.kind = kind
         self.call = call
         self.instance = instance
         self.when = when
-        self.retries = retries
-        self.retry_on = retry_on
-        self.backoff = backoff
-        self.pack = pack  # exceptions must be made picklable (process workers)
+        self.rules = rules
+        self.pack = pack  # exceptions must be made picklable (process and dask workers)
         self.limiter = limiter
 
+    @property
+    def retries(self) -> int:
+        return self.rules.retries
 
-def build_runtime(
+
+def build_runtime(  # noqa: PLR0917 - worker.py and dask.py pass the wire payload's fields in order
     kind: str,
     fn: Any,
     is_class: bool,
@@ -64,14 +93,16 @@ def build_runtime(
     retry_on: tuple[type[BaseException], ...],
     backoff: float,
     pack: bool,
-    limiter: Any = None,
+    limiter: TokenBucket | None = None,
+    timeout: float | None = None,
 ) -> Runtime:
     """Make a worker's runtime; a class stage is instantiated here, in the worker."""
     instance = fn() if is_class else None
     call = instance if is_class else fn
-    if is_class and not callable(call):
+    if not callable(call):
         raise TypeError(f"instances of {fn.__name__} are not callable: define __call__(self, item)")
-    return Runtime(kind, call, instance, when, retries, retry_on, backoff, pack, limiter)
+    rules = ItemRules(retries, retry_on, backoff, timeout)
+    return Runtime(kind, call, instance=instance, when=when, rules=rules, pack=pack, limiter=limiter)
 
 
 def close_runtime(rt: Runtime) -> None:
@@ -81,12 +112,21 @@ def close_runtime(rt: Runtime) -> None:
         close()
 
 
+def item_failed(exc: BaseException) -> bool:
+    """Return True if an exception an item raised is that item's failure.
+
+    Everything is, but ``KeyboardInterrupt``: it stops the run (see `rules`).
+    """
+    return not isinstance(exc, KeyboardInterrupt)
+
+
 def _error(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> tuple:
     if rt.pack:
         exc, tb = pack_exception(exc)
     else:
         import traceback
 
+        # traceback survives an exception whose __str__ raises ("<exception str() failed>")
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return (pos, exc, tb, attempts)
 
@@ -99,32 +139,29 @@ def _passthrough(kind: str, item: Any) -> Any:
     return [item]
 
 
-def _apply(rt: Runtime, item: Any) -> Any:
-    if rt.limiter is not None:
-        rt.limiter.acquire()
-    out = rt.call(item)
-    if rt.kind == "filter":
+def shape(kind: str, out: Any) -> Any:
+    """Turn what the stage function returned into the stage's value."""
+    if kind == "filter":
         return bool(out)
-    if rt.kind == "flat_map":
+    if kind == "flat_map":
         return list(out)
     return out
 
 
-def run_piece(rt: Runtime, items: list, special: bool) -> tuple[list, list, float, int]:
-    """Apply the stage to every item; return (values, errs, busy_seconds, retries).
+def steps(rt: Runtime, items: list, tried: int = 0) -> Generator[Step, Any, Outcome]:
+    """The per-item rules for one piece, as steps a runner drives.
 
-    ``special`` says the piece may hold pass-through items, or the stage has
-    rules (when, retries, a rate limit) that need the per-item path.
+    ``tried`` is how many tries the piece's (lone) item already had: the
+    parent gives back a timed-out or orphaned item with its count, so
+    ``retries`` bounds the tries wherever they failed.
     """
-    t0 = time.perf_counter()
-    if not special and rt.kind == "map" and not rt.retries and rt.when is None and rt.limiter is None:
-        values, errs = _fast_map(rt, items)
-        return values, errs, time.perf_counter() - t0, 0
-    values = []
-    errs = []
+    values: list = []
+    errs: list = []
     retried = 0
     kind = rt.kind
     when = rt.when
+    rules = rt.rules
+    limiter = rt.limiter
     for pos, item in enumerate(items):
         if item.__class__ is Failure:
             values.append(_passthrough(kind, item))
@@ -132,28 +169,71 @@ def run_piece(rt: Runtime, items: list, special: bool) -> tuple[list, list, floa
         if when is not None:
             try:
                 go = when(item)
-            except _CAUGHT as exc:
-                errs.append(_error(rt, exc, 1, pos))
+            except BaseException as exc:
+                if not item_failed(exc):
+                    raise
+                errs.append(_error(rt, exc, tried + 1, pos))
                 values.append(None)
                 continue
             if not go:
                 values.append(_passthrough(kind, item))
                 continue
-        attempt = 1
+        attempt = tried + 1
+        if tried:
+            retried += 1  # this try is a retry the parent asked for
         while True:
-            try:
-                values.append(_apply(rt, item))
+            if limiter is not None:
+                wait = limiter.reserve()
+                if wait > 0:
+                    yield (SLEEP, wait)
+            ok, out = yield (CALL, item)
+            if ok:
+                values.append(out)
                 break
-            except _CAUGHT as exc:
-                if attempt <= rt.retries and isinstance(exc, rt.retry_on):
-                    retried += 1
-                    if rt.backoff:
-                        time.sleep(rt.backoff * (2 ** (attempt - 1)))
-                    attempt += 1
-                    continue
-                errs.append(_error(rt, exc, attempt, pos))
+            delay = rules.should_retry(out, attempt)
+            if delay is None:
+                errs.append(_error(rt, out, attempt, pos))
                 values.append(None)
                 break
+            retried += 1
+            if delay > 0:
+                yield (SLEEP, delay)
+            attempt += 1
+    return values, errs, retried
+
+
+def call_item(rt: Runtime, item: Any) -> tuple[bool, Any]:
+    """The sync runner's call: ``(True, value)`` or ``(False, the item's exception)``."""
+    try:
+        return True, shape(rt.kind, rt.call(item))
+    except BaseException as exc:
+        if not item_failed(exc):
+            raise
+        return False, exc
+
+
+def run_piece(rt: Runtime, items: list, special: bool, tried: int = 0) -> tuple[list, list, float, int]:
+    """Apply the stage to every item; return (values, errs, busy_seconds, retries).
+
+    ``special`` says the piece may hold pass-through items, or the stage has
+    rules (when, retries, a rate limit) that need the per-item path.
+    """
+    t0 = time.perf_counter()
+    plain = rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None
+    if plain and not special and not tried:
+        values, errs = _fast_map(rt, items)
+        return values, errs, time.perf_counter() - t0, 0
+    gen = steps(rt, items, tried)
+    try:
+        step = next(gen)
+        while True:
+            if step[0] == CALL:
+                step = gen.send(call_item(rt, step[1]))
+            else:
+                time.sleep(step[1])
+                step = gen.send(None)
+    except StopIteration as stop:
+        values, errs, retried = stop.value
     return values, errs, time.perf_counter() - t0, retried
 
 
@@ -170,6 +250,8 @@ def _fast_map(rt: Runtime, items: list) -> tuple[list, list]:
             for item in it:
                 append(call(item))
             return values, errs
-        except _CAUGHT as exc:
+        except BaseException as exc:
+            if not item_failed(exc):
+                raise
             errs.append(_error(rt, exc, 1, len(values)))
             append(None)

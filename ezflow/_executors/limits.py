@@ -3,10 +3,11 @@
 A token bucket holding at most `burst` tokens, refilled at `rate` per
 second. A caller that finds no token reserves the next one (the count may
 go negative) and sleeps until its turn, so waiting callers are served in
-order and the long-run rate is exact. Thread and async stages call it per
-item in their workers; process stages pace the parent's dispatch instead
-(one item per message, one in flight per worker), so no lock has to be
-shared with already-running worker processes.
+order and the long-run rate is exact. Thread and async stages reserve a
+token per call in the per-item steps (`items.steps`), and the runner sleeps
+its own way (``time.sleep`` or ``asyncio.sleep``); process stages pace the
+parent's dispatch instead (one item per message, one in flight per worker),
+so no lock has to be shared with already-running worker processes.
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ class TokenBucket:
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
-        """Take one token, sleeping until one is due."""
+    def reserve(self) -> float:
+        """Take one token now; return the seconds the caller must wait before using it."""
         with self._lock:
             now = time.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
             self._tokens -= 1
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            return -self._tokens / self.rate if self._tokens < 0 else 0.0
+
+    def acquire(self) -> None:
+        """Take one token, sleeping until one is due."""
+        wait = self.reserve()
         if wait > 0:
             time.sleep(wait)
 

@@ -44,7 +44,7 @@ class Chunk:
 class Piece:
     """A slice of a chunk sent to one worker (the unit of dispatch)."""
 
-    __slots__ = ("chunk", "id", "isolated", "items", "start")
+    __slots__ = ("attempts", "chunk", "id", "isolated", "items", "start")
 
     def __init__(self, chunk: Chunk, start: int, items: list[Any], isolated: bool = False) -> None:
         self.chunk = chunk
@@ -52,6 +52,7 @@ class Piece:
         self.items = items
         self.isolated = isolated  # re-run alone to find which item killed a worker
         self.id = 0
+        self.attempts = 0  # tries a lone item already had when the parent gave it back (rules.ItemRules.on_lost)
 
     def split(self, n: int) -> tuple[Piece, Piece]:
         """Return the first n items as one piece and the rest as another."""

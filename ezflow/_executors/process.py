@@ -37,7 +37,7 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING
 
 from .._core.env import default_start_method
-from .._core.errors import ItemTimeout, StageError, WorkerDied, attach_traceback, describe_exit
+from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
 from .limits import TokenBucket, make_limiter
@@ -185,7 +185,7 @@ class ProcessExecutor(RecyclingExecutor):
             if rest is not None:
                 port.give_back([rest])
             try:
-                msg = ("task", piece.id, self.token, piece.items, piece.chunk.special)
+                msg = ("task", piece.id, self.token, piece.items, piece.chunk.special, piece.attempts)
                 data = self._shm.dumps_task(piece.id, msg)
             except Exception as exc:
                 with self._lock:
@@ -292,9 +292,7 @@ class ProcessExecutor(RecyclingExecutor):
             self._memory_stopped(pieces, peak, first)
             return
         if timed_out:
-            err = ItemTimeout(
-                f"item took longer than the stage's timeout of {self.spec.timeout:g}s; its worker process was stopped"
-            )
+            err = self.rules.timeout_error("its worker process was stopped")
         else:
             err = WorkerDied(code, self.spec.name)
             if code == -signal.SIGKILL:  # perhaps the OOM killer: say how big it was, and the machine's memory

@@ -19,7 +19,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .._core.errors import ItemTimeout
 from .base import Executor
 from .items import build_runtime, close_runtime, run_piece
 from .limits import TokenBucket, make_limiter
@@ -89,7 +88,7 @@ class ThreadExecutor(Executor):
                     return
                 with self._lock:
                     self._running[me] = (piece, time.monotonic())
-                values, errs, busy, retries = run_piece(rt, piece.items, piece.chunk.special)
+                values, errs, busy, retries = run_piece(rt, piece.items, piece.chunk.special, piece.attempts)
                 with self._lock:
                     mine = self._running.pop(me, None) is not None
                 if not mine:
@@ -115,12 +114,13 @@ class ThreadExecutor(Executor):
                         self._abandoned.add(ident)
                 oldest = min((s for _, s in self._running.values()), default=now)
             for piece in expired:
-                err = ItemTimeout(
-                    f"item took longer than the stage's timeout of {timeout:g}s; a thread cannot be "
-                    f"stopped, so the call goes on in the background and its result is dropped"
+                err = self.rules.timeout_error(
+                    "a thread cannot be stopped, so the call goes on in the background and its result is dropped"
                 )
                 self._start_worker(None)
-                self.port.done(piece, [None] * len(piece.items), [(0, err, "", 1)], timeout)
+                failed = self.rules.on_lost(piece, err, self.port.give_back)
+                if failed is not None:
+                    self.port.done(piece, [None] * len(piece.items), [failed], timeout)
             self._stop.wait(max(0.005, min(timeout, oldest + timeout - time.monotonic())))
 
     def _wakeup(self) -> None:

@@ -4,7 +4,7 @@
     ("setup", token, payload,      ----->    build the stage (instantiate a class here)
       want_ready)                  <-----    ("ready", token) if want_ready | ("setup_failed", token, exc, tb)
     ("task", piece_id, token,      ----->    run_piece()
-      items, special)              <-----    ("result", piece_id, values, errs, busy, retries)
+      items, special, tried)       <-----    ("result", piece_id, values, errs, busy, retries)
     ("teardown", token,            ----->    close() a class stage
       want_reply)                  <-----    ("closed", token, exc_or_None, tb) if want_reply
     ("exit",)                      ----->    return
@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from .._core.errors import pack_exception
+from .._core.errors import RemoteError, describe, pack_exception
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
 
@@ -91,14 +91,15 @@ def _unpicklable_to_errors(msg: tuple) -> tuple:
         try:
             dumps(value)
         except Exception as exc:
-            err = TypeError(f"the result cannot be sent back to the parent: {type(exc).__name__}: {exc}")
+            err = TypeError(f"the result cannot be sent back to the parent: {describe(exc)}")
             values[pos] = None
             errs.append((pos, *pack_exception(err), 1))
     for i, (pos, exc, tb, attempts) in enumerate(errs):
         try:
             dumps(exc)
         except Exception:
-            errs[i] = (pos, *pack_exception(RuntimeError(f"{type(exc).__name__}: {exc}")), attempts)
+            # keep its type name, message and the worker's traceback text
+            errs[i] = (pos, RemoteError(type(exc).__qualname__, describe(exc).partition(": ")[2]), tb, attempts)
     return (op, pid, values, errs, busy, retries)
 
 
@@ -127,8 +128,8 @@ def worker_main(conn: Any, owner: int) -> None:
             return
         op = msg[0]
         if op == "task":
-            _, pid, token, items, special, *shm = msg
-            values, errs, busy, retries = run_piece(runtimes[token], items, special)
+            _, pid, token, items, special, tried, *shm = msg
+            values, errs, busy, retries = run_piece(runtimes[token], items, special, tried)
             with _result_scope(shm):
                 _send(conn, ("result", pid, values, errs, busy, retries))
             del msg, items, values, errs  # let go of shared inputs now: their owner reuses them

@@ -3,7 +3,8 @@
     Flow.map(...)  -->  make_stage(...)  -->  StageSpec (frozen)  -->  engine
 
 Owns `StageSpec` and the checks that turn a bad option into a `ValueError`
-or `TypeError` at `.map(...)` time, before anything runs.
+or `TypeError` at `.map(...)` time, before anything runs: the numeric rules
+and the table of which option each mode supports (`options`).
 
 May import: `ezflow._core`.
 """

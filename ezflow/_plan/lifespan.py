@@ -1,14 +1,12 @@
 """Worker lifespan options, checked when a stage is built.
 
     make_stage(max_tasks_per_worker=, max_memory=) --> check_lifespan() --> (int | None, bytes | None)
+                                                   --> options.check_support(): process stages only
 
-Both options replace worker *processes*, so only process stages take them:
-
-- a thread or async stage runs in the caller's own process: there is no
-  worker to replace, and no per-worker memory to measure or give back;
-- a dask stage runs on workers the cluster starts and shares with other
-  work; dask has its own knobs for both, set on the cluster (named in the
-  error), and ezflow never ignores an option silently.
+Both options replace worker *processes*, so only process stages take them
+(the reasons, and dask's own knobs, are in `options.SUPPORT`): a thread or
+async stage runs in the caller's process, and a dask stage on workers the
+cluster starts and shares; ezflow never ignores an option silently.
 """
 
 from __future__ import annotations
@@ -29,23 +27,6 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-
-_NOT_HERE = {
-    "thread": "threads share the caller's process: there is no worker process to replace",
-    "async": "async tasks share the caller's process: there is no worker process to replace",
-}
-_DASK = {
-    "max_tasks_per_worker": (
-        "dask starts and shares its workers, so ezflow cannot replace them; have the cluster recycle "
-        "them instead: `dask worker --lifetime 1h --lifetime-restart` (config "
-        "distributed.worker.lifetime.duration), or run the stage locally (mode='process')"
-    ),
-    "max_memory": (
-        "set the limit on the cluster instead: memory_limit='2GB' per worker (LocalCluster(memory_limit=...), "
-        "`dask worker --memory-limit 2GB`); dask's nanny restarts a worker past 95% of it, and an item whose "
-        "workers keep dying ends as ezflow.WorkerDied; or run the stage locally (mode='process')"
-    ),
-}
 
 
 def parse_memory(value: Any) -> int:
@@ -83,14 +64,14 @@ def parse_memory(value: Any) -> int:
     return size
 
 
-def check_lifespan(name: str, where: str, max_tasks: Any, max_memory: Any) -> tuple[int | None, int | None]:
-    """Check the lifespan options of stage `name` running on `where` ("process", "thread", "async", "dask").
+def check_lifespan(max_tasks: Any, max_memory: Any) -> tuple[int | None, int | None]:
+    """Check the values of the lifespan options (which modes take them: `options.SUPPORT`).
 
     Returns:
         ``(max_tasks_per_worker, max_memory in bytes)``, None where unset.
 
     Raises:
-        TypeError, ValueError: an invalid value, or an option `where` cannot honour (with the reason and the fix).
+        TypeError, ValueError: an invalid value.
     """
     if max_tasks is not None:
         if isinstance(max_tasks, bool) or not isinstance(max_tasks, int):
@@ -98,14 +79,4 @@ def check_lifespan(name: str, where: str, max_tasks: Any, max_memory: Any) -> tu
             raise TypeError(f"max_tasks_per_worker must be an int >= 1 or None, got {kind} {max_tasks!r}")
         if max_tasks < 1:
             raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks}")
-    size = None if max_memory is None else parse_memory(max_memory)
-    for option, used in (("max_tasks_per_worker", max_tasks is not None), ("max_memory", size is not None)):
-        if not used or where == "process":
-            continue
-        if where == "dask":
-            raise ValueError(f"stage {name!r}: {option}= is not supported on a dask stage (backend=): {_DASK[option]}")
-        raise ValueError(
-            f"stage {name!r}: {option}= needs mode='process' ({_NOT_HERE.get(where, where)}); "
-            f"use mode='process' or drop {option}="
-        )
-    return max_tasks, size
+    return max_tasks, None if max_memory is None else parse_memory(max_memory)

@@ -7,13 +7,15 @@ and queues only when the flow runs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._core.env import NUM_CPUS, NUM_THREADS
 from .._core.record import record
 from .lifespan import check_lifespan
+from .options import MAX_SECONDS, check_number, check_support
 
-__all__ = ["StageSpec", "make_stage", "MODES", "ERRORS", "KINDS"]
+__all__ = ["ERRORS", "KINDS", "MODES", "StageSpec", "make_stage"]
 
 MODES = ("process", "thread", "async")
 ERRORS = ("raise", "return", "skip")
@@ -72,14 +74,9 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return value
 
 
-def _check_seconds(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0 seconds, got {value}")
-    return float(value)
+def _check_timeout(name: str, value: Any) -> float | None:
+    # float("inf") means no timeout, as None does
+    return check_number(name, value, low=0.0, low_ok=False, unit="seconds", inf_is_none=True)
 
 
 def make_stage(
@@ -117,17 +114,12 @@ def make_stage(
         raise TypeError(f"when must be a callable predicate or None, got {when!r}")
     is_class = isinstance(fn, type)
     is_coro = _is_coroutine_function(fn) or (
-        is_class and _is_coroutine_function(getattr(fn, "__call__", None))
+        is_class and _is_coroutine_function(fn.__call__)
     )
     if mode is None:
         mode = "async" if is_coro else "process"
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
-    if is_coro and mode != "async":
-        raise ValueError(
-            f"{_fn_name(fn)} is a coroutine function: use mode='async' "
-            f"(or leave mode unset), not mode={mode!r}"
-        )
     if errors not in ERRORS:
         raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}; got {errors!r}")
     if workers is None:
@@ -141,13 +133,14 @@ def make_stage(
     retry_on = tuple(retry_on)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
         raise TypeError(f"retry_on must be exception types, got {retry_on!r}")
-    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0:
-        raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
-    timeout = _check_seconds("timeout", timeout)
-    if rate is not None:
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
-            raise ValueError(f"rate must be > 0 calls per second, got {rate!r}")
-        rate = float(rate)
+    if backoff is None:
+        raise TypeError("backoff must be a number of seconds >= 0, got None")
+    backoff = check_number("backoff", backoff, low=0.0, low_ok=True, unit="seconds") or 0.0
+    timeout = _check_timeout("timeout", timeout)
+    # float("inf") means no limit; the slowest rate is one call per MAX_SECONDS
+    rate = check_number(
+        "rate", rate, low=1 / MAX_SECONDS, low_ok=True, unit="calls per second", high=None, inf_is_none=True
+    )
     _check_int("burst", burst, 1)
     if start_method is not None:
         if start_method not in START_METHODS:
@@ -159,7 +152,7 @@ def make_stage(
 
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available on this platform")
-    if share_arrays is not None and not isinstance(share_arrays, bool):
+    if share_arrays is not None and not isinstance(share_arrays, bool):  # noqa: SIM102 - one rule per if
         if not isinstance(share_arrays, int) or share_arrays < 0:
             raise ValueError(
                 "share_arrays must be True, False, None (the default: arrays of 1 MiB or more) "
@@ -169,8 +162,18 @@ def make_stage(
         name = _fn_name(fn)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    where = "dask" if backend is not None else mode
-    max_tasks_per_worker, max_memory = check_lifespan(name, where, max_tasks_per_worker, max_memory)
+    max_tasks_per_worker, max_memory = check_lifespan(max_tasks_per_worker, max_memory)
+    check_support(
+        name,
+        "dask" if backend is not None else mode,
+        {
+            "timeout": timeout is not None,
+            "rate, burst": rate is not None,
+            "coroutine function": is_coro,
+            "max_tasks_per_worker": max_tasks_per_worker is not None,
+            "max_memory": max_memory is not None,
+        },
+    )
     return StageSpec(
         kind=kind,
         fn=fn,
@@ -199,7 +202,7 @@ def make_stage(
 def make_batch(size: int, timeout: float | None, name: str | None) -> StageSpec:
     """Validate a batch stage's options and return its spec."""
     _check_int("batch size", size, 1)
-    timeout = _check_seconds("batch timeout", timeout)
+    timeout = _check_timeout("batch timeout", timeout)
     return StageSpec(kind="batch", name=name or "batch", size=size, batch_timeout=timeout)
 
 
