@@ -168,6 +168,17 @@ def test_a_class_that_alone_passes_the_limit_fails_the_start():
         ezflow.map(BigModel, range(3), workers=1, start_method="fork", max_memory=limit, progress=False)
 
 
+@pytest.mark.parametrize(("retry_on", "attempts"), [(MemoryError, 2), (ValueError, 1)])
+def test_retry_on_decides_whether_an_item_past_the_limit_is_tried_again(retry_on, attempts):
+    limit = _rest_rss() + 150 * MB
+    got = ezflow.map(
+        _Hog(limit + 200 * MB), range(5), workers=2, start_method="fork", max_memory=limit, errors="return",
+        retries=1, retry_on=retry_on, progress=False,
+    )
+    assert isinstance(got[3].error, ezflow.MemoryLimitExceeded) and got[3].attempts == attempts
+    assert [g for i, g in enumerate(got) if i != 3] == [0, 1, 2, 4]
+
+
 def test_memory_limit_raises_task_error_naming_the_item():
     limit = _rest_rss() + 150 * MB
     with pytest.raises(ezflow.TaskError, match=r"failed on item 3 .*MemoryLimitExceeded") as info:
@@ -217,6 +228,20 @@ def test_one_task_per_worker_with_a_class_stage_builds_and_closes_each(tmp_path,
     # the 2 first workers and the 6 that replaced them each built one instance and closed it
     assert inits == closes and sum(inits.values()) == 8 and set(inits.values()) == {1}
     assert {str(p) for p in pids} <= set(closes)
+
+
+class CloseFails:
+    def __call__(self, x):
+        return x
+
+    def close(self):
+        raise OSError("disk full while saving the cache")
+
+
+def test_a_recycled_workers_close_error_is_reported_after_the_results():
+    flow = ezflow.Flow(range(4)).map(CloseFails, workers=1, start_method="fork", max_tasks_per_worker=2)
+    with pytest.raises(ezflow.StageError, match=r"close\(\) raised OSError: disk full"):
+        flow.collect(progress=False)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
