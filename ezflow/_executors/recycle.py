@@ -307,8 +307,10 @@ class RecyclingExecutor(Executor):
                 return
             if self._life.killed(w):
                 return  # stopped already
-            if not w.outstanding and not self._life.used(w):
-                return  # fresh and idle: its first piece decides (no churn of new workers that start big)
+            if not w.outstanding and (not self._life.used(w) or self._life.retiring(w)):
+                # fresh and idle: its first piece decides (no churn of new workers that start big);
+                # retiring and idle: it is about to be replaced gently, its close() will run
+                return
             self._life.mark_killed(w, rss)
             try:
                 w.proc.kill()  # SIGKILL: a worker deep in an allocation cannot be asked
