@@ -28,9 +28,14 @@ METHODS = ["fork", "spawn"]
 _leaked: list[bytes] = []
 
 
-def _rest_rss() -> int:
-    # a worker at rest: a forked one counts this process's pages, a spawned one is smaller
+def own_rss(_):
     return psutil.Process().memory_info().rss
+
+
+def _rest_rss(start_method: str = "fork") -> int:
+    """The RSS of this test's workers at rest, measured in them: a forked worker counts this
+    process's pages (large late in a test session), a spawned one only its own."""
+    return max(ezflow.map(own_rss, range(2), workers=2, start_method=start_method, progress=False))
 
 
 def leak_50mb(x):
@@ -90,7 +95,7 @@ class CallLog:
 
 @pytest.mark.parametrize("start_method", METHODS)
 def test_a_leaking_worker_is_replaced_and_the_run_completes(start_method):
-    limit = _rest_rss() + 250 * MB  # five leaks over a worker at rest
+    limit = _rest_rss(start_method) + 250 * MB  # five leaks over a worker at rest
     flow = ezflow.Flow(range(24)).map(leak_50mb, workers=2, start_method=start_method, max_memory=limit)
     assert flow.collect(progress=False) == [x * 2 for x in range(24)]
     s = flow.stats["leak_50mb"]
@@ -118,7 +123,7 @@ def test_a_worker_stopped_mid_item_by_its_own_leak_does_not_fail_the_item():
 
 @pytest.mark.parametrize("start_method", METHODS)
 def test_an_item_that_allocates_past_the_limit_fails_alone(start_method):
-    limit = _rest_rss() + 150 * MB
+    limit = _rest_rss(start_method) + 150 * MB
     flow = ezflow.Flow(range(8)).map(
         _Hog(limit + 200 * MB), workers=2, start_method=start_method, max_memory=limit, errors="return",
         name="hog",
@@ -182,7 +187,7 @@ def test_retry_on_decides_whether_an_item_past_the_limit_is_tried_again(retry_on
 def test_memory_limit_raises_task_error_naming_the_item():
     limit = _rest_rss() + 150 * MB
     with pytest.raises(ezflow.TaskError, match=r"failed on item 3 .*MemoryLimitExceeded") as info:
-        ezflow.map(_Hog(limit + 200 * MB), range(6), workers=2, max_memory=limit, progress=False)
+        ezflow.map(_Hog(limit + 200 * MB), range(6), workers=2, start_method="fork", max_memory=limit, progress=False)
     assert isinstance(info.value.__cause__, ezflow.MemoryLimitExceeded)
 
 
@@ -196,7 +201,7 @@ def test_memory_limit_error_pickles():
 
 def test_a_limit_below_a_fresh_workers_memory_fails_the_stage_with_the_reason():
     # a forked worker starts with this process's pages in its RSS
-    assert _rest_rss() > 20 * 2**20
+    assert psutil.Process().memory_info().rss > 20 * 2**20
     with pytest.raises(ezflow.StageError, match="below what a fresh worker process already uses.*spawn"):
         ezflow.map(abs, range(3), workers=1, start_method="fork", max_memory=16 * 2**20, progress=False)
 
