@@ -5,7 +5,7 @@ The public surface is this module; everything else is private.
 
 from ._api import imap, map
 from ._core.env import NUM_CPUS, NUM_THREADS
-from ._core.errors import Failure, ItemTimeout, RemoteError, TaskError, WorkerDied
+from ._core.errors import Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
 from ._executors import StageError
 from ._flow import Flow
 from ._executors.pool import shutdown
@@ -42,6 +42,7 @@ __all__ = [
     "Flow",
     "FlowStats",
     "ItemTimeout",
+    "MemoryLimitExceeded",
     "Msg",
     "Q",
     "RemoteError",

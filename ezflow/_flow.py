@@ -85,6 +85,8 @@ class Flow:
         start_method: str | None = None,
         backend: Any = None,
         share_arrays: bool | int | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_memory: int | str | None = None,
     ) -> "Flow":
         """Add a stage that replaces each item with ``fn(item)``.
 
@@ -111,6 +113,13 @@ class Flow:
                 global multiprocessing choice if set, else ezflow's).
             backend: a dask Client, scheduler address or "dask".
             share_arrays: move large numpy results into shared memory.
+            max_tasks_per_worker: replace a worker process after it has run
+                this many items (process stages; a class is built again in
+                the new worker and ``close()`` runs in the old one).
+            max_memory: resident memory per worker process, in bytes or as
+                "2GB", "500MB", "1.5GiB" (process stages): a worker above it
+                after an item is replaced; an item that takes a worker past
+                it fails with `MemoryLimitExceeded`.
 
         Returns:
             A new Flow with the stage added.
@@ -141,6 +150,8 @@ class Flow:
         start_method: str | None = None,
         backend: Any = None,
         share_arrays: bool | int | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_memory: int | str | None = None,
     ) -> "Flow":
         """Add a stage that keeps the items for which ``pred(item)`` is true.
 
@@ -169,6 +180,8 @@ class Flow:
         start_method: str | None = None,
         backend: Any = None,
         share_arrays: bool | int | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_memory: int | str | None = None,
     ) -> "Flow":
         """Add a stage that replaces each item with the items of ``fn(item)``.
 

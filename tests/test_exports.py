@@ -13,6 +13,7 @@ PUBLIC = {
     "Flow",
     "FlowStats",
     "ItemTimeout",
+    "MemoryLimitExceeded",
     "Msg",
     "NUM_CPUS",
     "NUM_THREADS",

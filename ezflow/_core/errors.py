@@ -19,6 +19,7 @@ __all__ = [
     "Cancelled",
     "Failure",
     "ItemTimeout",
+    "MemoryLimitExceeded",
     "RemoteError",
     "RemoteTraceback",
     "StageError",
@@ -103,6 +104,40 @@ class WorkerDied(RuntimeError):
 
 class ItemTimeout(TimeoutError):
     """An item ran longer than its stage's ``timeout``."""
+
+
+class MemoryLimitExceeded(MemoryError):
+    """An item pushed its worker process past the stage's ``max_memory``; the worker was stopped.
+
+    Attributes:
+        stage: the stage's name.
+        index: the item's position in the source.
+        item: a short repr of the item.
+        peak_rss: the worker's resident memory (bytes) when it was stopped.
+        limit: the stage's ``max_memory`` in bytes.
+    """
+
+    def __init__(self, stage: str, index: int, item: str, peak_rss: int, limit: int) -> None:
+        self.stage = stage
+        self.index = index
+        self.item = item
+        self.peak_rss = peak_rss
+        self.limit = limit
+        super().__init__(
+            f"item {index} ({item}) of stage {stage!r} took its worker process to {format_bytes(peak_rss)} "
+            f"resident memory, over max_memory={format_bytes(limit)}, on a fresh worker; the worker was stopped"
+        )
+
+    def __reduce__(self) -> tuple:
+        return (MemoryLimitExceeded, (self.stage, self.index, self.item, self.peak_rss, self.limit))
+
+
+def format_bytes(n: float) -> str:
+    """Format a size in bytes compactly, in decimal units: 512 B, 3.1 MB, 2.0 GB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def describe_exit(exitcode: int | None, stage: str = "") -> str:

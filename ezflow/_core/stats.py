@@ -63,6 +63,9 @@ class StageStats:
     # seconds the stage before this one (or the source) spent waiting for
     # room in this stage's input queue: time blocked on output, not work
     inbox_full_seconds: float = 0.0
+    peak_worker_rss: int = 0  # most resident memory (bytes) one worker process was seen to use; 0: not measured
+    workers_recycled: int = 0  # worker processes replaced on purpose (max_tasks_per_worker, max_memory)
+    memory_failures: int = 0  # items failed with MemoryLimitExceeded (raised, returned or skipped)
 
     @property
     def done(self) -> int:
@@ -245,6 +248,9 @@ class _Counters:
     inbox_full_seconds: float = 0.0
     put_waiters: int = 0
     full_since: float | None = None
+    peak_worker_rss: int = 0
+    workers_recycled: int = 0
+    memory_failures: int = 0
     lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
 
     def start(self) -> None:
@@ -293,4 +299,7 @@ class _Counters:
             state=self.state,
             error=self.error,
             inbox_full_seconds=inbox_full,
+            peak_worker_rss=self.peak_worker_rss,
+            workers_recycled=self.workers_recycled,
+            memory_failures=self.memory_failures,
         )

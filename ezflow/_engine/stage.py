@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .._core.errors import Cancelled, Failure, TaskError, attach_traceback
+from .._core.errors import Cancelled, Failure, MemoryLimitExceeded, TaskError, attach_traceback
 from .._core.stats import _Counters
 from .._executors import Executor, make_executor
 from .._executors.port import Chunk, ItemError, Piece
@@ -215,6 +215,13 @@ class StageDriver:
         with self.cond:
             self.cond.notify_all()
 
+    def report_workers(self, recycled: int = 0, peak_rss: int = 0) -> None:
+        """Count workers replaced on purpose; keep the largest worker RSS seen."""
+        c = self.counters
+        with self.cond:
+            c.workers_recycled += recycled
+            c.peak_worker_rss = max(c.peak_worker_rss, peak_rss)
+
     def _take_locked(self) -> Piece | None:
         if self._redo:
             return self._redo.popleft()
@@ -330,6 +337,8 @@ class StageDriver:
                 if errmap is not None and i in errmap:
                     _, exc, tb, attempts = errmap[i]
                     c.errors += 1
+                    if isinstance(exc, MemoryLimitExceeded):
+                        c.memory_failures += 1
                     failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, attempts)
                     if spec.errors == "raise":
                         self.run.abort(TaskError(failure), stage=spec.name)

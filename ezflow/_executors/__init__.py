@@ -4,7 +4,8 @@
 
 Owns: the executor base class and its port, one module per backend, the
 per-item rules (items.py, limits.py), and the process pool and worker
-(pool.py, worker.py). May import: ``_transport``, ``_plan``, ``_core``;
+(pool.py, worker.py), and its workers' lifespans: recycling and the
+memory guard (recycle.py). May import: ``_transport``, ``_plan``, ``_core``;
 never the engine, the views or the facade.
 
 A backend is one module with one `Executor` subclass; add it to `_BACKENDS`.

@@ -23,7 +23,7 @@ from typing import Any
 
 from .worker import worker_main
 
-__all__ = ["ProcessPool", "WorkerProc", "acquire", "release", "shutdown"]
+__all__ = ["ProcessPool", "WorkerProc", "acquire", "release", "shutdown", "stop_worker"]
 
 MAX_IDLE_POOLS = 4
 _ids = itertools.count()
@@ -84,6 +84,12 @@ class ProcessPool:
         self.workers[self.workers.index(worker)] = fresh
         return fresh
 
+    def swap(self, worker: WorkerProc) -> WorkerProc:
+        """Start a fresh worker in a live one's place (recycling); stopping the old one is the caller's job."""
+        fresh = self.spawn()
+        self.workers[self.workers.index(worker)] = fresh
+        return fresh
+
     def alive(self) -> bool:
         return not self.broken and all(w.proc.is_alive() for w in self.workers)
 
@@ -114,6 +120,18 @@ class ProcessPool:
             w.proc.join(timeout)
             _stop_proc(w, kill=True)
         _live.discard(self)
+
+
+def stop_worker(worker: WorkerProc, timeout: float = 5.0) -> None:
+    """Ask one worker (out of its pool) to exit; kill it if it has not within `timeout` seconds."""
+    from .._transport.serialize import dumps
+
+    try:
+        worker.conn.send_bytes(dumps(("exit",)))
+    except Exception:
+        pass
+    worker.proc.join(timeout)
+    _stop_proc(worker, kill=True)
 
 
 def _stop_proc(worker: WorkerProc, kill: bool) -> None:

@@ -7,6 +7,7 @@
                               <--- port.fail(exc) ----------  (a bug, a setup failure)
                               <--- port.set_capacity(...) --  (a cluster grew)
                               <--- port.wake() -------------  (the executor has room again)
+                              <--- port.report_workers(...) -  (a worker recycled, a new RSS peak)
 
 The engine implements `StagePort`; an executor sees nothing else of it:
 not the run, not the driver's lock, not another stage. `Chunk` and `Piece`
@@ -102,4 +103,8 @@ class StagePort(Protocol):
 
     def wake(self) -> None:
         """The executor's own state changed: every waiting `take` checks its `room` again."""
+        ...
+
+    def report_workers(self, recycled: int = 0, peak_rss: int = 0) -> None:
+        """`recycled` more workers were replaced on purpose; one was seen using `peak_rss` bytes (a new peak)."""
         ...

@@ -18,12 +18,19 @@ running, and those queued behind it (which simply run elsewhere). A dead
 worker's piece of one item becomes a `WorkerDied` failure; a larger piece
 is re-run item by item to find the item that kills, and nothing else is
 lost. The worker is replaced and the run goes on.
+
+Worker lifespans (max_tasks_per_worker, max_memory; rules in `recycle`):
+a worker that used its items up or grew past the memory limit takes no
+more pieces and is replaced once it holds none: nothing it ran is lost or
+run again. A third thread samples each worker's RSS and stops one that
+crosses the limit mid-item.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import signal
 import threading
 import time
 from multiprocessing.connection import wait
@@ -33,10 +40,10 @@ from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
-from .base import Executor
 from .limits import TokenBucket, make_limiter
 from .pool import ProcessPool, WorkerProc, acquire, release
 from .port import Piece, StagePort
+from .recycle import RecyclingExecutor
 from .worker import setup_payload
 
 if TYPE_CHECKING:
@@ -47,7 +54,7 @@ __all__ = ["ProcessExecutor"]
 _tokens = itertools.count(1)
 
 
-class ProcessExecutor(Executor):
+class ProcessExecutor(RecyclingExecutor):
     """Runs a stage on a pool of worker processes."""
 
     sends_to = "a worker process"
@@ -66,6 +73,8 @@ class ProcessExecutor(Executor):
         self._wake_r, self._wake_w = os.pipe()
         self._setup_msg = b""
         self._shm: StageLink = None  # type: ignore[assignment]  # set in setup()
+        if spec.max_memory is not None:
+            self.prefetch = 1  # a worker's RSS is checked between pieces: the next one waits for the check
 
     # -- start ------------------------------------------------------------
 
@@ -79,6 +88,7 @@ class ProcessExecutor(Executor):
             raise StageError(spec.name, str(exc)) from exc
         self._setup_msg = dumps(("setup", self.token, payload, spec.is_class))
         pool = self.pool = acquire(spec.start_method or default_start_method(), spec.workers)
+        self._renew_spent(pool)
         for w in pool.workers:
             self._send_setup(w)
         # A class is built now, in every worker: its errors (and a slow start) must
@@ -90,8 +100,11 @@ class ProcessExecutor(Executor):
                 pool.kill()
                 self._close_wake()
                 raise err
+        if spec.is_class:
+            self._check_built(pool)
         self._spawn(self._send_loop, "send")
         self._spawn(self._collect_loop, "collect", after=self._finish)
+        self._spawn(lambda: self._life.watch(self._workers, self._over_limit), "memory")
 
     def _send_setup(self, w: WorkerProc) -> None:
         try:
@@ -124,6 +137,8 @@ class ProcessExecutor(Executor):
         best = None
         for w in pool.workers:
             n = len(w.outstanding)
+            if self._life.limits and self._life.room(w) == 0:
+                continue  # retiring: replaced once it holds no piece
             if n < self.prefetch and (best is None or n < len(best.outstanding)):
                 best = w
         return best
@@ -143,16 +158,27 @@ class ProcessExecutor(Executor):
             if self.bucket is not None:
                 self.bucket.acquire()  # outside any lock: pacing must not stall the collector
             rest = None
+            old = None
             with self._lock:
                 w = None if self.cancelled else self._free_worker(pool)
                 if w is not None:
+                    if piece in self._refresh:  # stopped over max_memory on a used worker: a fresh one decides
+                        self._refresh.discard(piece)
+                        self._second.add(piece)
+                        if self._life.used(w):
+                            old, w = w, self._swap_locked(w)
                     limit = self._shm.max_items()  # items carrying big arrays go a few at a time
+                    left = self._life.room(w)  # no worker runs past max_tasks_per_worker
+                    if left is not None:
+                        limit = left if limit is None else min(limit, left)
                     if limit is not None and len(piece.items) > limit:
                         piece, rest = piece.split(limit)
                     piece.id = next(self._ids)
                     w.outstanding.append(piece)
                     if len(w.outstanding) == 1:
                         w.sent_at = time.monotonic()
+            if old is not None:
+                self._retired(old)
             if w is None:
                 port.give_back([piece])  # its worker died while we waited for a token
                 continue
@@ -201,6 +227,7 @@ class ProcessExecutor(Executor):
     def _pop(self, w: WorkerProc) -> Piece:
         with self._lock:
             piece = w.outstanding.popleft()
+            self._life.finished(w, len(piece.items))  # before its slot is free: it may have to retire
             if w.outstanding:
                 w.sent_at = time.monotonic()
         self.port.wake()  # the worker has a free slot
@@ -220,6 +247,10 @@ class ProcessExecutor(Executor):
             if piece.id != pid:  # pragma: no cover - a protocol bug, never data loss in silence
                 raise RuntimeError(f"worker answered piece {pid}, expected {piece.id}")
             self.port.done(piece, values, errs, busy, retries)
+            if self._second:
+                self._second.discard(piece)
+            if self._life.limits and not w.outstanding and self._life.retiring(w):
+                self._retire(w)
         elif op == "setup_failed":
             _, _, exc, tb = msg
             self.broken = True
@@ -243,6 +274,8 @@ class ProcessExecutor(Executor):
                 self.port.done(self._pop(w), values, errs, busy, retries)
         w.proc.join(1)
         code = w.proc.exitcode
+        peak = self._life.killed(w)  # the memory guard stopped it at this RSS
+        first = not self._life.used(w)  # the piece it was running was its first
         timed_out = id(w) in self._timed_out
         self._timed_out.discard(id(w))
         with self._lock:
@@ -254,10 +287,16 @@ class ProcessExecutor(Executor):
         self._shm.done(*(p.id for p in pieces))
         self._shm.reap()  # segments the dead worker made and never sent
         err: BaseException
+        if peak and not timed_out:
+            self.port.report_workers(recycled=1)
+            self._memory_stopped(pieces, peak, first)
+            return
         if timed_out:
             err = self.rules.timeout_error("its worker process was stopped")
         else:
             err = WorkerDied(code, self.spec.name)
+            if code == -signal.SIGKILL:  # perhaps the OOM killer: say how big it was, and the machine's memory
+                err.args = (str(err) + self._life.death_note(w),)
         self._worker_died(pieces, err)
 
     def _next_deadline(self, workers: list[WorkerProc]) -> float | None:
@@ -285,9 +324,14 @@ class ProcessExecutor(Executor):
     # -- ending -------------------------------------------------------------
 
     def _finish(self) -> None:
+        with self._lock:
+            self._life.stop.set()  # before the pool goes back: the sampler must not stop another run's worker
+        self._join_retired()
         pool = self.pool
         if pool is None:
             return
+        for w in pool.workers if not self.cancelled else ():
+            self._life.sample(w)  # a last figure for the stats' peak RSS (short runs end between ticks)
         healthy = not (self.cancelled or self.broken)
         if healthy:
             teardown = dumps(("teardown", self.token, self.spec.is_class))
@@ -343,6 +387,7 @@ class ProcessExecutor(Executor):
 
     def cancel(self) -> None:
         self.cancelled = True
+        self._life.stop.set()
         pool = self.pool
         if pool is not None:
             # only signal here: the collector reaps and closes pipes it may be waiting on

@@ -27,6 +27,22 @@ MODE_NAMES = ("thread", "process", "async", "dask", "inline")
 
 YES, NO, IGNORED = "yes", "no", "ignored"
 
+_SAME_PROCESS = (
+    "%s share the caller's process: there is no worker process to replace, nor per-worker memory "
+    "to measure or give back; use mode='process'"
+)
+# dask starts its workers and shares them with other work: its own knobs are set on the cluster
+_DASK_LIFETIME = (
+    "dask starts and shares its workers, so ezflow cannot replace them; have the cluster recycle them: "
+    "`dask worker --lifetime 1h --lifetime-restart` (config distributed.worker.lifetime.duration), "
+    "or run the stage locally (mode='process')"
+)
+_DASK_MEMORY = (
+    "set the limit on the cluster: memory_limit='2GB' per worker (LocalCluster(memory_limit=...), "
+    "`dask worker --memory-limit 2GB`); dask's nanny restarts a worker past 95% of it, and an item whose "
+    "workers keep dying ends as ezflow.WorkerDied; or run the stage locally (mode='process')"
+)
+
 # option -> mode -> (support, how it works there / why not and the fix)
 SUPPORT: dict[str, dict[str, tuple[str, str]]] = {
     "when": {m: (YES, "") for m in MODE_NAMES[:4]},
@@ -61,6 +77,18 @@ SUPPORT: dict[str, dict[str, tuple[str, str]]] = {
         "process": (YES, ""),
         "async": (IGNORED, "one process"),
         "dask": (IGNORED, "dask moves data its own way"),
+    },
+    "max_tasks_per_worker": {
+        "thread": (NO, _SAME_PROCESS % "threads"),
+        "process": (YES, "a worker is replaced between pieces; a class is built again, close() runs in the old one"),
+        "async": (NO, _SAME_PROCESS % "async tasks"),
+        "dask": (NO, _DASK_LIFETIME),
+    },
+    "max_memory": {
+        "thread": (NO, _SAME_PROCESS % "threads"),
+        "process": (YES, "the parent samples each worker's RSS; an item that crosses it fails (MemoryLimitExceeded)"),
+        "async": (NO, _SAME_PROCESS % "async tasks"),
+        "dask": (NO, _DASK_MEMORY),
     },
 }
 

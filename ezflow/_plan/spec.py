@@ -12,6 +12,7 @@ from typing import Any
 
 from .._core.env import NUM_CPUS, NUM_THREADS
 from .._core.record import record
+from .lifespan import check_lifespan
 from .options import MAX_SECONDS, check_number, check_support
 
 __all__ = ["ERRORS", "KINDS", "MODES", "StageSpec", "make_stage"]
@@ -48,6 +49,8 @@ class StageSpec:
     size: int = 0  # batch size
     batch_timeout: float | None = None
     is_class: bool = False
+    max_tasks_per_worker: int | None = None  # replace a worker process after this many items
+    max_memory: int | None = None  # bytes of RSS per worker process (the memory guard)
 
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up
@@ -96,6 +99,8 @@ def make_stage(
     start_method: str | None = None,
     backend: Any = None,
     share_arrays: bool | int | None = None,
+    max_tasks_per_worker: int | None = None,
+    max_memory: int | str | None = None,
 ) -> StageSpec:
     """Validate a stage's options and return its spec.
 
@@ -157,10 +162,17 @@ def make_stage(
         name = _fn_name(fn)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
+    max_tasks_per_worker, max_memory = check_lifespan(max_tasks_per_worker, max_memory)
     check_support(
         name,
         "dask" if backend is not None else mode,
-        {"timeout": timeout is not None, "rate, burst": rate is not None, "coroutine function": is_coro},
+        {
+            "timeout": timeout is not None,
+            "rate, burst": rate is not None,
+            "coroutine function": is_coro,
+            "max_tasks_per_worker": max_tasks_per_worker is not None,
+            "max_memory": max_memory is not None,
+        },
     )
     return StageSpec(
         kind=kind,
@@ -182,6 +194,8 @@ def make_stage(
         backend=backend,
         share_arrays=share_arrays,
         is_class=is_class,
+        max_tasks_per_worker=max_tasks_per_worker,
+        max_memory=max_memory,
     )
 
 

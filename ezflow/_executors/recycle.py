@@ -1,0 +1,390 @@
+"""Worker lifespans for process stages: recycling after N items, and the memory guard.
+
+    sender thread     room(w)        items w may still take; a piece is cut to fit, so no
+                                     worker runs more than max_tasks_per_worker items
+    collector thread  finished(w,n)  count w's items; with max_memory, sample its RSS now,
+                                     before its slot is free: out of items or above the
+                                     limit -> w takes no more pieces and is replaced as
+                                     soon as it holds none (close() runs in the old one)
+    sampler thread    every GUARD_SECONDS (max_memory) or WATCH_SECONDS: each worker's
+                      RSS; a worker above the limit is stopped (SIGKILL) -> the item it
+                      was running fails with MemoryLimitExceeded, unless the worker had
+                      run other items before (a leak, not this item): then the item runs
+                      once more on a freshly started worker, and is blamed only there
+    collector thread  death_note(w)  a worker SIGKILLed by someone else (the OOM killer):
+                                     its last RSS, and the machine's available memory
+                                     then and now
+
+RSS is the resident memory the OS reports for the worker process (psutil),
+what the OOM killer weighs. A forked worker starts with the parent's pages
+counted in it; a limit a fresh worker already exceeds fails the stage at
+start with that explanation.
+
+What a worker has done is kept per worker process, not per run: a warm pool
+lives across calls, and so do its leaks. A worker that used its items up
+(or grew past the limit) in an earlier call is replaced before this stage
+starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .._core.errors import MemoryLimitExceeded, StageError, format_bytes, short_repr
+from .._transport.serialize import dumps
+from .base import Executor
+from .pool import ProcessPool, WorkerProc, stop_worker
+from .port import Piece, StagePort
+
+__all__ = ["GUARD_SECONDS", "WATCH_SECONDS", "Lifespan", "RecyclingExecutor"]
+
+# How often the parent samples each worker's RSS while a stage runs. With max_memory an
+# item that allocates faster than this can overshoot the limit by what it allocates in
+# that time; without, samples only feed the stats and the note on a SIGKILLed worker.
+GUARD_SECONDS = 0.05
+WATCH_SECONDS = 0.5
+
+
+class _Life:
+    """What one worker process has done since it started (kept across runs of a warm pool)."""
+
+    __slots__ = ("avail", "items", "killed", "proc", "retiring", "rss", "rss_at")
+
+    def __init__(self) -> None:
+        self.items = 0  # items it finished
+        self.retiring = False  # takes no more pieces; replaced once it holds none
+        self.killed = 0  # its RSS when the memory guard stopped it (0: it did not)
+        self.rss = 0  # last sample, bytes
+        self.rss_at = 0.0  # when (time.monotonic), 0.0: never sampled
+        self.avail = -1  # the machine's available memory at the sampler's last tick
+        self.proc: Any = None  # psutil.Process
+
+
+_lives: weakref.WeakKeyDictionary[WorkerProc, _Life] = weakref.WeakKeyDictionary()
+_lives_lock = threading.Lock()  # a leaf lock: nothing else is taken while it is held
+
+
+def _life(w: WorkerProc) -> _Life:
+    life = _lives.get(w)
+    if life is None:
+        with _lives_lock:
+            life = _lives.setdefault(w, _Life())
+    return life
+
+
+def _psutil() -> Any:
+    try:
+        import psutil
+    except ImportError:  # a declared dependency; without it only the memory guard is unavailable
+        return None
+    return psutil
+
+
+def _available(ps: Any) -> int:
+    """The machine's available memory in bytes (-1: unknown)."""
+    if ps is None:
+        return -1
+    try:
+        return int(ps.virtual_memory().available)
+    except Exception:
+        return -1
+
+
+class Lifespan:
+    """The lifespan rules of one process stage's workers (`spec.max_tasks_per_worker`, `spec.max_memory`)."""
+
+    def __init__(self, spec: Any, report: Callable[..., None]) -> None:
+        self.stage = spec.name
+        self.max_tasks: int | None = spec.max_tasks_per_worker
+        self.max_memory: int | None = spec.max_memory
+        self.limits = self.max_tasks is not None or self.max_memory is not None
+        self.interval = GUARD_SECONDS if self.max_memory is not None else WATCH_SECONDS
+        self.stop = threading.Event()
+        self.peak = 0
+        self._report = report
+        self._psutil = _psutil()
+        if self._psutil is None and self.max_memory is not None:
+            raise RuntimeError('max_memory= measures workers with psutil, which is not installed: pip install psutil')
+
+    # -- the sender: how many items a worker may still take -------------------
+
+    def room(self, w: WorkerProc) -> int | None:
+        """Items `w` may still be sent (None: no limit); 0 once it is retiring or used up."""
+        life = _life(w)
+        if life.retiring:
+            return 0
+        if self.max_tasks is None:
+            return None
+        held = sum(len(p.items) for p in w.outstanding)
+        return max(0, self.max_tasks - life.items - held)
+
+    def used(self, w: WorkerProc) -> bool:
+        """`w` has run an item since it started."""
+        return _life(w).items > 0
+
+    # -- the collector: a piece came back ---------------------------------------
+
+    def finished(self, w: WorkerProc, n: int) -> None:
+        """`w` finished `n` items: count them; with max_memory, sample it now (it is idle:
+        prefetch is 1), so a worker above the limit is replaced before its next piece."""
+        life = _life(w)
+        life.items += n
+        if self.max_tasks is not None and life.items >= self.max_tasks:
+            life.retiring = True
+        if self.max_memory is not None and self.sample(w) > self.max_memory:
+            life.retiring = True
+
+    def retiring(self, w: WorkerProc) -> bool:
+        return _life(w).retiring
+
+    def spent(self, w: WorkerProc) -> bool:
+        """At a stage's start: `w` used its items up, or is above the limit, in an earlier run."""
+        life = _life(w)
+        if life.items == 0:
+            return False
+        if self.max_tasks is not None and life.items >= self.max_tasks:
+            return True
+        return self.max_memory is not None and self.sample(w) > self.max_memory
+
+    def too_big_to_start(self, w: WorkerProc, built: bool = False) -> str | None:
+        """Why `w`, fresh (`built`: with the stage's class built in it), is above max_memory already, or None."""
+        if self.max_memory is None:
+            return None
+        rss = self.sample(w)
+        if rss <= self.max_memory:
+            return None
+        if built:
+            return (
+                f"max_memory={format_bytes(self.max_memory)} is below what a worker uses once it has built "
+                f"the stage's class, before any item ({format_bytes(rss)} resident): raise max_memory"
+            )
+        return (
+            f"max_memory={format_bytes(self.max_memory)} is below what a fresh worker process already uses "
+            f"({format_bytes(rss)} resident): raise max_memory; a forked worker (start_method='fork') counts "
+            "the parent's memory in its own until it writes to it, start_method='spawn' or 'forkserver' does not"
+        )
+
+    # -- measuring -------------------------------------------------------------
+
+    def sample(self, w: WorkerProc, machine: bool = False) -> int:
+        """Return `w`'s RSS in bytes now (its last sample if it cannot be read), and keep the stage's peak.
+
+        `machine`: note the machine's available memory too (for `death_note`).
+        """
+        life = _life(w)
+        ps = self._psutil
+        if ps is None:
+            return life.rss
+        if machine:
+            life.avail = _available(ps)
+        try:
+            if life.proc is None:
+                life.proc = ps.Process(w.proc.pid)
+            rss = int(life.proc.memory_info().rss)
+        except (ps.Error, ValueError, OSError):
+            return life.rss  # gone (its sentinel says so) or not started yet
+        life.rss = rss
+        life.rss_at = time.monotonic()
+        if rss > self.peak:
+            self.peak = rss
+            self._report(peak_rss=rss)
+        return rss
+
+    def watch(self, workers: Callable[[], list[WorkerProc]], over: Callable[[WorkerProc, int], None]) -> None:
+        """The sampler thread: sample every worker each `interval` until `stop`; call `over` for one above the limit."""
+        ps = self._psutil
+        if ps is None:
+            return
+        while not self.stop.wait(self.interval):
+            avail = _available(ps)
+            for w in workers():
+                rss = self.sample(w)
+                _life(w).avail = avail
+                if self.max_memory is not None and rss > self.max_memory and not self.stop.is_set():
+                    over(w, rss)
+
+    def mark_killed(self, w: WorkerProc, rss: int) -> None:
+        _life(w).killed = rss
+
+    def killed(self, w: WorkerProc) -> int:
+        """`w`'s RSS when the memory guard stopped it; 0 if the guard did not."""
+        return _life(w).killed
+
+    # -- reporting ------------------------------------------------------------
+
+    def death_note(self, w: WorkerProc) -> str:
+        """For a SIGKILLed worker: its last measured RSS and the machine's available memory (then, now)."""
+        life = _life(w)
+        if not life.rss_at:
+            return ""
+        note = f"; its last measured resident memory was {format_bytes(life.rss)}"
+        note += f" ({time.monotonic() - life.rss_at:.1f} s before it died)"
+        now = _available(self._psutil)
+        if life.avail >= 0:
+            note += f"; the machine had {format_bytes(life.avail)} of memory available then"
+            if now >= 0:
+                note += f", {format_bytes(now)} now"
+        elif now >= 0:
+            note += f"; the machine has {format_bytes(now)} of memory available now"
+        return note
+
+    def memory_error(self, piece: Piece, peak: int) -> MemoryLimitExceeded:
+        """The error of the lone item in `piece`, whose worker was stopped at `peak` bytes."""
+        chunk = piece.chunk
+        return MemoryLimitExceeded(
+            self.stage, chunk.idx[piece.start], short_repr(piece.items[0]), peak, self.max_memory or 0
+        )
+
+
+class RecyclingExecutor(Executor):
+    """The part of the process executor that replaces its workers on purpose (`Lifespan`'s rules).
+
+    The subclass owns the pool, the pipes and the lock (`pool`, `_lock`, `token`)
+    and sends the stage's setup to a worker (`_send_setup`); this class decides
+    when a worker goes and replaces it without losing or repeating an item:
+    only a worker that holds no piece is swapped, and the old one closes the
+    stage (a class's ``close()``) and exits off the caller's thread.
+    """
+
+    pool: ProcessPool | None
+    token: int
+    _lock: threading.Lock
+
+    def __init__(self, spec: Any, port: StagePort) -> None:
+        super().__init__(spec, port)
+        self._life = Lifespan(spec, port.report_workers)
+        self._refresh: set[Piece] = set()  # stopped over max_memory on a used worker: run next on a fresh one
+        self._second: set[Piece] = set()  # sent to a fresh worker after that: stopped again, the item is blamed
+        self._retirements: list[threading.Thread] = []
+
+    def _send_setup(self, w: WorkerProc) -> None:
+        raise NotImplementedError
+
+    def _await_closed(self, w: WorkerProc, wait_close: bool) -> bool:
+        raise NotImplementedError
+
+    def _close_wake(self) -> None:
+        raise NotImplementedError
+
+    def _renew_spent(self, pool: ProcessPool) -> None:
+        # warm workers that used their items up, or grew past max_memory, in an earlier run
+        for old in list(pool.workers):
+            w = old
+            self._life.sample(w, machine=True)  # a first figure, for a worker SIGKILLed before the first tick
+            if self._life.spent(w):
+                with self._lock:
+                    w = pool.swap(old)
+                self._retired(old, teardown=False)
+            why = self._life.too_big_to_start(w)
+            if why is not None:
+                pool.kill()
+                self._close_wake()
+                raise StageError(self.spec.name, why)
+
+    def _check_built(self, pool: ProcessPool) -> None:
+        """A class stage is built in every worker: fail the start if that alone passes max_memory."""
+        for w in list(pool.workers):
+            why = self._life.too_big_to_start(w, built=True)
+            if why is not None:
+                pool.kill()
+                self._close_wake()
+                raise StageError(self.spec.name, why)
+
+    def _workers(self) -> list[WorkerProc]:
+        pool = self.pool
+        with self._lock:
+            return [] if pool is None else list(pool.workers)
+
+    def _over_limit(self, w: WorkerProc, rss: int) -> None:
+        """The sampler saw `w` above max_memory: stop it (its item is accounted for in `_died`)."""
+        with self._lock:
+            pool = self.pool
+            if self._life.stop.is_set() or self.cancelled or pool is None or w not in pool.workers:
+                return
+            if self._life.killed(w):
+                return  # stopped already
+            if not w.outstanding and (not self._life.used(w) or self._life.retiring(w)):
+                # fresh and idle: its first piece decides (no churn of new workers that start big);
+                # retiring and idle: it is about to be replaced gently, its close() will run
+                return
+            self._life.mark_killed(w, rss)
+            try:
+                w.proc.kill()  # SIGKILL: a worker deep in an allocation cannot be asked
+            except Exception:
+                pass
+
+    def _memory_stopped(self, pieces: list[Piece], peak: int, first: bool) -> None:
+        """The memory guard stopped a worker holding `pieces` (the first was running).
+
+        A piece of several items runs again item by item (the base's rule for a
+        dead worker). A lone item is blamed if it was its worker's first, or ran
+        on a fresh worker already; otherwise a leak of earlier items may be to
+        blame, so it runs once more on a freshly started worker.
+        """
+        if not pieces:
+            return  # it had finished: an idle worker above the limit, replaced
+        running, rest = pieces[0], list(pieces[1:])
+        if len(running.items) > 1:
+            self._worker_died(pieces, self._life.memory_error(running, peak))  # split, nobody blamed yet
+            return
+        with self._lock:
+            blame = first or running in self._second
+            self._second.discard(running)
+            if not blame:
+                self._refresh.add(running)
+        if blame:
+            self._worker_died([running, *rest], self._life.memory_error(running, peak))
+        else:
+            self.port.give_back([running, *rest])
+
+    def _swap_locked(self, w: WorkerProc) -> WorkerProc:
+        assert self.pool is not None
+        fresh = self.pool.swap(w)
+        self._send_setup(fresh)  # before the sender can see it: its first message must be the setup
+        return fresh
+
+    def _retire(self, w: WorkerProc) -> None:
+        """Replace `w`, which holds no piece, by a fresh worker (recycling)."""
+        with self._lock:
+            pool = self.pool
+            if pool is None or w not in pool.workers or self.cancelled:
+                return
+            self._swap_locked(w)
+        self._retired(w)
+
+    def _retired(self, old: WorkerProc, teardown: bool = True) -> None:
+        # the old worker closes the stage (a class's close()) and exits off this thread
+        self.port.report_workers(recycled=1)
+        self.port.wake()
+        t = threading.Thread(
+            target=self._guarded,
+            args=(lambda: self._stop_retired(old, teardown), None),
+            name=f"ezflow-retire-{self.spec.name}",
+            daemon=True,
+        )
+        with self._threads_lock:
+            self._threads.append(t)
+            self._retirements.append(t)
+        t.start()
+
+    def _join_retired(self, timeout: float = 30.0) -> None:
+        """Wait for retired workers to close the stage: its close() calls are over when the stage ends."""
+        end = time.monotonic() + timeout
+        with self._threads_lock:
+            threads, self._retirements = self._retirements, []
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+
+    def _stop_retired(self, old: WorkerProc, teardown: bool) -> None:
+        if teardown and not self.cancelled:
+            try:
+                old.conn.send_bytes(dumps(("teardown", self.token, self.spec.is_class)))
+            except OSError:
+                pass
+            else:
+                self._await_closed(old, wait_close=self.spec.is_class)
+        stop_worker(old)
