@@ -34,6 +34,11 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily loaded ones too (dir() and Tab completion list them)."""
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "NUM_CPUS",
     "NUM_THREADS",
