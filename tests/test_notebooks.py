@@ -57,6 +57,10 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 # timeout cut), so it must equal the "in" column of the `flow.stats` table the
 # notebook prints for that run.
 PANELS: dict[str, list[dict[str, int | None]]] = {
+    "quickstart.ipynb": [
+        # section 5: ~3 s, long enough to show the panel live; 4,000 squares, a third are multiples of 3
+        {"square": 4000, "multiple_of_3": 4000, "inverse": 1334},
+    ],
     "pipelines.ipynb": [
         # load -> decode -> is_valid -> batch(16, timeout=0.1) -> Model -> unbatch, 200 images, 20 invalid
         {"load": 200, "decode": 200, "is_valid": 200, "batch": 180, "Model": None, "unbatch": None},
