@@ -6,10 +6,10 @@ The public surface is this module; everything else is private.
 from ._api import imap, map
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Failure, ItemTimeout, RemoteError, TaskError, WorkerDied
-from ._executors import StageError
-from ._flow import Flow
-from ._executors.pool import shutdown
 from ._core.stats import FlowStats, StageStats
+from ._executors import StageError
+from ._executors.pool import shutdown
+from ._flow import Flow
 
 __version__ = "0.1.0"
 
