@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import os
 import sys
+import textwrap
 import time
 
 ITEMS = 800
@@ -105,10 +106,11 @@ def busy_note(
         reasons.append(f"the load average was {load_before:.1f} on {cpus} CPUs when it started")
     if not reasons:
         return None
-    return (
-        "note: the machine was busy: " + "; ".join(reasons) + ".\n"
-        "      The figure says more about the machine than about ezflow: run it again when it is quiet."
+    text = (
+        "the machine was busy: " + "; ".join(reasons) + ". "
+        "The figure says more about the machine than about ezflow: run it again when it is quiet."
     )
+    return textwrap.fill(text, width=88, initial_indent="note: ", subsequent_indent="      ")
 
 
 def _load() -> float | None:

@@ -15,6 +15,12 @@ import pytest
 from ezflow.__main__ import CpuWatch, busy_note, speedup_words
 
 
+def note_text(*args, **kwargs) -> str | None:
+    """busy_note's words with its line wrapping undone."""
+    note = busy_note(*args, **kwargs)
+    return None if note is None else " ".join(note.split())
+
+
 @pytest.mark.parametrize(
     ("t_serial", "t_flow", "words"),
     [
@@ -47,21 +53,22 @@ def test_quiet_machine_has_no_note():
 
 
 def test_other_processes_using_the_cpus_are_named_beside_the_figure():
-    note = busy_note(2, others=1.0, serial_share=0.98, load_before=0.2)
-    assert note is not None
+    note = note_text(2, others=1.0, serial_share=0.98, load_before=0.2)
+    assert note is not None and note.startswith("note: ")
     assert "other processes kept about 1.0 of the 2 CPUs busy" in note
     assert "leaving about 1.0 for the demo" in note
     assert "run it again when it is quiet" in note
+    assert all(len(line) <= 88 for line in busy_note(2, others=1.0, serial_share=0.5).splitlines())
 
 
 def test_a_starved_serial_pass_is_named():
-    note = busy_note(2, others=0.1, serial_share=0.6)
+    note = note_text(2, others=0.1, serial_share=0.6)
     assert note is not None and "the serial pass got only 60% of a CPU" in note
 
 
 def test_load_average_speaks_only_when_cpu_use_cannot_be_measured():
     assert busy_note(2, others=None, serial_share=None, load_before=1.5) is not None
-    assert "load average was 1.5 on 2 CPUs" in busy_note(2, others=None, serial_share=None, load_before=1.5)
+    assert "load average was 1.5 on 2 CPUs" in note_text(2, others=None, serial_share=None, load_before=1.5)
     # measured CPU use wins over the lagging load average
     assert busy_note(2, others=0.0, serial_share=1.0, load_before=1.5) is None
 
