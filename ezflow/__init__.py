@@ -6,11 +6,11 @@ The public surface is this module; everything else is private.
 from ._api import imap, map
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
-from ._executors import StageError
-from ._flow import Flow
-from ._executors.pool import shutdown
 from ._core.stats import FlowStats, StageStats
 from ._engine.checkpoint_store import CheckpointError
+from ._executors import StageError
+from ._executors.pool import shutdown
+from ._flow import Flow
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,11 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily loaded ones too (dir() and Tab completion list them)."""
+    return sorted(set(globals()) | _EZQ | _SHM)
 
 
 __all__ = [

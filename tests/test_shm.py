@@ -134,7 +134,10 @@ DTYPES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_share_keeps_values_dtype_shape(dtype):
-    src = np.arange(24).reshape(2, 3, 4).astype(dtype) if np.dtype(dtype).kind not in "V" else np.zeros((2, 3, 4), dtype)
+    if np.dtype(dtype).kind not in "V":
+        src = np.arange(24).reshape(2, 3, 4).astype(dtype)
+    else:
+        src = np.zeros((2, 3, 4), dtype)
     a = share(src)
     assert type(a) is np.ndarray and is_shared(a)
     assert a.dtype == src.dtype and a.shape == src.shape
@@ -485,8 +488,10 @@ def test_killed_process_group_is_cleaned_at_next_start():
     assert left
     os.killpg(proc.pid, signal.SIGKILL)  # everything: parent, workers, resource tracker
     proc.communicate(timeout=10)
-    time.sleep(0.3)
-    assert set(left) & set(segments(pid))  # nobody was left to clean up
+    # Nobody was left to clean up: the next ezflow process to start does it. That is
+    # usually the one started below, but another ezflow process sharing the machine
+    # may start first and sweep them (the same rule at work), so no test here that
+    # the segments are still there.
     code = "import ezflow; print(ezflow.map(abs, [-1], workers=1, progress=False))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.stdout.strip() == "[1]", done.stderr
@@ -499,7 +504,9 @@ def test_stale_segment_of_a_dead_owner_is_swept():
     name = f"{_shm.PREFIX}{dead.pid}_{dead.pid}_0"
     fd = os.open(os.path.join(_shm.SHM_DIR, name), os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
-    assert name in _shm.sweep_stale()
+    swept = _shm.sweep_stale()
+    # another ezflow process starting on this machine may have swept it first
+    assert name in swept or not os.path.exists(os.path.join(_shm.SHM_DIR, name))
     assert name not in segments()
 
 
