@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator
 
+from ._core.trim import full_traceback
 from ._flow import Flow
 
 __all__ = ["map", "imap"]
@@ -16,7 +17,7 @@ _CHECKPOINT = ("checkpoint", "checkpoint_match", "checkpoint_failures")
 
 
 def _options(scope: dict) -> dict:
-    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress")}
+    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress", "__tracebackhide__")}
 
 
 def _flow(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: dict) -> Flow:
@@ -79,9 +80,15 @@ def map(  # noqa: A001 - the point is to read like the builtin
         TaskError: an item failed (``errors="raise"``); it names the item's
             index and value, and its ``__cause__`` is the original exception.
     """
+    __tracebackhide__ = True  # IPython and pytest hide this frame
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
-    return _flow(fn, iterable, opts).collect(progress=progress, **ck)
+    try:
+        return _flow(fn, iterable, opts).collect(progress=progress, **ck)
+    except BaseException as exc:
+        if full_traceback():
+            raise
+        raise exc.with_traceback(None)  # noqa: B904 - same object, cause kept; ends at the user's call
 
 
 def imap(
