@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator
 
+from ._core.mainguard import refuse_in_bootstrap, translate
 from ._core.trim import full_traceback
 from ._flow import Flow
 
@@ -81,14 +82,16 @@ def map(  # noqa: A001 - the point is to read like the builtin
             index and value, and its ``__cause__`` is the original exception.
     """
     __tracebackhide__ = True  # IPython and pytest hide this frame
+    refuse_in_bootstrap()  # a worker re-importing a script without the main guard
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
     try:
         return _flow(fn, iterable, opts).collect(progress=progress, **ck)
     except BaseException as exc:
-        if full_traceback():
+        err = translate(exc)  # a worker that died re-importing the script: StageError
+        if full_traceback() and err is exc:
             raise
-        raise exc.with_traceback(None)  # noqa: B904 - same object, cause kept; ends at the user's call
+        raise err.with_traceback(None)  # noqa: B904 - same object, cause kept; ends at the user's call
 
 
 def imap(
