@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator
 
+from ._core.mainguard import refuse_in_bootstrap, translate
+from ._core.trim import full_traceback
 from ._flow import Flow
 
 __all__ = ["map", "imap"]
@@ -16,7 +18,7 @@ _CHECKPOINT = ("checkpoint", "checkpoint_match", "checkpoint_failures")
 
 
 def _options(scope: dict) -> dict:
-    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress")}
+    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress", "__tracebackhide__")}
 
 
 def _flow(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: dict) -> Flow:
@@ -79,9 +81,17 @@ def map(  # noqa: A001 - the point is to read like the builtin
         TaskError: an item failed (``errors="raise"``); it names the item's
             index and value, and its ``__cause__`` is the original exception.
     """
+    __tracebackhide__ = True  # IPython and pytest hide this frame
+    refuse_in_bootstrap()  # a worker re-importing a script without the main guard
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
-    return _flow(fn, iterable, opts).collect(progress=progress, **ck)
+    try:
+        return _flow(fn, iterable, opts).collect(progress=progress, **ck)
+    except BaseException as exc:
+        err = translate(exc)  # a worker that died re-importing the script: StageError
+        if full_traceback() and err is exc:
+            raise
+        raise err.with_traceback(None)  # noqa: B904 - same object, cause kept; ends at the user's call
 
 
 def imap(

@@ -14,6 +14,8 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
 from ._core.record import replace
+from ._core.mainguard import refuse_in_bootstrap, translate
+from ._core.trim import full_traceback
 from ._engine.run import Run
 from ._core.stats import FlowStats
 
@@ -253,8 +255,16 @@ class Flow:
             StageError: a stage could not start (its class failed to build).
             CheckpointError: the checkpoint cannot be used (the message says why and what to do).
         """
+        __tracebackhide__ = True  # IPython and pytest hide this frame
+        refuse_in_bootstrap()  # a worker re-importing a script without the main guard
         ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
-        return self._run(progress, checkpoint=ck).collect()
+        try:
+            return self._run(progress, checkpoint=ck).collect()
+        except BaseException as exc:
+            err = translate(exc)  # a worker that died re-importing the script: StageError
+            if full_traceback() and err is exc:
+                raise
+            raise err.with_traceback(None)  # noqa: B904 - same object, cause kept; ends at the user's call
 
     def iter(
         self,

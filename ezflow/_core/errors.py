@@ -243,7 +243,9 @@ def pack_exception(exc: BaseException) -> tuple[BaseException, str]:
     """Return a picklable exception of the same type, and its traceback text."""
     import traceback
 
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    from .trim import skip_internal
+
+    tb = "".join(traceback.format_exception(type(exc), exc, skip_internal(exc.__traceback__)))
     try:
         pickle.loads(pickle.dumps(exc, protocol=5))
         exc.__traceback__ = None  # frames do not pickle; the text keeps them

@@ -41,6 +41,7 @@ from .._core.errors import StageError, WorkerDied, attach_traceback, describe_ex
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
 from .limits import TokenBucket, make_limiter
+from .freshness import before_acquire
 from .pool import ProcessPool, WorkerProc, acquire, release
 from .port import Piece, StagePort
 from .recycle import RecyclingExecutor
@@ -87,6 +88,7 @@ class ProcessExecutor(RecyclingExecutor):
         except Exception as exc:
             raise StageError(spec.name, str(exc)) from exc
         self._setup_msg = dumps(("setup", self.token, payload, spec.is_class))
+        before_acquire(spec.fn)  # a module reloaded by the caller: no warm worker keeps the old one
         pool = self.pool = acquire(spec.start_method or default_start_method(), spec.workers)
         self._renew_spent(pool)
         for w in pool.workers:

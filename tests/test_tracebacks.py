@@ -1,0 +1,69 @@
+"""Tracebacks end at the user's call: their function and calling line, not ezflow's insides."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import ezflow
+
+    def parse_record(x):
+        return 10 // (x - 3)
+
+    if __name__ == "__main__":
+        ezflow.map(parse_record, range(6), workers=2, progress=False)  # the user's call
+    """
+)
+
+
+def _run(tmp_path, env_extra=None):
+    path = tmp_path / "user_script.py"
+    path.write_text(SCRIPT)
+    env = dict(os.environ, **(env_extra or {}))
+    env.pop("EZFLOW_FULL_TRACEBACK", None) if not env_extra else None
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    return proc.stderr
+
+
+def _internal_frames(text):
+    return [m for m in re.findall(r'File "([^"]+)"', text) if re.search(r"ezflow[/\\]_", m)]
+
+
+def test_script_traceback_shows_user_frames_only(tmp_path):
+    err = _run(tmp_path)
+    assert "in parse_record" in err and "return 10 // (x - 3)" in err
+    assert "# the user's call" in err
+    assert "TaskError" in err and "ZeroDivisionError" in err
+    # only the public entry point's own frame (the call the user made) remains
+    assert [os.path.basename(f) for f in _internal_frames(err)] == ["_api.py"], err
+
+
+def test_full_traceback_env_var_restores_internal_frames(tmp_path):
+    err = _run(tmp_path, {"EZFLOW_FULL_TRACEBACK": "1"})
+    assert len(_internal_frames(err)) > 3, err
+    assert "in parse_record" in err
+
+
+def test_exception_keeps_type_cause_and_attributes():
+    import ezflow
+    from ezflow._core.errors import TaskError
+
+    def boom(x):
+        raise ValueError(f"bad {x}")
+
+    try:
+        ezflow.map(boom, [7], mode="thread", progress=False)
+    except TaskError as exc:
+        assert isinstance(exc.__cause__, ValueError)
+        assert exc.__cause__.__cause__ is not None  # the remote traceback text
+        assert exc.__dict__  # attributes (index, item, ...) kept on the same object
+        frames = [f.f_code.co_name for f, _ in __import__("traceback").walk_tb(exc.__traceback__)]
+        assert frames[-1] == "map" and "collect" not in frames
+    else:
+        raise AssertionError("no TaskError")
