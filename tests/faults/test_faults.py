@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_worker_deaths_fail_only_their_items(start_method: str) -> None:
     assert [out[i] for i in range(10) if i not in failed] == [i * 2 for i in range(10) if i not in failed]
 
 
-def _gen_raises():  # noqa: ANN201
+def _gen_raises() -> Iterator[int]:
     yield from range(5)
     raise ValueError("source broke")
 
