@@ -10,8 +10,9 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 # --- registry types ----------------------------------------------------------
 
@@ -28,11 +29,11 @@ class Impl:
     name: str
     fn: Callable[[Any], Any]
     kind: str = "peer"
-    unavailable: Optional[Callable[[], Optional[str]]] = None
+    unavailable: Callable[[], str | None] | None = None
     note: str = ""
 
 
-def check_equal(expected, got) -> Optional[str]:
+def check_equal(expected, got) -> str | None:
     """Default output check: same list, same order. None means correct."""
     if not isinstance(got, list):
         try:
@@ -53,13 +54,13 @@ def check_equal(expected, got) -> Optional[str]:
 class Workload:
     key: str                      # "W1"
     title: str                    # one line, shown above the table
-    make_inputs: Optional[Callable[[bool], Any]] = None   # quick -> inputs
-    impls: Union[list, Callable[[Any], list]] = field(default_factory=list)
+    make_inputs: Callable[[bool], Any] | None = None   # quick -> inputs
+    impls: list | Callable[[Any], list] = field(default_factory=list)
     unit: str = "items"           # "items" or "MiB"
     amount: Callable[[Any], float] = len                  # units per call
-    check: Callable[[Any, Any], Optional[str]] = check_equal
-    describe: Optional[Callable[[Any], str]] = None       # detail line
-    run: Optional[Callable[["Context", "Workload"], "Table"]] = None
+    check: Callable[[Any, Any], str | None] = check_equal
+    describe: Callable[[Any], str] | None = None       # detail line
+    run: Callable[[Context, Workload], Table] | None = None
 
 
 @dataclass
@@ -252,7 +253,7 @@ def descendants() -> dict:
     return out
 
 
-def describe_process(p, mp_name: Optional[str] = None) -> str:
+def describe_process(p, mp_name: str | None = None) -> str:
     if mp_name:  # a multiprocessing.Process of ours: its name says more than argv
         return f"multiprocessing process {mp_name.rstrip('-0123456789') or mp_name}"
     try:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ._harness import Impl
 
@@ -38,7 +39,7 @@ def pool_default_chunksize(n: int, workers: int = WORKERS) -> int:
 
 # --- ezflow ---------------------------------------------------------------
 
-def ezflow_unavailable() -> Optional[str]:
+def ezflow_unavailable() -> str | None:
     """None if ``ezflow.map`` can be called, else why not."""
     try:
         import ezflow

@@ -29,11 +29,10 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
-from ._harness import (CallTimeout, Context, Table, Workload, add_ratios, alarm, fmt_plain,
-                       fmt_ratio, fmt_seconds)
+from ._harness import CallTimeout, Context, Table, Workload, add_ratios, alarm, fmt_plain, fmt_ratio, fmt_seconds
 from ._peers import ezflow_unavailable
 
 N_ITEMS = 10
@@ -53,7 +52,7 @@ class StartupImpl:
     cleanup: str = ""
     kind: str = "peer"
     note: str = ""
-    unavailable: Optional[Callable[[], Optional[str]]] = None
+    unavailable: Callable[[], str | None] | None = None
 
 
 IMPLS = [

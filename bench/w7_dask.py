@@ -28,10 +28,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from ._harness import (CallTimeout, Context, Table, Workload, alarm, fmt_plain, fmt_rate, fmt_ratio,
-                       fmt_seconds)
+from ._harness import CallTimeout, Context, Table, Workload, alarm, fmt_plain, fmt_rate, fmt_ratio, fmt_seconds
 from ._work import double
 
 N_EZFLOW = 200_000

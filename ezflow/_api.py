@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from ._core.mainguard import refuse_in_bootstrap, translate
 from ._core.trim import full_traceback
 from ._flow import Flow
 
-__all__ = ["map", "imap"]
+__all__ = ["imap", "map"]
 
 _builtin_map = map
 
@@ -25,7 +26,7 @@ def _flow(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: dict) -> Flow
     return Flow(iterable).map(fn, **opts)
 
 
-def map(  # noqa: A001 - the point is to read like the builtin
+def map(
     fn: Callable[[Any], Any],
     iterable: Iterable[Any],
     /,

@@ -10,14 +10,15 @@ can be run many times (a generator source, of course, only yields once).
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
-from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
-from ._core.record import replace
 from ._core.mainguard import refuse_in_bootstrap, translate
+from ._core.record import replace
+from ._core.stats import FlowStats
 from ._core.trim import full_traceback
 from ._engine.run import Run
-from ._core.stats import FlowStats
+from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
 
 __all__ = ["Flow"]
 
@@ -51,7 +52,7 @@ class Flow:
         self._stages: tuple[StageSpec, ...] = ()
         self._last: Run | None = None
 
-    def _with(self, spec: StageSpec) -> "Flow":
+    def _with(self, spec: StageSpec) -> Flow:
         names = {s.name for s in self._stages}
         if spec.name in names:
             base, n = spec.name, 2
@@ -89,7 +90,7 @@ class Flow:
         share_arrays: bool | int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory: int | str | None = None,
-    ) -> "Flow":
+    ) -> Flow:
         """Add a stage that replaces each item with ``fn(item)``.
 
         Args:
@@ -154,7 +155,7 @@ class Flow:
         share_arrays: bool | int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory: int | str | None = None,
-    ) -> "Flow":
+    ) -> Flow:
         """Add a stage that keeps the items for which ``pred(item)`` is true.
 
         Takes the same options as `map`.
@@ -184,14 +185,14 @@ class Flow:
         share_arrays: bool | int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory: int | str | None = None,
-    ) -> "Flow":
+    ) -> Flow:
         """Add a stage that replaces each item with the items of ``fn(item)``.
 
         Takes the same options as `map`.
         """
         return self._with(make_stage("flat_map", fn, **_opts(locals())))
 
-    def batch(self, size: int, *, timeout: float | None = None, name: str | None = None) -> "Flow":
+    def batch(self, size: int, *, timeout: float | None = None, name: str | None = None) -> Flow:
         """Add a stage that groups items into lists of at most `size`.
 
         Args:
@@ -202,7 +203,7 @@ class Flow:
         """
         return self._with(make_batch(size, timeout, name))
 
-    def unbatch(self, *, name: str | None = None) -> "Flow":
+    def unbatch(self, *, name: str | None = None) -> Flow:
         """Add a stage that flattens lists back into single items."""
         return self._with(make_unbatch(name))
 
@@ -336,9 +337,8 @@ class Flow:
     def stats(self) -> FlowStats:
         """The figures of the latest run (live while it runs)."""
         if self._last is None:
-            from ._engine.run import stage_totals, source_length
-
             from ._core.stats import _Counters
+            from ._engine.run import source_length, stage_totals
 
             totals = stage_totals(source_length(self._source), self._stages)
             return FlowStats(

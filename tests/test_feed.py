@@ -10,7 +10,6 @@ import pytest
 import ezflow
 
 
-
 def square(x):
     return x * x
 

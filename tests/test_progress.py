@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from _progress_fakes import flow_at, run_of
 
+from ezflow._core.stats import FlowStats, StageStats
 from ezflow._views.bars import TqdmObserver
 from ezflow._views.choose import Delayed, make_observer
 from ezflow._views.figures import bottleneck, summary
 from ezflow._views.text import TextObserver
-from ezflow._core.stats import FlowStats, StageStats
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"

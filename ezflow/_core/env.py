@@ -46,7 +46,7 @@ def in_notebook() -> bool:
     if ip is None:
         return False
     try:
-        shell = ip.get_ipython()  # type: ignore[attr-defined]
+        shell = ip.get_ipython()
     except Exception:
         return False
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -171,7 +171,7 @@ class Failure:
 
     __slots__ = ("attempts", "error", "index", "item", "stage", "traceback")
 
-    def __init__(  # noqa: PLR0917 - a public record: its positional order is part of its API
+    def __init__(
         self,
         item: Any,
         index: int,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .stats import FlowStats
 
-__all__ = ["Observer", "TICK_SECONDS"]
+__all__ = ["TICK_SECONDS", "Observer"]
 
 TICK_SECONDS = 0.2
 

@@ -9,7 +9,8 @@ start-up path (the stage plan, the stats model) need only this much.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,7 +21,7 @@ else:  # pragma: no cover - the decorator only informs type checkers
     def dataclass_transform(**_: Any) -> Callable[[T], T]:
         return lambda f: f
 
-__all__ = ["record", "Factory", "replace"]
+__all__ = ["Factory", "record", "replace"]
 
 
 

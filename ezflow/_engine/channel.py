@@ -19,7 +19,7 @@ from typing import Any
 from .._core.errors import Cancelled
 from .._core.stats import _Counters
 
-__all__ = ["Channel", "Cancelled", "EndOfStream"]
+__all__ = ["Cancelled", "Channel", "EndOfStream"]
 
 
 class EndOfStream(Exception):
@@ -128,5 +128,4 @@ class Channel:
             return
         c.queue_depth += size
         c.queue_chunks = len(self._items)
-        if c.queue_depth > c.queue_max:
-            c.queue_max = c.queue_depth
+        c.queue_max = max(c.queue_max, c.queue_depth)

@@ -84,7 +84,7 @@ class Runtime:
         return self.rules.retries
 
 
-def build_runtime(  # noqa: PLR0917 - worker.py and dask.py pass the wire payload's fields in order
+def build_runtime(
     kind: str,
     fn: Any,
     is_class: bool,

@@ -32,7 +32,7 @@ _ids = itertools.count()
 class WorkerProc:
     """One worker process and the pieces it holds."""
 
-    __slots__ = ("proc", "conn", "outstanding", "sent_at", "__weakref__")
+    __slots__ = ("__weakref__", "conn", "outstanding", "proc", "sent_at")
 
     def __init__(self, proc: Any, conn: Connection) -> None:
         self.proc = proc
@@ -65,7 +65,7 @@ class ProcessPool:
     def spawn(self) -> WorkerProc:
         """Start one worker process."""
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(
+        proc = self.ctx.Process(  # type: ignore[attr-defined]  # every concrete context has it
             target=worker_main,
             args=(child_conn, os.getpid()),
             name=f"ezflow-worker-{next(_ids)}",
@@ -154,7 +154,7 @@ def _stop_proc(worker: WorkerProc, kill: bool) -> None:
 
 _lock = threading.Lock()
 _idle: collections.OrderedDict[int, ProcessPool] = collections.OrderedDict()
-_live: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
+_live: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
 def acquire(start_method: str, size: int) -> ProcessPool:

@@ -40,8 +40,8 @@ from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
-from .limits import TokenBucket, make_limiter
 from .freshness import before_acquire
+from .limits import TokenBucket, make_limiter
 from .pool import ProcessPool, WorkerProc, acquire, release
 from .port import Piece, StagePort
 from .recycle import RecyclingExecutor

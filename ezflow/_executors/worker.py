@@ -32,7 +32,7 @@ from .._core.errors import RemoteError, describe, pack_exception
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
 
-__all__ = ["worker_main", "setup_payload"]
+__all__ = ["setup_payload", "worker_main"]
 
 PARENT_CHECK_SECONDS = 0.5
 OWNER: int | None = None  # the parent: it owns the shared-memory segments this worker makes (_shm)
@@ -94,12 +94,12 @@ def _unpicklable_to_errors(msg: tuple) -> tuple:
             err = TypeError(f"the result cannot be sent back to the parent: {describe(exc)}")
             values[pos] = None
             errs.append((pos, *pack_exception(err), 1))
-    for i, (pos, exc, tb, attempts) in enumerate(errs):
+    for i, (pos, error, tb, attempts) in enumerate(errs):
         try:
-            dumps(exc)
+            dumps(error)
         except Exception:
             # keep its type name, message and the worker's traceback text
-            errs[i] = (pos, RemoteError(type(exc).__qualname__, describe(exc).partition(": ")[2]), tb, attempts)
+            errs[i] = (pos, RemoteError(type(error).__qualname__, describe(error).partition(": ")[2]), tb, attempts)
     return (op, pid, values, errs, busy, retries)
 
 

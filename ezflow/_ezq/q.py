@@ -982,7 +982,7 @@ def run(fn: Callable[..., Any], /, *args: Any, start_method: str | None = None, 
     with _fork_lock:
         owner_end, child_end = ctx.Pipe(duplex=True)
         _owner_ends.add(owner_end)
-        proc = ctx.Process(
+        proc = ctx.Process(  # type: ignore[attr-defined]  # every concrete context has it
             target=_bootstrap,
             args=(_Call(fn, args, kwargs), child_end, os.getpid()),
             name=name,

@@ -152,7 +152,7 @@ def make_stage(
 
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available on this platform")
-    if share_arrays is not None and not isinstance(share_arrays, bool):  # noqa: SIM102 - one rule per if
+    if share_arrays is not None and not isinstance(share_arrays, bool):
         if not isinstance(share_arrays, int) or share_arrays < 0:
             raise ValueError(
                 "share_arrays must be True, False, None (the default: arrays of 1 MiB or more) "

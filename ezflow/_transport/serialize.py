@@ -18,7 +18,7 @@ from importlib import import_module
 from types import ModuleType
 from typing import Any
 
-__all__ = ["dumps", "loads", "dumps_fn", "dumps_by_value"]
+__all__ = ["dumps", "dumps_by_value", "dumps_fn", "loads"]
 
 _PICKLE = b"P"
 _DILL = b"D"

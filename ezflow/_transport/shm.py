@@ -46,26 +46,27 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 try:  # POSIX only; elsewhere sharing is off and everything is pickled
-    import _posixshmem
+    import _posixshmem  # type: ignore[import-not-found]  # CPython-private, no stubs
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    _posixshmem = None  # type: ignore[assignment]
+    _posixshmem = None
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "share",
-    "SharedMemoryWarning",
     "DEFAULT_THRESHOLD",
+    "SharedMemoryWarning",
     "StageLink",
-    "stage_threshold",
-    "result_scope",
     "by_value",
+    "dill_dumps",
     "engaged",
     "pickle_dumps",
-    "dill_dumps",
+    "result_scope",
+    "share",
+    "stage_threshold",
     "sweep_stale",
 ]
 
@@ -103,8 +104,8 @@ _lock = threading.Lock()  # the registry; never taken by a finalizer
 _fork_guard = threading.Lock()  # no fork while we hold a flocked fd not yet recorded
 _map_lock = threading.Lock()  # one mapping per segment (taken before _lock or _fork_guard)
 _counter = itertools.count()
-_maps: "weakref.WeakValueDictionary[tuple[str, bool], _Mapping]" = weakref.WeakValueDictionary()
-_owned: dict[str, "_Seg"] = {}  # segments this process owns (its pid comes first in the name)
+_maps: weakref.WeakValueDictionary[tuple[str, bool], _Mapping] = weakref.WeakValueDictionary()
+_owned: dict[str, _Seg] = {}  # segments this process owns (its pid comes first in the name)
 _free: dict[int, list[str]] = {}  # size -> free owned segments (only while a run is active)
 _free_bytes = 0
 _idle: dict[str, tuple[float, float]] = {}  # owned, no holds: (next check, delay) until others let go
@@ -396,7 +397,7 @@ def _munmap(addr: int, length: int) -> None:
 class _Seg:
     """An owned segment, as the owner's registry sees it."""
 
-    __slots__ = ("size", "state", "holds")
+    __slots__ = ("holds", "size", "state")
 
     def __init__(self, size: int, state: str, holds: int) -> None:
         self.size = size
@@ -407,7 +408,9 @@ class _Seg:
 class _Mapping:
     """One segment mapped into this process: the base of every view of it here."""
 
-    __slots__ = ("name", "addr", "length", "private", "auto", "role", "fd", "epoch", "__array_interface__", "__weakref__")
+    __slots__ = (
+        "__array_interface__", "__weakref__", "addr", "auto", "epoch", "fd", "length", "name", "private", "role"
+    )
 
     def __init__(self, name: str, addr: int, length: int, private: bool, auto: bool, role: str, fd: int) -> None:
         self.name = name
@@ -554,7 +557,7 @@ def _drain() -> None:
             _pool_or_unlink(name, seg, keep=bool(ok))
 
 
-def _pool_or_unlink(name: str, seg: "_Seg", keep: bool = True) -> None:
+def _pool_or_unlink(name: str, seg: _Seg, keep: bool = True) -> None:
     """A segment nobody uses: keep it for reuse while pooling has room, else remove it (holding _lock)."""
     global _free_bytes
     if keep and _pooling() and _free_bytes + seg.size <= _pool_max():
@@ -977,7 +980,7 @@ def _forget_alloc(name: str, role: str) -> None:
 class _Attempt:
     """The segments one pickling attempt made or used, to keep or to undo."""
 
-    __slots__ = ("made", "spares", "prov", "nbytes")
+    __slots__ = ("made", "nbytes", "prov", "spares")
 
     def __init__(self) -> None:
         self.made: list[str] = []  # new segments written for auto-shared arrays
@@ -1296,7 +1299,7 @@ class StageLink:
             self._started = True
             with _lock:
                 _active += 1
-        opts = None if self.threshold is None else (self.threshold, ())
+        opts: tuple | None = None if self.threshold is None else (self.threshold, ())
         if "numpy" not in sys.modules:  # no arrays here: only the worker's results may share
             return dumps(msg + (opts,), to_worker=True)
         n = len(msg[3])
@@ -1315,7 +1318,7 @@ class StageLink:
         if kept is not None and n:
             self._item_bytes = max(kept.nbytes // n, self._item_bytes // 2)
         with self._lock:
-            self._pieces[pid] = (n, made, spares)
+            self._pieces[pid] = (n, made, list(spares))
         return data
 
     @contextlib.contextmanager
@@ -1347,7 +1350,8 @@ class StageLink:
         """Unpickle a worker's message, noting the result segments it carries."""
         from .serialize import loads
 
-        _tls.sink = sink = []
+        sink: list[int] = []
+        _tls.sink = sink
         try:
             msg = loads(data)
         finally:
