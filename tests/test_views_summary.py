@@ -226,7 +226,8 @@ def test_a_failed_stage_note_leads_with_what_failed_not_the_stage_name_again():
     def boom(i: int) -> int:
         raise ValueError("cannot resize")
 
-    flow = ezflow.Flow(range(10)).map(boom, mode="thread", name="resize")
+    # one worker: item 0 is the first to fail (with more, any item may fail first)
+    flow = ezflow.Flow(range(10)).map(boom, mode="thread", workers=1, name="resize")
     with pytest.raises(ezflow.TaskError):
         flow.collect(progress=False)
     stats = flow.stats
