@@ -285,8 +285,12 @@ class DaskExecutor(Executor):
                     f"dask workers of stage {self.spec.name!r} kept dying while running this item "
                     f"(the scheduler gave up on it: {outcome})",
                 )
-                # a piece of many items is re-run item by item, alone, to find the one that kills
-                self._worker_died([piece], err)
+                if piece.isolated:
+                    self._worker_died([piece], err)
+                else:
+                    # it may only have shared a worker with the item that kills: every item of
+                    # the piece runs again alone, on a drained cluster, before one is blamed
+                    self.port.give_back(piece.singles())
             else:
                 self._failed(outcome)
         finally:
