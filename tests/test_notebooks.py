@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO / "notebooks"
 # What the repo ships, for when git cannot say (not a checkout, or no git).
-SHIPPED = ("dask.ipynb", "pipelines.ipynb", "quickstart.ipynb", "shared_arrays.ipynb")
+SHIPPED = ("dask.ipynb", "long_runs.ipynb", "pipelines.ipynb", "quickstart.ipynb", "shared_arrays.ipynb")
 
 
 def shipped_notebooks() -> list[Path]:
@@ -73,6 +73,11 @@ PANELS: dict[str, list[dict[str, int | None]]] = {
 
 # Text a notebook must print (its point is to show these).
 SHOWS: dict[str, list[str]] = {
+    "long_runs.ipynb": [
+        "400 results in",
+        "all 400 from the checkpoint",
+        "workers replaced",
+    ],
     "quickstart.ipynb": [
         "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
         "Failure(stage='parse_price', index=2, item='n/a', error=ValueError(",
