@@ -34,12 +34,14 @@ from IPython.display import display
 from .._core.stats import FlowStats, StageStats
 from .figures import (
     bottleneck,
+    checkpoint_note,
     clock,
     count,
     eta,
     fraction,
     human,
     losses,
+    memory_notes,
     outcome,
     progress_count,
     progress_fraction,
@@ -155,6 +157,9 @@ def _header(stats: FlowStats, word: str, colour: str) -> str:
             bits.append(f"<span>ETA {clock(left)}</span>")
     if stats.total is not None:
         bits.append(f"<span>{count(stats.total)} items</span>")
+    note = checkpoint_note(stats)
+    if note:
+        bits.append(f'<span data-from-checkpoint="{stats.from_checkpoint}">{_e(note)}</span>')
     sep = f'<span style="color:{_MUTED};">·</span>'
     badge = (
         f'<span style="background:{colour};color:#fff;border-radius:9px;padding:1px 9px;'
@@ -239,6 +244,13 @@ def _row(s: StageStats, is_slow: bool) -> str:
         f'<td style="{right}">{retries}</td>'
         f"</tr>"
     )
+    notes = memory_notes(s)
+    if notes:
+        html_row += (
+            f'<tr data-memory-of="{_e(s.name)}" style="{row_bg}">'
+            f'<td colspan="{len(_COLUMNS)}" style="padding:0 8px 4px 26px;color:{_MUTED};font-size:11px;'
+            f'border-bottom:1px solid {_RULE};">{_e(" · ".join(notes))}</td></tr>'
+        )
     if s.state == "failed" and s.error:
         html_row += (
             f'<tr data-error-of="{_e(s.name)}" style="background:rgba(214,69,65,0.12);">'
