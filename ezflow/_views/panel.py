@@ -105,8 +105,12 @@ class WidgetObserver:
             self.open(stats)
         self._set(render_html(stats))
         if self._handle is not None:
-            # Final figures for readers without the widget front end too.
-            self._handle.update(self._bundle(stats), raw=True)
+            # The ended run becomes a static view: only text/html and
+            # text/plain, no widget view, so a notebook saved and reopened
+            # without a kernel, nbconvert and GitHub show the final table
+            # instead of "Error displaying widget" or nothing.
+            self._handle.update({"text/html": self.widget.value, "text/plain": summary(stats)}, raw=True)
+            self.widget.close()  # its model is no longer shown anywhere
 
     def _set(self, value: str) -> None:
         if value != self.widget.value:  # unchanged: send nothing
@@ -138,8 +142,10 @@ def render_html(stats: FlowStats) -> str:
         f"box-sizing:border-box;overflow-x:auto;"
         f'{"background:rgba(214,69,65,0.06);" if state == "failed" else ""}">'
         f"{_header(stats, result.word, colour)}"
+        # JupyterLab's rendered-HTML table rules (fixed layout, right-aligned
+        # cells) apply once the run ends as static HTML: override them here.
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
-        f'margin-top:6px;">'
+        f'table-layout:auto;margin-top:6px;">'
         f"<thead>{_head_row()}</thead><tbody>{rows}</tbody></table>"
         f"{_footer(stats, slow)}"
         f"</div>"
@@ -201,7 +207,7 @@ def _head_row() -> str:
 def _row(s: StageStats, is_slow: bool) -> str:
     tone = stage_tone(s)
     colour = _TONE_COLOURS.get(tone, _MUTED)
-    cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;"
+    cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;text-align:left;max-width:none;"
     right = cell + "text-align:right;"
     name = f'<span style="color:{colour};font-size:11px;">{_TONE_MARKS.get(tone, "")}</span> <b>{_e(s.name)}</b>'
     if s.kind != "map":
@@ -248,13 +254,14 @@ def _row(s: StageStats, is_slow: bool) -> str:
     if notes:
         html_row += (
             f'<tr data-memory-of="{_e(s.name)}" style="{row_bg}">'
-            f'<td colspan="{len(_COLUMNS)}" style="padding:0 8px 4px 26px;color:{_MUTED};font-size:11px;'
+            f'<td colspan="{len(_COLUMNS)}" style="padding:0 8px 4px 26px;text-align:left;'
+            f"color:{_MUTED};font-size:11px;"
             f'border-bottom:1px solid {_RULE};">{_e(" · ".join(notes))}</td></tr>'
         )
     if s.state == "failed" and s.error:
         html_row += (
             f'<tr data-error-of="{_e(s.name)}" style="background:rgba(214,69,65,0.12);">'
-            f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;color:{colour};'
+            f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;text-align:left;color:{colour};'
             f"border-bottom:1px solid {_RULE};font-family:var(--jp-code-font-family,monospace);"
             f'font-size:12px;white-space:pre-wrap;">{_e(stage_error(s))}</td></tr>'
         )
