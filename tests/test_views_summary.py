@@ -293,3 +293,18 @@ def test_a_real_resumed_run_says_how_many_results_came_from_the_checkpoint(tmp_p
     assert "6 from checkpoint" in summary(flow.stats)
     assert "6 from checkpoint" in repr(flow.stats)
     assert "6 from checkpoint" in _render_html(flow.stats)
+
+
+def test_rates_and_the_sparkline_of_a_stage():
+    from ezflow._views.figures import rates
+
+    samples = [(0.0, 0), (1.0, 10), (2.0, 30), (2.0, 30), (4.0, 30)]
+    assert rates(samples) == [10.0, 20.0, 0.0]
+    stats = _memory_run()
+    assert "<svg" not in _render_html(stats)
+    pytest.importorskip("ipywidgets")
+    from ezflow._views.panel import render_html
+
+    html = render_html(stats, history={"thumb": samples})
+    assert html.count('<svg class="ezflow-spark"') == 1
+    assert "--jp-brand-color1" in html

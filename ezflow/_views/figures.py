@@ -13,6 +13,8 @@ lower layer, and is re-exported from here; everything else is built on it.
 
 from __future__ import annotations
 
+import itertools
+
 from .._core.stats import (
     FlowStats,
     StageStats,
@@ -41,6 +43,7 @@ __all__ = [
     "progress_count",
     "progress_fraction",
     "progress_total",
+    "rates",
     "size",
     "stage_error",
     "stage_notes",
@@ -257,3 +260,12 @@ def summary(stats: FlowStats) -> str:
     if stats.error and not any(s.error and s.error in stats.error for s in failed):
         out.append(f"error: {stats.error}")
     return "\n".join(out)
+
+
+def rates(samples: list[tuple[float, int]]) -> list[float]:
+    """Return items/s between successive (elapsed seconds, items done) samples of one stage."""
+    out = []
+    for (t0, n0), (t1, n1) in itertools.pairwise(samples):
+        if t1 > t0:
+            out.append(max(0.0, (n1 - n0) / (t1 - t0)))
+    return out

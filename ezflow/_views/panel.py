@@ -46,6 +46,7 @@ from .figures import (
     progress_count,
     progress_fraction,
     progress_total,
+    rates,
     stage_error,
     stage_tone,
     summary,
@@ -84,9 +85,23 @@ class WidgetObserver:
         self.widget: Any = None
         self._handle: Any = None
         self._last_draw = 0.0
+        # Per stage, (elapsed, items done) at each draw: the sparkline's data,
+        # thinned to at most _SAMPLES points so a long run stays small.
+        self.history: dict[str, list[tuple[float, int]]] = {}
+
+    def _sample(self, stats: FlowStats) -> None:
+        for st in stats.stages:
+            points = self.history.setdefault(st.name, [])
+            points.append((st.elapsed, progress_count(st)))
+            if len(points) > _SAMPLES:
+                del points[1:-1:2]  # keep the first and last, halve the rest
+
+    def _render(self, stats: FlowStats) -> str:
+        self._sample(stats)
+        return render_html(stats, history=self.history)
 
     def open(self, stats: FlowStats) -> None:
-        self.widget = ipywidgets.HTML(value=render_html(stats))
+        self.widget = ipywidgets.HTML(value=self._render(stats))
         self.widget.add_class("ezflow-panel")
         self._last_draw = time.monotonic()
         self._handle = display(self._bundle(stats), raw=True, display_id=True)
@@ -98,12 +113,12 @@ class WidgetObserver:
         if self.widget is None or now - self._last_draw < self.min_interval:
             return
         self._last_draw = now
-        self._set(render_html(stats))
+        self._set(self._render(stats))
 
     def close(self, stats: FlowStats) -> None:
         if self.widget is None:
             self.open(stats)
-        self._set(render_html(stats))
+        self._set(self._render(stats))
         if self._handle is not None:
             # The ended run becomes a static view: only text/html and
             # text/plain, no widget view, so a notebook saved and reopened
@@ -126,13 +141,18 @@ class WidgetObserver:
         return f"WidgetObserver(min_interval={self.min_interval})"
 
 
-def render_html(stats: FlowStats) -> str:
-    """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only)."""
+def render_html(stats: FlowStats, *, history: dict[str, list[tuple[float, int]]] | None = None) -> str:
+    """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only).
+
+    ``history`` maps a stage name to (elapsed, items done) samples; with two
+    or more rates, the stage's items/s cell carries a sparkline of them.
+    """
     state = stats.state
     result = outcome(stats)
     colour = _TONE_COLOURS.get(result.tone, _MUTED)
     slow = bottleneck(stats)
-    rows = "".join(_row(s, s is slow) for s in stats.stages)
+    history = history or {}
+    rows = "".join(_row(s, s is slow, _sparkline(rates(history.get(s.name, [])))) for s in stats.stages)
     return (
         f'<div class="ezflow-run" data-state="{_e(state)}" data-outcome="{_e(result.word)}" style="'
         f"font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);"
@@ -204,7 +224,7 @@ def _head_row() -> str:
     return f"<tr>{cells}</tr>"
 
 
-def _row(s: StageStats, is_slow: bool) -> str:
+def _row(s: StageStats, is_slow: bool, spark: str = "") -> str:
     tone = stage_tone(s)
     colour = _TONE_COLOURS.get(tone, _MUTED)
     cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;text-align:left;max-width:none;"
@@ -243,7 +263,7 @@ def _row(s: StageStats, is_slow: bool) -> str:
         f'<td style="{cell}color:{_MUTED};">{_e(worker_label(s))}</td>'
         f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
         f'<td style="{right}">{done}</td>'
-        f'<td style="{right}">{human(s.throughput)}</td>'
+        f'<td style="{right}">{spark}{human(s.throughput)}</td>'
         f'<td style="{cell}">{_queue_bar(s, is_slow)}</td>'
         f'<td style="{right}{busy_style}">{s.busy:.0%}</td>'
         f'<td style="{right}">{errors}</td>'
@@ -324,6 +344,24 @@ def _footer(stats: FlowStats, slow: StageStats | None) -> str:
             f"(busy {slow.busy:.0%}{queue}) — more workers there may speed up the flow</div>"
         )
     return "".join(lines)
+
+
+_SAMPLES = 64  # most samples a sparkline keeps per stage
+
+
+def _sparkline(values: list[float], *, width: int = 48, height: int = 14) -> str:
+    """Draw items/s over the run as an inline SVG polyline; "" with fewer than two rates."""
+    if len(values) < 2:
+        return ""
+    top = max(values) or 1.0
+    step = width / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - 1 - v / top * (height - 2):.1f}" for i, v in enumerate(values))
+    return (
+        f'<svg class="ezflow-spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'style="vertical-align:middle;margin-right:5px;" aria-label="items/s over the run">'
+        f'<polyline points="{points}" fill="none" stroke="var(--jp-brand-color1, #2f80ed)" '
+        f'stroke-width="1.2"/></svg>'
+    )
 
 
 def _e(text: object) -> str:
