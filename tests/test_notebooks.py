@@ -154,15 +154,21 @@ def _panels(nb) -> list[dict]:
     panels = []
     for i, cell in _code_cells(nb):
         for out in cell.outputs:
-            if out.output_type != "display_data" or WIDGET_VIEW not in out.get("data", {}):
+            if out.output_type != "display_data":
                 continue
-            model_id = out["data"][WIDGET_VIEW]["model_id"]
-            assert model_id in state, f"cell {i} shows widget {model_id} but its state was not saved"
-            model = state[model_id]
-            if "ezflow-panel" not in model["state"].get("_dom_classes", []):
-                continue  # someone else's widget
-            assert model["model_name"] == "HTMLModel"
-            value = model["state"]["value"]
+            data = out.get("data", {})
+            if WIDGET_VIEW in data:
+                model_id = data[WIDGET_VIEW]["model_id"]
+                assert model_id in state, f"cell {i} shows widget {model_id} but its state was not saved"
+                model = state[model_id]
+                if "ezflow-panel" not in model["state"].get("_dom_classes", []):
+                    continue  # someone else's widget
+                assert model["model_name"] == "HTMLModel"
+                value = model["state"]["value"]
+            elif 'class="ezflow-run"' in data.get("text/html", ""):
+                value = data["text/html"]  # an ended run's panel, replaced by its static view
+            else:
+                continue
             run_state = _RUN_STATE.search(value)
             assert run_state, f"cell {i}: no ezflow-run root in the panel"
             rows = {

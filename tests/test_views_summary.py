@@ -235,3 +235,76 @@ def test_a_failed_stage_note_leads_with_what_failed_not_the_stage_name_again():
     (bar,) = [ln for ln in _tqdm_lines([stats, stats]) if ln.startswith("resize")][-1:]
     assert "FAILED on item 0 (0): ValueError: cannot resize" in bar
     assert "stage 'resize' failed on item 0 (0): ValueError: cannot resize" in summary(stats)
+
+
+# -- checkpoint and worker-memory figures show in every view, only when non-zero ----------
+
+
+def _memory_run() -> FlowStats:
+    stage = StageStats(
+        name="thumb",
+        kind="map",
+        mode="process",
+        workers=2,
+        items_in=10,
+        items_out=9,
+        errors=1,
+        elapsed=2.0,
+        total=10,
+        state="done",
+        peak_worker_rss=1_500_000_000,
+        workers_recycled=3,
+        memory_failures=1,
+    )
+    return FlowStats(stages=(stage,), elapsed=2.0, state="done", total=10, from_checkpoint=90)
+
+
+def test_memory_and_checkpoint_figures_show_in_every_view():
+    stats = _memory_run()
+    for text in (summary(stats), repr(stats), _render_html(stats), "\n".join(_tqdm_lines([stats, stats]))):
+        assert "peak RSS 1.5 GB" in text
+        assert "3 recycled" in text
+        assert "1 memory failure" in text
+    for text in (summary(stats), repr(stats), _render_html(stats)):
+        assert "90 from checkpoint" in text
+    out = io.StringIO()
+    TextObserver(out, interval=0).update(stats)
+    assert "90 from checkpoint" in out.getvalue()
+
+
+def test_zero_memory_and_checkpoint_figures_stay_hidden(eight_errors):
+    for text in (summary(eight_errors), repr(eight_errors), _render_html(eight_errors)):
+        assert "RSS" not in text and "recycled" not in text
+        assert "memory failure" not in text and "checkpoint" not in text
+
+
+def _square(i: int) -> int:
+    return i * i
+
+
+def test_a_real_resumed_run_says_how_many_results_came_from_the_checkpoint(tmp_path):
+    path = tmp_path / "ck"
+    ezflow.Flow(range(6)).map(_square, mode="thread", workers=1, name="sq").collect(
+        checkpoint=str(path), progress=False
+    )
+    flow = ezflow.Flow(range(10)).map(_square, mode="thread", workers=1, name="sq")
+    assert flow.collect(checkpoint=str(path), progress=False) == [i * i for i in range(10)]
+    assert flow.stats.from_checkpoint == 6
+    assert "6 from checkpoint" in summary(flow.stats)
+    assert "6 from checkpoint" in repr(flow.stats)
+    assert "6 from checkpoint" in _render_html(flow.stats)
+
+
+def test_rates_and_the_sparkline_of_a_stage():
+    from ezflow._views.figures import rates
+
+    samples = [(0.0, 0), (1.0, 10), (2.0, 30), (2.0, 30), (4.0, 30)]
+    assert rates(samples) == [10.0, 20.0, 0.0]
+    stats = _memory_run()
+    assert "<svg" not in _render_html(stats)
+    pytest.importorskip("ipywidgets")
+    from ezflow._views.panel import render_html
+
+    html = render_html(stats, history={"thumb": samples})
+    assert html.count('<svg class="ezflow-spark"') == 1
+    assert "--jp-brand-color1" in html

@@ -59,8 +59,10 @@ try:
 except ezflow.TaskError as exc:
     print("raised:", exc)"""
 
-READ_PANELS = """() => Array.from(document.querySelectorAll('.ezflow-panel')).map(p => {
-  const run = p.querySelector('.ezflow-run');
+# The live widget (.ezflow-panel) is replaced by its static HTML when the run
+# ends, so panels are read by their run root, which both carry.
+READ_PANELS = """() => Array.from(document.querySelectorAll('.ezflow-run')).map(run => {
+  const p = run;
   const rows = {};
   for (const r of p.querySelectorAll('[data-stage]')) {
     rows[r.dataset.stage] = {done: Number(r.dataset.done), total: r.dataset.total, state: r.dataset.state,
@@ -83,7 +85,7 @@ def test_panel_updates_live_and_ends_red_on_failure(tmp_path):
         for _ in range(3):  # run each cell; the kernel queues them
             page.keyboard.press("Shift+Enter")
 
-        page.locator(".ezflow-panel").first.wait_for(timeout=30_000)
+        page.locator(".ezflow-run").first.wait_for(timeout=30_000)
         seen: list[int] = []  # resize's count as the browser shows it
         shot = False
         deadline = time.monotonic() + 50
@@ -93,7 +95,7 @@ def test_panel_updates_live_and_ends_red_on_failure(tmp_path):
             if live["rows"].get("resize"):
                 seen.append(live["rows"]["resize"]["done"])
                 if 120 <= seen[-1] <= 300 and not shot:
-                    page.locator(".ezflow-panel").first.screenshot(path=str(SCREENSHOTS / "panel_running.png"))
+                    page.locator(".ezflow-run").first.screenshot(path=str(SCREENSHOTS / "panel_running.png"))
                     shot = True
             if live["state"] == "done":
                 break
@@ -115,6 +117,6 @@ def test_panel_updates_live_and_ends_red_on_failure(tmp_path):
         assert "ValueError: cannot resize image 150" in failed["error"]
         assert live["border"] != failed["border"]
 
-        page.locator(".ezflow-panel").nth(0).screenshot(path=str(SCREENSHOTS / "panel_done.png"))
-        page.locator(".ezflow-panel").nth(1).screenshot(path=str(SCREENSHOTS / "panel_failed.png"))
+        page.locator(".ezflow-run").nth(0).screenshot(path=str(SCREENSHOTS / "panel_done.png"))
+        page.locator(".ezflow-run").nth(1).screenshot(path=str(SCREENSHOTS / "panel_failed.png"))
         page.screenshot(path=str(SCREENSHOTS / "jupyterlab.png"), full_page=True)

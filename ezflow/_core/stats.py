@@ -25,7 +25,17 @@ from collections.abc import Iterator, Sequence
 
 from .record import Factory, record
 
-__all__ = ["FlowStats", "StageStats", "clock", "format_table", "human", "worker_label"]
+__all__ = [
+    "FlowStats",
+    "StageStats",
+    "checkpoint_note",
+    "clock",
+    "format_table",
+    "human",
+    "memory_notes",
+    "size",
+    "worker_label",
+]
 
 # A bottleneck is named only once the figures have settled: a second of run
 # and a few items per worker, so start-up noise (workers warming up, queues
@@ -167,8 +177,12 @@ class FlowStats:
                 )
             )
         title = f"FlowStats({self.state}, {self.elapsed:.2f}s"
+        note = checkpoint_note(self)
+        if note:
+            title += f", {note}"
         title += f", error={self.error!r})" if self.error else ")"
-        return "\n".join([title, *format_table(rows)])
+        extra = [f"  {s.name}: {', '.join(memory_notes(s))}" for s in self.stages if memory_notes(s)]
+        return "\n".join([title, *format_table(rows), *extra])
 
 
 # -- the figures' spelling, shared by `repr(flow.stats)` and every view ------
@@ -191,6 +205,31 @@ def clock(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def size(n: float) -> str:
+    """Format a byte count for people: 512 B, 1.5 MB, 2.0 GB (powers of 1000, as max_memory reads them)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def memory_notes(s: StageStats) -> list[str]:
+    """Say a stage's worker memory figures, only the non-zero ones: peak RSS, recycled, memory failures."""
+    notes = []
+    if s.peak_worker_rss:
+        notes.append(f"peak RSS {size(s.peak_worker_rss)}")
+    if s.workers_recycled:
+        notes.append(f"{s.workers_recycled} recycled")
+    if s.memory_failures:
+        notes.append(f"{s.memory_failures} memory {'failure' if s.memory_failures == 1 else 'failures'}")
+    return notes
+
+
+def checkpoint_note(stats: FlowStats) -> str:
+    """Say how many results a checkpoint supplied ("120 from checkpoint"), or "" when none did."""
+    return f"{stats.from_checkpoint:,} from checkpoint" if stats.from_checkpoint else ""
 
 
 _TIMES = "\u00d7"  # the multiplication sign: one word in a table, and it reads "times"
@@ -292,9 +331,7 @@ class _Counters:
             elapsed=elapsed,
             queue_depth=self.queue_depth + self.pending_items,
             queue_max=max(self.queue_max, self.queue_depth + self.pending_items),
-            queue_fill=min(
-                1.0, (self.queue_chunks + self.pending_chunks) / max(1, self.capacity + self.window)
-            ),
+            queue_fill=min(1.0, (self.queue_chunks + self.pending_chunks) / max(1, self.capacity + self.window)),
             total=self.total,
             state=self.state,
             error=self.error,

@@ -13,11 +13,24 @@ lower layer, and is re-exported from here; everything else is built on it.
 
 from __future__ import annotations
 
-from .._core.stats import FlowStats, StageStats, clock, format_table, human, worker_label
+import itertools
+
+from .._core.stats import (
+    FlowStats,
+    StageStats,
+    checkpoint_note,
+    clock,
+    format_table,
+    human,
+    memory_notes,
+    size,
+    worker_label,
+)
 
 __all__ = [
     "Outcome",
     "bottleneck",
+    "checkpoint_note",
     "clock",
     "count",
     "eta",
@@ -25,10 +38,13 @@ __all__ = [
     "fraction",
     "human",
     "losses",
+    "memory_notes",
     "outcome",
     "progress_count",
     "progress_fraction",
     "progress_total",
+    "rates",
+    "size",
     "stage_error",
     "stage_notes",
     "stage_tone",
@@ -185,6 +201,7 @@ def stage_notes(s: StageStats, is_bottleneck: bool) -> list[str]:
         notes += _losses(s.errors, s.skipped)
     if s.retries:
         notes.append(f"{s.retries} {'retry' if s.retries == 1 else 'retries'}")
+    notes += memory_notes(s)
     return notes
 
 
@@ -206,7 +223,8 @@ def status_line(stats: FlowStats) -> str:
         if s.errors:
             part += f" {s.errors} err"
         parts.append(part)
-    return f"[{clock(stats.elapsed)}] " + " | ".join(parts)
+    note = checkpoint_note(stats)
+    return f"[{clock(stats.elapsed)}] " + " | ".join(parts) + (f" ({note})" if note else "")
 
 
 def summary(stats: FlowStats) -> str:
@@ -231,10 +249,23 @@ def summary(stats: FlowStats) -> str:
     slow = bottleneck(stats)
     if slow is not None:
         title += f"; bottleneck: {slow.name} (busy {slow.busy:.0%})"
+    note = checkpoint_note(stats)
+    if note:
+        title += f"; {note}"
     out = [title, *format_table(rows)]
+    out += [f"stage {s.name!r}: {', '.join(memory_notes(s))}" for s in stats.stages if memory_notes(s)]
     failed = [s for s in stats.stages if s.state == "failed" and s.error]
     for s in failed:
         out.append(f"stage {s.name!r} {stage_error(s)}")
     if stats.error and not any(s.error and s.error in stats.error for s in failed):
         out.append(f"error: {stats.error}")
     return "\n".join(out)
+
+
+def rates(samples: list[tuple[float, int]]) -> list[float]:
+    """Return items/s between successive (elapsed seconds, items done) samples of one stage."""
+    out = []
+    for (t0, n0), (t1, n1) in itertools.pairwise(samples):
+        if t1 > t0:
+            out.append(max(0.0, (n1 - n0) / (t1 - t0)))
+    return out

@@ -34,16 +34,19 @@ from IPython.display import display
 from .._core.stats import FlowStats, StageStats
 from .figures import (
     bottleneck,
+    checkpoint_note,
     clock,
     count,
     eta,
     fraction,
     human,
     losses,
+    memory_notes,
     outcome,
     progress_count,
     progress_fraction,
     progress_total,
+    rates,
     stage_error,
     stage_tone,
     summary,
@@ -82,9 +85,23 @@ class WidgetObserver:
         self.widget: Any = None
         self._handle: Any = None
         self._last_draw = 0.0
+        # Per stage, (elapsed, items done) at each draw: the sparkline's data,
+        # thinned to at most _SAMPLES points so a long run stays small.
+        self.history: dict[str, list[tuple[float, int]]] = {}
+
+    def _sample(self, stats: FlowStats) -> None:
+        for st in stats.stages:
+            points = self.history.setdefault(st.name, [])
+            points.append((st.elapsed, progress_count(st)))
+            if len(points) > _SAMPLES:
+                del points[1:-1:2]  # keep the first and last, halve the rest
+
+    def _render(self, stats: FlowStats) -> str:
+        self._sample(stats)
+        return render_html(stats, history=self.history)
 
     def open(self, stats: FlowStats) -> None:
-        self.widget = ipywidgets.HTML(value=render_html(stats))
+        self.widget = ipywidgets.HTML(value=self._render(stats))
         self.widget.add_class("ezflow-panel")
         self._last_draw = time.monotonic()
         self._handle = display(self._bundle(stats), raw=True, display_id=True)
@@ -96,15 +113,19 @@ class WidgetObserver:
         if self.widget is None or now - self._last_draw < self.min_interval:
             return
         self._last_draw = now
-        self._set(render_html(stats))
+        self._set(self._render(stats))
 
     def close(self, stats: FlowStats) -> None:
         if self.widget is None:
             self.open(stats)
-        self._set(render_html(stats))
+        self._set(self._render(stats))
         if self._handle is not None:
-            # Final figures for readers without the widget front end too.
-            self._handle.update(self._bundle(stats), raw=True)
+            # The ended run becomes a static view: only text/html and
+            # text/plain, no widget view, so a notebook saved and reopened
+            # without a kernel, nbconvert and GitHub show the final table
+            # instead of "Error displaying widget" or nothing.
+            self._handle.update({"text/html": self.widget.value, "text/plain": summary(stats)}, raw=True)
+            self.widget.close()  # its model is no longer shown anywhere
 
     def _set(self, value: str) -> None:
         if value != self.widget.value:  # unchanged: send nothing
@@ -120,13 +141,18 @@ class WidgetObserver:
         return f"WidgetObserver(min_interval={self.min_interval})"
 
 
-def render_html(stats: FlowStats) -> str:
-    """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only)."""
+def render_html(stats: FlowStats, *, history: dict[str, list[tuple[float, int]]] | None = None) -> str:
+    """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only).
+
+    ``history`` maps a stage name to (elapsed, items done) samples; with two
+    or more rates, the stage's items/s cell carries a sparkline of them.
+    """
     state = stats.state
     result = outcome(stats)
     colour = _TONE_COLOURS.get(result.tone, _MUTED)
     slow = bottleneck(stats)
-    rows = "".join(_row(s, s is slow) for s in stats.stages)
+    history = history or {}
+    rows = "".join(_row(s, s is slow, _sparkline(rates(history.get(s.name, [])))) for s in stats.stages)
     return (
         f'<div class="ezflow-run" data-state="{_e(state)}" data-outcome="{_e(result.word)}" style="'
         f"font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);"
@@ -136,8 +162,10 @@ def render_html(stats: FlowStats) -> str:
         f"box-sizing:border-box;overflow-x:auto;"
         f'{"background:rgba(214,69,65,0.06);" if state == "failed" else ""}">'
         f"{_header(stats, result.word, colour)}"
+        # JupyterLab's rendered-HTML table rules (fixed layout, right-aligned
+        # cells) apply once the run ends as static HTML: override them here.
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
-        f'margin-top:6px;">'
+        f'table-layout:auto;margin-top:6px;">'
         f"<thead>{_head_row()}</thead><tbody>{rows}</tbody></table>"
         f"{_footer(stats, slow)}"
         f"</div>"
@@ -155,6 +183,9 @@ def _header(stats: FlowStats, word: str, colour: str) -> str:
             bits.append(f"<span>ETA {clock(left)}</span>")
     if stats.total is not None:
         bits.append(f"<span>{count(stats.total)} items</span>")
+    note = checkpoint_note(stats)
+    if note:
+        bits.append(f'<span data-from-checkpoint="{stats.from_checkpoint}">{_e(note)}</span>')
     sep = f'<span style="color:{_MUTED};">·</span>'
     badge = (
         f'<span style="background:{colour};color:#fff;border-radius:9px;padding:1px 9px;'
@@ -193,10 +224,10 @@ def _head_row() -> str:
     return f"<tr>{cells}</tr>"
 
 
-def _row(s: StageStats, is_slow: bool) -> str:
+def _row(s: StageStats, is_slow: bool, spark: str = "") -> str:
     tone = stage_tone(s)
     colour = _TONE_COLOURS.get(tone, _MUTED)
-    cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;"
+    cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;text-align:left;max-width:none;"
     right = cell + "text-align:right;"
     name = f'<span style="color:{colour};font-size:11px;">{_TONE_MARKS.get(tone, "")}</span> <b>{_e(s.name)}</b>'
     if s.kind != "map":
@@ -232,17 +263,25 @@ def _row(s: StageStats, is_slow: bool) -> str:
         f'<td style="{cell}color:{_MUTED};">{_e(worker_label(s))}</td>'
         f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
         f'<td style="{right}">{done}</td>'
-        f'<td style="{right}">{human(s.throughput)}</td>'
+        f'<td style="{right}">{spark}{human(s.throughput)}</td>'
         f'<td style="{cell}">{_queue_bar(s, is_slow)}</td>'
         f'<td style="{right}{busy_style}">{s.busy:.0%}</td>'
         f'<td style="{right}">{errors}</td>'
         f'<td style="{right}">{retries}</td>'
         f"</tr>"
     )
+    notes = memory_notes(s)
+    if notes:
+        html_row += (
+            f'<tr data-memory-of="{_e(s.name)}" style="{row_bg}">'
+            f'<td colspan="{len(_COLUMNS)}" style="padding:0 8px 4px 26px;text-align:left;'
+            f"color:{_MUTED};font-size:11px;"
+            f'border-bottom:1px solid {_RULE};">{_e(" · ".join(notes))}</td></tr>'
+        )
     if s.state == "failed" and s.error:
         html_row += (
             f'<tr data-error-of="{_e(s.name)}" style="background:rgba(214,69,65,0.12);">'
-            f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;color:{colour};'
+            f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;text-align:left;color:{colour};'
             f"border-bottom:1px solid {_RULE};font-family:var(--jp-code-font-family,monospace);"
             f'font-size:12px;white-space:pre-wrap;">{_e(stage_error(s))}</td></tr>'
         )
@@ -305,6 +344,24 @@ def _footer(stats: FlowStats, slow: StageStats | None) -> str:
             f"(busy {slow.busy:.0%}{queue}) — more workers there may speed up the flow</div>"
         )
     return "".join(lines)
+
+
+_SAMPLES = 64  # most samples a sparkline keeps per stage
+
+
+def _sparkline(values: list[float], *, width: int = 48, height: int = 14) -> str:
+    """Draw items/s over the run as an inline SVG polyline; "" with fewer than two rates."""
+    if len(values) < 2:
+        return ""
+    top = max(values) or 1.0
+    step = width / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - 1 - v / top * (height - 2):.1f}" for i, v in enumerate(values))
+    return (
+        f'<svg class="ezflow-spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'style="vertical-align:middle;margin-right:5px;" aria-label="items/s over the run">'
+        f'<polyline points="{points}" fill="none" stroke="var(--jp-brand-color1, #2f80ed)" '
+        f'stroke-width="1.2"/></svg>'
+    )
 
 
 def _e(text: object) -> str:
