@@ -40,13 +40,15 @@ def _children() -> set[int]:
 # /dev/shm is shared by the whole machine: another ezflow process, another test
 # run or a notebook server may be making and freeing segments right now. A test
 # therefore checks only what its own processes made: ezflow's names carry the
-# owner's pid (ezf_<owner>_<creator>_<n>), so a leak is a new ezf_ name whose
+# owner's pid (ezf_<owner>_<creator>_<n>_<pid namespace>), so a leak is a new ezf_ name whose
 # owner or creator is this process or one of its children.
 # multiprocessing's own names (psm_*, sem.mp-*) say nothing of their owner and
 # ezflow does not make them: they are not counted.
 def _mine(name: str, pids: set[int]) -> bool:
     parts = name[len("ezf_") :].split("_")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) == 3 and parts[2] == "live" and parts[0].isdigit():
+        return int(parts[0]) in pids  # an owner's liveness lock: freed with its last segment
+    if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts):
         return False
     return int(parts[0]) in pids or int(parts[1]) in pids
 

@@ -56,6 +56,8 @@ except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
     fcntl = None  # type: ignore[assignment]
 
+from . import owner as _owner
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "SharedMemoryWarning",
@@ -141,29 +143,15 @@ def _owner_pid() -> int:
 
 
 def _parse(name: str) -> tuple[int, int] | None:
-    if not name.startswith(PREFIX):
+    """(owner, creator) of a segment of this PID namespace (pids mean nothing across one)."""
+    ids = _owner.parse(name)
+    if ids is None or ids[2] not in (None, _owner.NAMESPACE):
         return None
-    parts = name[len(PREFIX) :].split("_")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        return None
-    return int(parts[0]), int(parts[1])
+    return ids[0], ids[1]
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
-    except (OSError, ValueError):
-        return True
+    return bool(_owner.judge(SHM_DIR, pid, None))
 
 
 def _listdir() -> list[str]:
@@ -183,17 +171,42 @@ def _unlink(name: str) -> None:
 
 
 def sweep_stale() -> list[str]:
-    """Remove segments whose owner process is dead (a killed process group); return their names."""
+    """Remove segments whose owner process is dead (a killed process group); return their names.
+
+    An owner in another PID namespace (a container sharing /dev/shm) is
+    judged by its liveness lock, never by a pid that means nothing here.
+    """
     gone = []
+    dead: dict[tuple[int, int | None], bool] = {}
+    lives = []
     for name in _listdir():
-        ids = _parse(name)
+        if name.endswith("_" + _owner.LIVE):
+            lives.append(name)
+            continue
+        ids = _owner.parse(name)
         if ids is None:
             continue
-        owner, creator = ids
-        # the owner is dead, or it is this pid's earlier life (nothing of ours exists yet)
-        if (owner == _PID and not _owned and not _ready) or (owner != _PID and not _alive(owner)):
+        owner, _creator, ns = ids
+        here = ns is None or ns == _owner.NAMESPACE
+        if here and owner == _PID:
+            # this pid's earlier life (nothing of ours exists yet), else ours
+            if not _owned and not _ready:
+                _unlink(name)
+                gone.append(name)
+            continue
+        key = (owner, ns)
+        if key not in dead:
+            dead[key] = _owner.judge(SHM_DIR, owner, ns) is False
+        if dead[key]:
             _unlink(name)
             gone.append(name)
+    for name in lives:  # a dead owner's lock file, once its lock is free
+        parts = name[len(PREFIX) :].split("_")
+        if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) != _PID:
+            if _owner.judge(SHM_DIR, int(parts[0]), int(parts[1])) is False and _owner._lock_free(
+                os.path.join(SHM_DIR, name)
+            ):
+                _unlink(name)
     return gone
 
 
@@ -322,8 +335,11 @@ def _create(nbytes: int) -> tuple[str, int, int]:
     size = _size_class(nbytes)
     _check_space(size)
     owner = _owner_pid()
+    if owner == _PID:  # ours to clean up, even if we are killed outright
+        _owner.hold_liveness(SHM_DIR, owner)
+        _owner.ensure_watcher(SHM_DIR, owner)
     while True:
-        name = f"{PREFIX}{owner}_{_PID}_{next(_counter)}"
+        name = _owner.segment_name(owner, _PID, next(_counter))
         try:
             fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             break
@@ -586,6 +602,16 @@ def flush_pool() -> None:
     global _keep_until
     _keep_until = 0.0
     _flush_pool()
+    _let_go()
+
+
+def _let_go() -> None:
+    """Owning nothing any more: drop the liveness lock file and the watcher process."""
+    with _lock:
+        holding = bool(_owned) or any(s in ("mine", "pending") for s in _prov.values())
+    if not holding:
+        _owner.release_liveness(SHM_DIR)
+        _owner.stop_watcher()
 
 
 def _flush_pool() -> None:
@@ -637,6 +663,8 @@ def _reap_loop(r: int) -> None:
             _drain()
             if _free and not _pooling():
                 _flush_pool()
+            if not _owned:
+                _let_go()
         except Exception:  # pragma: no cover - keep freeing whatever happens
             pass
 
@@ -652,6 +680,8 @@ def _at_exit() -> None:
     for name in names + prov:
         _unlink(name)
     _reap(all_mine=True)
+    _owner.release_liveness(SHM_DIR)
+    _owner.stop_watcher()
 
 
 def _after_fork_child() -> None:
@@ -669,6 +699,7 @@ def _after_fork_child() -> None:
                 os.close(fd)
             except OSError:
                 pass
+    _owner.after_fork_child()
     _PID = os.getpid()
     _lock = threading.Lock()
     _fork_guard = threading.Lock()
