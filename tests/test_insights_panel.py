@@ -1,0 +1,54 @@
+"""The panel's insights as HTML: workers, slowest items and every failure, and the link from the errors count."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import ezflow
+
+pytest.importorskip("ipywidgets")
+
+from ezflow._views.panel import render_html  # noqa: E402
+from ezflow._views.panel_details import anchor_of, render_details  # noqa: E402
+
+
+def odd_fails(x):
+    if x % 2:
+        raise ValueError(f"odd <{x}>")
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_the_ended_view_lists_every_failure_and_the_errors_count_links_to_it():
+    flow = ezflow.Flow(range(100)).map(odd_fails, mode="thread", workers=2, errors="return", name="odd")
+    flow.collect()
+    stats = flow.stats
+    page = render_html(stats, anchor="p1", details=render_details(stats, "p1"))
+    target = anchor_of("p1", 0)
+    assert f'<a href="#{target}"' in page
+    assert f'id="{target}"' in page
+    found = sorted(int(i) for i in re.findall(r'data-failure-index="(\d+)"', page))
+    assert found == list(range(1, 100, 2))
+    assert "odd &lt;1&gt;" in page  # messages are escaped
+    assert page.count("<details") == 1 + 50  # the stage's section, and one traceback each
+    assert 'data-details-of="odd"' in page and 'data-worker="0"' in page and "data-slow-index" in page
+    assert not re.search(r"#[0-9a-fA-F]{3,6}\b(?![^(]*\))", page.replace("&#x27;", "")), "a colour outside var()"
+
+
+def test_the_live_sections_draw_only_the_open_stage():
+    from ezflow._views.panel_details import Insights
+
+    flow = ezflow.Flow(range(20)).map(odd_fails, mode="thread", workers=2, errors="skip", name="a").map(
+        abs, mode="thread", name="b"
+    )
+    flow.collect()
+    live = Insights(flow.stats, "p2")
+    assert live.widget.titles[0].startswith("a · 2 workers") and live.widget.titles[0].endswith("10 failures")
+    assert all(not b.value for b in live._bodies)  # nothing drawn while closed
+    live.widget.selected_index = 1
+    assert 'data-insights-of="b"' in live._bodies[1].value and not live._bodies[0].value
+    live.widget.selected_index = 0
+    assert 'data-failures-of="a"' in live._failures[0].value
+    live.close()
