@@ -37,7 +37,8 @@ def test_the_ended_view_lists_every_failure_and_the_errors_count_links_to_it():
     assert not re.search(r"#[0-9a-fA-F]{3,6}\b(?![^(]*\))", page.replace("&#x27;", "")), "a colour outside var()"
 
 
-def test_the_live_sections_draw_only_the_open_stage():
+def test_the_live_sections_are_drawn_before_they_are_opened():
+    # while collect() runs the kernel is busy: it never hears that a section was opened
     from ezflow._views.panel_details import Insights
 
     flow = ezflow.Flow(range(20)).map(odd_fails, mode="thread", workers=2, errors="skip", name="a").map(
@@ -46,9 +47,10 @@ def test_the_live_sections_draw_only_the_open_stage():
     flow.collect()
     live = Insights(flow.stats, "p2")
     assert live.widget.titles[0].startswith("a · 2 workers") and live.widget.titles[0].endswith("10 failures")
-    assert all(not b.value for b in live._bodies)  # nothing drawn while closed
-    live.widget.selected_index = 1
-    assert 'data-insights-of="b"' in live._bodies[1].value and not live._bodies[0].value
-    live.widget.selected_index = 0
-    assert 'data-failures-of="a"' in live._failures[0].value
+    assert live.widget.selected_index is None  # all closed
+    assert 'data-insights-of="a"' in live._bodies[0].value and 'data-insights-of="b"' in live._bodies[1].value
+    assert 'data-failures-of="a"' in live._failures[0].value and live._failures[1].value == ""
+    drawn = live._failures[0].value
+    live.update(flow.stats)
+    assert live._failures[0].value is drawn  # unchanged failures are not sent again
     live.close()

@@ -15,6 +15,7 @@ and an entry's input repr is made only when it enters the heap.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import threading
@@ -65,6 +66,10 @@ class FailedItem:
     error: str  # the exception's type name, e.g. "ValueError"
     message: str  # the exception's message
     traceback: str  # the traceback text from the worker ("" when there is none)
+
+
+def _by_index(f: FailedItem) -> int:
+    return f.index
 
 
 class _Worker:
@@ -151,7 +156,7 @@ class Book:
         entry = FailedItem(index, short_repr(item), type(error).__name__, message, traceback or "")
         with self._lock:
             if len(self._failures) < FAILURES_KEPT:
-                self._failures.append(entry)
+                bisect.insort(self._failures, entry, key=_by_index)  # listed in source order, not arrival
             else:
                 self.failures_omitted += 1
 

@@ -81,7 +81,7 @@ class StageStats:
     # slowest pieces, and the first `FAILURES_KEPT` failures (later ones counted)
     worker_stats: tuple[WorkerStats, ...] = ()
     slowest: tuple[SlowItem, ...] = ()
-    failures: tuple[FailedItem, ...] = ()
+    failures: tuple[FailedItem, ...] = ()  # in source order
     failures_omitted: int = 0  # failures past the kept ones: counted, not kept
 
     @property

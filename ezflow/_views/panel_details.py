@@ -3,7 +3,7 @@
     StageStats.worker_stats / .slowest / .failures
         |
         +--stage_html / failures_html--> Insights: one Accordion section per stage, under the
-        |                                live table; only the open section is redrawn
+        |                                live table, redrawn with it (only what changed is sent)
         +--render_details--------------> <details> per stage, inside the ended run's static view
 
 Why an Accordion while running and ``<details>`` at the end: the live table
@@ -12,7 +12,9 @@ DOM, which would close any ``<details>`` the reader opened; an Accordion
 keeps which section is open in its model. The ended run's view is static
 HTML that needs no kernel, so ``<details>`` there stay as the reader leaves
 them. A stage's failures are a separate HTML widget redrawn only when a
-failure is added, so a traceback opened in it stays open.
+failure is added, so a traceback opened in it stays open. Every section is
+drawn, open or not: while ``collect()`` runs the kernel is busy and does not
+hear that a section was opened, so the front end must have its body already.
 
 Hooks for tests and users' CSS: ``data-insights-of`` (a stage's section),
 ``data-worker`` / ``data-current-item`` / ``data-current-for`` on worker rows,
@@ -62,6 +64,15 @@ _CAPTION = (
 )
 
 
+def _secs(seconds: float) -> str:
+    """Format a duration with milliseconds for the short ones: 0.4 ms, 12 ms, 1.3s, 4m05s."""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return clock(seconds)
+
+
 def _table(heads: list[tuple[str, str]], rows: list[str]) -> str:
     head = "".join(f'<th title="{e(tip)}" style="{_HEAD}">{e(title)}</th>' for title, tip in heads)
     return f'<table style="{_TABLE}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -94,7 +105,7 @@ def stage_html(s: StageStats) -> str:
             f'<tr data-slow-index="{x.index}">'
             f'<td style="{_LEFT}">#{x.index}'
             + (f'<span style="color:{MUTED};"> +{x.items - 1} in its piece</span>' if x.items > 1 else "")
-            + f'</td><td style="{_CELL}">{clock(x.seconds)}</td>'
+            + f'</td><td style="{_CELL}">{_secs(x.seconds)}</td>'
             f'<td style="{_LEFT}font-family:{MONO};font-size:12px;">{e(x.input)}</td></tr>'
             for x in s.slowest
         ]
@@ -128,9 +139,9 @@ def _worker_row(w: Any, longest: float) -> str:
         f'<tr data-worker="{w.id}"{item_attr} style="{muted}">'
         f'<td style="{_LEFT}">{w.id}</td>'
         f'<td style="{_CELL}">{"" if w.pid is None else w.pid}</td>'
-        f'<td style="{_CELL}">{clock(w.startup_s)}</td>'
-        f'<td style="{_CELL}">{clock(w.busy_s)}</td>'
-        f'<td style="{_CELL}">{clock(w.waiting_s)}</td>'
+        f'<td style="{_CELL}">{_secs(w.startup_s)}</td>'
+        f'<td style="{_CELL}">{_secs(w.busy_s)}</td>'
+        f'<td style="{_CELL}">{_secs(w.waiting_s)}</td>'
         f'<td style="{_CELL}">{human(w.items)}</td>'
         f'<td style="{_LEFT}">{now}</td></tr>'
     )
@@ -177,7 +188,7 @@ def _title(s: StageStats) -> str:
     if s.worker_stats:
         bits.append(f"{sum(w.alive for w in s.worker_stats)} workers")
     if s.slowest:
-        bits.append(f"slowest {clock(s.slowest[0].seconds)}")
+        bits.append(f"slowest {_secs(s.slowest[0].seconds)}")
     n = len(s.failures) + s.failures_omitted
     if n:
         bits.append(f"{n:,} {'failure' if n == 1 else 'failures'}")
@@ -204,7 +215,7 @@ def render_details(stats: FlowStats, anchor: str) -> str:
 
 
 class Insights:
-    """One Accordion section per stage under the live table; only the open one is redrawn."""
+    """One Accordion section per stage under the live table, redrawn with it."""
 
     def __init__(self, stats: FlowStats, anchor: str) -> None:
         self.anchor = anchor
@@ -217,16 +228,12 @@ class Insights:
             selected_index=None,
         )
         self.widget.add_class("ezflow-insights")
-        self._stats = stats
-        self._draw_titles(stats)
-        self.widget.observe(self._opened, names="selected_index")
+        self.update(stats)
 
     def update(self, stats: FlowStats) -> None:
-        """Redraw the titles if they changed and the open section's body."""
-        self._stats = stats
+        """Redraw what changed: titles, sections' bodies, failures lists."""
         self._draw_titles(stats)
-        k = self.widget.selected_index
-        if k is not None:
+        for k in range(len(self.stages)):
             self._draw(k, stats)
 
     def close(self) -> None:
@@ -236,11 +243,6 @@ class Insights:
         for child in self.widget.children:
             child.close()
         self.widget.close()
-
-    def _opened(self, change: dict[str, Any]) -> None:
-        k = change.get("new")
-        if k is not None:
-            self._draw(k, self._stats)
 
     def _draw_titles(self, stats: FlowStats) -> None:
         titles = tuple(_title(stats.stages[i]) for i in self.stages)
