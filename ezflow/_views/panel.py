@@ -1,7 +1,7 @@
 """Notebook progress: one live panel per run in the cell's output.
 
     FlowStats --update()--> WidgetObserver --render_html()--> ipywidgets.HTML.value  (live, <= ~4/s)
-                                 |
+                                 |         --Insights.update()--> Accordion under it (panel_details)
                                  +--open/close--> display bundle (display_id):
                                                   widget view  + text/html copy + text/plain summary
 
@@ -10,7 +10,9 @@ table aligns the columns in every front end, needs no JavaScript of ours,
 and its final value lands in the saved widget state. The display bundle
 also carries a static HTML copy and a text summary, replaced with the final
 figures at ``close``, so a notebook viewed where widgets cannot render
-(GitHub, nbviewer without state) still shows how the run went.
+(GitHub, nbviewer without state) still shows how the run went. Under the
+table, one section per stage shows its workers, slowest items and failures
+(`panel_details`); colours are JupyterLab theme variables (`theme`).
 
 Hooks for tests and users' CSS: the widget has the class ``ezflow-panel``;
 the root element has ``data-state``; each stage row has ``data-stage``,
@@ -18,7 +20,7 @@ the root element has ``data-state``; each stage row has ``data-stage``,
 lists for ``unbatch``), ``data-total``, ``data-state``, ``data-errors`` and
 ``data-out`` (items emitted). The visible count of an ``unbatch`` stage is its items out.
 
-ipywidgets and IPython are imported here only, and this module only when a
+ipywidgets and IPython are imported here and in `panel_details` only, and only when a
 notebook view is made.
 """
 
