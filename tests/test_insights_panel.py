@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
 import ezflow
+from ezflow._core.record import replace
 
 pytest.importorskip("ipywidgets")
 
@@ -54,3 +56,26 @@ def test_the_live_sections_are_drawn_before_they_are_opened():
     live.update(flow.stats)
     assert live._failures[0].value is drawn  # unchanged failures are not sent again
     live.close()
+
+
+def test_the_sections_are_redrawn_no_faster_than_the_table():
+    from ezflow._views.panel import WidgetObserver
+
+    flow = ezflow.Flow(range(20)).map(odd_fails, mode="thread", workers=2, errors="skip", name="a")
+    flow.collect()
+    base = flow.stats
+    obs = WidgetObserver(min_interval=0.25)
+    obs.open(base)
+    sends = []
+    assert obs.insights is not None
+    obs.insights._bodies[0].observe(lambda change: sends.append(change), names="value")
+    start = time.monotonic()
+    ticks = 0
+    while time.monotonic() - start < 1.0:  # the engine may tick far faster than anyone reads
+        stage = base.stages[0]
+        busier = replace(stage.worker_stats[0], busy_s=float(ticks))  # a body that changes at every tick
+        obs.update(replace(base, stages=(replace(stage, worker_stats=(busier, *stage.worker_stats[1:])),)))
+        ticks += 1
+    obs.close(base)
+    assert ticks > 100
+    assert 1 <= len(sends) <= 1.0 / 0.25 + 1, len(sends)
