@@ -64,6 +64,7 @@ def test_records_after_a_run(opts):
         assert f.message == f"no {f.index}"
         assert f.input == repr(f.index)
         assert "ValueError" in f.traceback and "fails_on_sevens" in f.traceback
+        assert repr(f).endswith(f"message='no {f.index}', traceback=<{len(f.traceback.splitlines())} lines>)")
 
     # one record per worker, all their items accounted for, nobody running now
     assert [w.id for w in s.worker_stats] == [0, 1]

@@ -67,6 +67,14 @@ class FailedItem:
     message: str  # the exception's message
     traceback: str  # the traceback text from the worker ("" when there is none)
 
+    def __repr__(self) -> str:
+        # the traceback is the long part: a list of a hundred failures must stay readable
+        lines = len(self.traceback.splitlines())
+        return (
+            f"FailedItem(index={self.index!r}, input={self.input!r}, error={self.error!r}, "
+            f"message={self.message!r}, traceback=<{lines} lines>)"
+        )
+
 
 def _by_index(f: FailedItem) -> int:
     return f.index
