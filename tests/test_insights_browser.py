@@ -1,7 +1,8 @@
 """Insights and failures in the panel as a person sees them: live JupyterLab (dark, light), Chromium, the DOM.
 
     cell 1: a stage whose item 5 naps ~10 s  -> open the stage's section while it naps, read the item's age
-    cell 2: a run with 50 failed items       -> the ended view lists all 50, tracebacks folded; the count links
+    cell 2: a run with 50 failed items       -> live, failures listed as they come, the errors count leads there;
+                                                ended, all 50 listed, tracebacks folded; the count links
 
 Screenshots go to tests/artifacts/ (``*.png`` is git-ignored) or $EZFLOW_SCREENSHOTS; look at them.
 """
@@ -29,6 +30,7 @@ def naps_on_five(i):
     return i
 
 def fails_under_fifty(i):
+    time.sleep(0.06)
     if i < 50:
         raise ValueError(f"item {i} is below 50")
     return i"""
@@ -88,6 +90,14 @@ def test_insights_and_failures_read_in_both_themes(tmp_path, theme):
             path=str(ARTIFACTS / f"insights_live_{theme}.png")
         )
 
+        # while it runs, failures show under the sections as they come, and the count leads there
+        live = page.locator('.ezflow-insights [data-failures-of="check"]')
+        live.wait_for(timeout=40_000)
+        page.locator('.ezflow-panel tr[data-stage="check"] a[href^="#ezflow-"]').click()
+        assert live.is_visible()
+        page.locator(".ezflow-panel").nth(0).locator("xpath=..").screenshot(
+            path=str(ARTIFACTS / f"failures_live_{theme}.png")
+        )
         failures = page.locator('.ezflow-run [data-failures-of="check"]')
         failures.wait_for(timeout=40_000)
         listed = page.locator('.ezflow-run [data-failures-of="check"] [data-failure-index]')

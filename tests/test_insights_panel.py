@@ -48,8 +48,8 @@ def test_the_live_sections_are_drawn_before_they_are_opened():
     )
     flow.collect()
     live = Insights(flow.stats, "p2")
-    assert live.widget.titles[0].startswith("a · 2 workers") and live.widget.titles[0].endswith("10 failures")
-    assert live.widget.selected_index is None  # all closed
+    assert live.sections.titles[0].startswith("a · 2 workers") and live.sections.titles[0].endswith("10 failures")
+    assert live.sections.selected_index is None  # all closed
     assert 'data-insights-of="a"' in live._bodies[0].value and 'data-insights-of="b"' in live._bodies[1].value
     assert 'data-failures-of="a"' in live._failures[0].value and live._failures[1].value == ""
     drawn = live._failures[0].value

@@ -2,8 +2,8 @@
 
     StageStats.worker_stats / .slowest / .failures
         |
-        +--stage_html / failures_html--> Insights: one Accordion section per stage, under the
-        |                                live table, redrawn with it (only what changed is sent)
+        +--stage_html / failures_html--> Insights: one Accordion section per stage and the failures
+        |                                lists, under the live table, redrawn with it (what changed)
         +--render_details--------------> <details> per stage, inside the ended run's static view
 
 Why an Accordion while running and ``<details>`` at the end: the live table
@@ -11,8 +11,10 @@ is redrawn a few times a second, and an HTML widget's redraw replaces its
 DOM, which would close any ``<details>`` the reader opened; an Accordion
 keeps which section is open in its model. The ended run's view is static
 HTML that needs no kernel, so ``<details>`` there stay as the reader leaves
-them. A stage's failures are a separate HTML widget redrawn only when a
-failure is added, so a traceback opened in it stays open. Every section is
+them. A stage's failures are a separate HTML widget under the sections
+(visible once there is one: the errors count links to it, and a link cannot
+open a closed section), redrawn only when a failure is added, so a
+traceback opened in it stays open until the next failure. Every section is
 drawn, open or not: while ``collect()`` runs the kernel is busy and does not
 hear that a section was opened, so the front end must have its body already.
 
@@ -33,7 +35,7 @@ import ipywidgets
 
 from .._core.stats import FlowStats, StageStats
 from .figures import clock, human
-from .theme import AMBER, FAILED, MONO, MUTED, RULE, e, tint
+from .theme import AMBER, FAILED, FG, MONO, MUTED, RULE, e, tint
 
 __all__ = ["Insights", "anchor_of", "failures_html", "new_anchor", "render_details", "stage_html"]
 
@@ -55,6 +57,8 @@ def anchor_of(anchor: str, index: int) -> str:
 
 # -- HTML, shared by the live sections and the static view -------------------------
 
+# line-height: ipywidgets' HTML sets a widget's (28px a line); font and colour: the page's, not the widget's
+_BOX = f"line-height:1.45;color:{FG};font-family:var(--jp-ui-font-family,system-ui,sans-serif);"
 _CELL = f"padding:2px 8px;border-bottom:1px solid {RULE};white-space:nowrap;text-align:right;"
 _LEFT = _CELL + "text-align:left;"
 _HEAD = f"{_CELL}font-size:11px;font-weight:600;color:{MUTED};text-transform:uppercase;letter-spacing:0.04em;"
@@ -122,7 +126,7 @@ def stage_html(s: StageStats) -> str:
         )
     if not parts:
         parts.append(f'<div style="color:{MUTED};font-size:12px;">no item finished yet</div>')
-    return f'<div data-insights-of="{e(s.name)}" style="font-size:12px;">{"".join(parts)}</div>'
+    return f'<div data-insights-of="{e(s.name)}" style="{_BOX}font-size:12px;">{"".join(parts)}</div>'
 
 
 def _worker_row(w: Any, longest: float) -> str:
@@ -159,7 +163,7 @@ def failures_html(s: StageStats, anchor: str, index: int) -> str:
             f"(the first {len(s.failures)} are)</div>"
         )
     return (
-        f'<div id="{e(anchor_of(anchor, index))}" data-failures-of="{e(s.name)}" style="margin-top:4px;">'
+        f'<div id="{e(anchor_of(anchor, index))}" data-failures-of="{e(s.name)}" style="{_BOX}margin-top:4px;">'
         f'<div style="{_CAPTION}color:{FAILED};">failures ({len(s.failures) + s.failures_omitted:,})</div>'
         f'<div style="max-height:24em;overflow-y:auto;">{items}</div>{more}</div>'
     )
@@ -215,7 +219,11 @@ def render_details(stats: FlowStats, anchor: str) -> str:
 
 
 class Insights:
-    """One Accordion section per stage under the live table, redrawn with it."""
+    """One Accordion section per stage under the live table, then the stages' failures; redrawn with the table.
+
+    The failures lists are outside the Accordion: a stage's errors count links
+    to its list, and a link cannot open a closed section.
+    """
 
     def __init__(self, stats: FlowStats, anchor: str) -> None:
         self.anchor = anchor
@@ -223,10 +231,10 @@ class Insights:
         self._bodies = [ipywidgets.HTML() for _ in self.stages]
         self._failures = [ipywidgets.HTML() for _ in self.stages]
         self._failed = [-1 for _ in self.stages]  # failures drawn per section: redraw only when it grows
-        self.widget = ipywidgets.Accordion(
-            children=[ipywidgets.VBox([b, f]) for b, f in zip(self._bodies, self._failures, strict=True)],
-            selected_index=None,
-        )
+        for f in self._failures:
+            f.layout.display = "none"  # shown with its first failure
+        self.sections = ipywidgets.Accordion(children=self._bodies, selected_index=None)
+        self.widget = ipywidgets.VBox([self.sections, *self._failures])
         self.widget.add_class("ezflow-insights")
         self.update(stats)
 
@@ -238,16 +246,13 @@ class Insights:
 
     def close(self) -> None:
         """Close the accordion and its children (the ended run's static view replaces them)."""
-        for w in (*self._bodies, *self._failures):
+        for w in (*self._bodies, *self._failures, self.sections, self.widget):
             w.close()
-        for child in self.widget.children:
-            child.close()
-        self.widget.close()
 
     def _draw_titles(self, stats: FlowStats) -> None:
         titles = tuple(_title(stats.stages[i]) for i in self.stages)
-        if tuple(self.widget.titles) != titles:
-            self.widget.titles = titles
+        if tuple(self.sections.titles) != titles:
+            self.sections.titles = titles
 
     def _draw(self, k: int, stats: FlowStats) -> None:
         i = self.stages[k]
@@ -259,3 +264,4 @@ class Insights:
         if failed != self._failed[k]:
             self._failed[k] = failed
             self._failures[k].value = failures_html(s, self.anchor, i)
+            self._failures[k].layout.display = None if failed else "none"
