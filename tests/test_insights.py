@@ -186,3 +186,17 @@ def test_a_dead_process_worker_and_its_replacement():
     live = [w for w in s.worker_stats if w.alive]
     assert len(live) == 2 and gone[0].pid not in {w.pid for w in live}
     assert [f.error for f in s.failures] == ["WorkerDied"] and s.failures[0].index == 3
+
+
+@pytest.mark.timeout(120)
+def test_every_backend_lists_failures_and_slowest(mode):
+    flow = ezflow.Flow(range(30)).map(fails_on_sevens, workers=2, errors="skip", **mode)
+    flow.collect()
+    s = flow.stats.stages[0]
+    assert [f.index for f in s.failures] == [3, 10, 17, 24]
+    assert {f.error for f in s.failures} == {"ValueError"}
+    assert 1 <= len(s.slowest) <= SLOWEST and sum(x.items for x in s.slowest) <= 30
+    if "backend" in mode:  # dask workers are the cluster's: no per-worker rows
+        assert s.worker_stats == ()
+    else:
+        assert sum(w.items for w in s.worker_stats) == 30
