@@ -10,7 +10,7 @@ import time
 import pytest
 
 import ezflow
-from ezflow._core.insights import FAILURES_KEPT, SLOWEST
+from ezflow._core.insights import FAILURES_KEPT, SLOWEST, TEXT_KEPT
 
 MODES = [
     pytest.param({"mode": "thread"}, id="thread"),
@@ -200,3 +200,19 @@ def test_every_backend_lists_failures_and_slowest(mode):
         assert s.worker_stats == ()
     else:
         assert sum(w.items for w in s.worker_stats) == 30
+
+
+def shouts(x):
+    raise ValueError("A" + "x" * 50_000 + "Z")
+
+
+@pytest.mark.timeout(60)
+def test_a_huge_message_and_traceback_keep_their_start_and_end():
+    flow = ezflow.Flow([0]).map(shouts, mode="thread", workers=1, errors="skip")
+    flow.collect()
+    (f,) = flow.stats.stages[0].failures
+    assert f.error == "ValueError"
+    assert len(f.message) <= TEXT_KEPT + 100 and f.message.startswith("Ax") and f.message.endswith("xZ")
+    assert "characters cut" in f.message
+    assert len(f.traceback) <= TEXT_KEPT + 100 and "characters cut" in f.traceback
+    assert f.traceback.startswith("Traceback") and f.traceback.rstrip().endswith("xZ")

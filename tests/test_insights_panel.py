@@ -79,3 +79,15 @@ def test_the_sections_are_redrawn_no_faster_than_the_table():
     obs.close(base)
     assert ticks > 100
     assert 1 <= len(sends) <= 1.0 / 0.25 + 1, len(sends)
+
+
+def shouts(x):
+    raise ValueError("A" + "x" * 50_000 + "Z")
+
+
+def test_a_long_traceback_is_cut_in_the_panel():
+    flow = ezflow.Flow(range(3)).map(shouts, mode="thread", workers=1, errors="skip", name="loud")
+    flow.collect()
+    page = render_details(flow.stats, "p3")
+    assert page.count("characters cut: flow.stats has them") == 3
+    assert len(page) < 3 * 6_000 + 5_000

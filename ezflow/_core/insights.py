@@ -25,10 +25,11 @@ from typing import Any
 from .errors import short_repr
 from .record import record
 
-__all__ = ["FAILURES_KEPT", "SLOWEST", "Book", "FailedItem", "SlowItem", "WorkerStats"]
+__all__ = ["FAILURES_KEPT", "SLOWEST", "TEXT_KEPT", "Book", "FailedItem", "SlowItem", "WorkerStats"]
 
 SLOWEST = 5  # pieces kept per stage, slowest first
 FAILURES_KEPT = 100  # failures kept with their full text per stage; later ones are only counted
+TEXT_KEPT = 20_000  # characters of a failure's message or traceback kept (its start and its end)
 GONE_KEPT = 32  # records of workers that were replaced (recycled, died, timed out) kept per stage
 
 
@@ -74,6 +75,14 @@ class FailedItem:
             f"FailedItem(index={self.index!r}, input={self.input!r}, error={self.error!r}, "
             f"message={self.message!r}, traceback=<{lines} lines>)"
         )
+
+
+def _cut(text: str) -> str:
+    # a deep recursion's traceback can be megabytes: keep where it starts and where it failed
+    if len(text) <= TEXT_KEPT:
+        return text
+    head = TEXT_KEPT // 5
+    return f"{text[:head]}\n[... {len(text) - TEXT_KEPT:,} characters cut ...]\n{text[-(TEXT_KEPT - head):]}"
 
 
 def _by_index(f: FailedItem) -> int:
@@ -161,7 +170,7 @@ class Book:
             message = str(error)
         except BaseException:  # an item's odd exception must not hide the report of it
             message = "<message could not be read>"
-        entry = FailedItem(index, short_repr(item), type(error).__name__, message, traceback or "")
+        entry = FailedItem(index, short_repr(item), type(error).__name__, _cut(message), _cut(traceback or ""))
         with self._lock:
             if len(self._failures) < FAILURES_KEPT:
                 bisect.insort(self._failures, entry, key=_by_index)  # listed in source order, not arrival

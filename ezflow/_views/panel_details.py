@@ -40,6 +40,7 @@ from .theme import AMBER, FAILED, FG, MONO, MUTED, RULE, e, tint
 __all__ = ["Insights", "anchor_of", "failures_html", "new_anchor", "render_details", "stage_html"]
 
 _MESSAGE_CHARS = 160  # a failure's message in its one-line summary; the traceback has all of it
+_TRACEBACK_CHARS = 4_000  # of a traceback in the panel (a hundred of them are saved in the notebook)
 _STUCK_SECONDS = 1.0  # a running item older than this and than every finished piece is marked
 
 _anchors = itertools.count()
@@ -151,6 +152,14 @@ def _worker_row(w: Any, longest: float) -> str:
     )
 
 
+def _shorter(text: str) -> str:
+    if len(text) <= _TRACEBACK_CHARS:
+        return text
+    head = _TRACEBACK_CHARS // 5
+    cut = len(text) - _TRACEBACK_CHARS
+    return f"{text[:head]}\n[... {cut:,} characters cut: flow.stats has them ...]\n{text[-(_TRACEBACK_CHARS - head):]}"
+
+
 def failures_html(s: StageStats, anchor: str, index: int) -> str:
     """Return a stage's failures list as HTML: one line each, its traceback folded under it."""
     if not s.failures:
@@ -183,7 +192,7 @@ def _failure(f: Any) -> str:
         f'<summary style="cursor:pointer;">{line}</summary>'
         f'<pre style="font-family:{MONO};font-size:11px;margin:2px 0 6px 14px;padding:4px 8px;'
         f'background:{tint(FAILED, 6)};border-left:2px solid {FAILED};white-space:pre-wrap;">'
-        f"{e(f.traceback.rstrip())}</pre></details>"
+        f"{e(_shorter(f.traceback.rstrip()))}</pre></details>"
     )
 
 
