@@ -216,3 +216,17 @@ def test_a_huge_message_and_traceback_keep_their_start_and_end():
     assert "characters cut" in f.message
     assert len(f.traceback) <= TEXT_KEPT + 100 and "characters cut" in f.traceback
     assert f.traceback.startswith("Traceback") and f.traceback.rstrip().endswith("xZ")
+
+
+@pytest.mark.timeout(60)
+def test_recycled_process_workers_keep_their_rows():
+    flow = ezflow.Flow(range(12)).map(
+        fails_on_sevens, mode="process", start_method="fork", workers=2, max_tasks_per_worker=3, errors="skip"
+    )
+    flow.collect()
+    s = flow.stats.stages[0]
+    assert s.workers_recycled >= 2
+    gone = [w for w in s.worker_stats if not w.alive]
+    assert len(gone) >= 2 and all(w.items <= 3 for w in s.worker_stats)
+    assert sum(w.items for w in s.worker_stats) == 12
+    assert len({w.id for w in s.worker_stats}) == len(s.worker_stats)

@@ -10,7 +10,9 @@ when the stage (or, for a replacement, the worker) was started.
 
 from __future__ import annotations
 
+import itertools
 import time
+import weakref
 
 from .pool import WorkerProc
 from .port import Piece, StagePort
@@ -24,13 +26,15 @@ class WorkerTally:
     def __init__(self, port: StagePort) -> None:
         self.port = port
         self.since = time.perf_counter()  # when the stage started asking for workers
-        self._numbers: dict[WorkerProc, int] = {}
+        # weak: with max_tasks_per_worker=1 a stage goes through a worker per item
+        self._numbers: weakref.WeakKeyDictionary[WorkerProc, int] = weakref.WeakKeyDictionary()
+        self._next = itertools.count()
 
     def up(self, w: WorkerProc, *, fresh: bool = False) -> None:
         """`w` is ready for this stage's pieces; `fresh`: it was started just now, in another's place."""
         if w in self._numbers:
             return
-        n = self._numbers[w] = len(self._numbers)
+        n = self._numbers[w] = next(self._next)
         self.port.worker_up(n, w.proc.pid, time.perf_counter() - (w.born if fresh else self.since))
 
     def of(self, w: WorkerProc) -> int | None:
