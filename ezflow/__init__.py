@@ -6,6 +6,7 @@ The public surface is this module; everything else is private.
 from ._api import imap, map
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
+from ._core.insights import FailedItem, SlowItem, WorkerStats
 from ._core.stats import FlowStats, StageStats
 from ._engine.checkpoint_store import CheckpointError
 from ._executors import StageError
@@ -43,6 +44,7 @@ __all__ = [
     "NUM_CPUS",
     "NUM_THREADS",
     "CheckpointError",
+    "FailedItem",
     "Failure",
     "Flow",
     "FlowStats",
@@ -52,10 +54,12 @@ __all__ = [
     "Q",
     "RemoteError",
     "SharedMemoryWarning",
+    "SlowItem",
     "StageError",
     "StageStats",
     "TaskError",
     "WorkerDied",
+    "WorkerStats",
     "__version__",
     "imap",
     "map",

@@ -125,8 +125,13 @@ class Lab:
 
 
 @contextmanager
-def jupyterlab(tmp: Path, *, pythonpath: list[str] = (), timeout: float = 40) -> Iterator[Lab]:
-    """Start JupyterLab on 127.0.0.1 with throwaway config dirs; stop it and its kernels at exit."""
+def jupyterlab(
+    tmp: Path, *, pythonpath: list[str] = (), timeout: float = 40, theme: str | None = None
+) -> Iterator[Lab]:
+    """Start JupyterLab on 127.0.0.1 with throwaway config dirs; stop it and its kernels at exit.
+
+    `theme`: a JupyterLab theme name, e.g. "JupyterLab Dark" (default: the light one).
+    """
     root, conf = tmp / "root", tmp / "conf"
     root.mkdir()
     dirs = {name: conf / name for name in ("config", "runtime", "settings", "workspaces")}
@@ -138,6 +143,8 @@ def jupyterlab(tmp: Path, *, pythonpath: list[str] = (), timeout: float = 40) ->
     (notify / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True})
     )
+    if theme is not None:
+        (notify / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
     env = dict(os.environ)
     env.update(
         JUPYTER_CONFIG_DIR=str(dirs["config"]),

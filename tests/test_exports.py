@@ -9,6 +9,7 @@ import ezflow
 
 PUBLIC = {
     "CheckpointError",
+    "FailedItem",
     "Failure",
     "Flow",
     "FlowStats",
@@ -20,10 +21,12 @@ PUBLIC = {
     "Q",
     "RemoteError",
     "SharedMemoryWarning",
+    "SlowItem",
     "StageError",
     "StageStats",
     "TaskError",
     "WorkerDied",
+    "WorkerStats",
     "__version__",
     "imap",
     "map",

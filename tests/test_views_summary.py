@@ -19,7 +19,7 @@ from ezflow._views.choose import Delayed
 from ezflow._views.figures import bottleneck, outcome, summary, worker_label
 from ezflow._views.text import TextObserver
 
-WARN_PANEL = "#c77700"
+WARN_PANEL = "var(--jp-warn-color0, #c77700)"
 GREEN = "#1e9e5a"
 
 

@@ -73,6 +73,10 @@ READ_PANELS = """() => Array.from(document.querySelectorAll('.ezflow-run')).map(
           error: (p.querySelector('[data-error-of]') || {}).innerText || null};
 })"""
 
+# The theme's error colour as the browser computes it (the panel's red is var(--jp-error-color1)).
+THEME_RED = """() => { const d = document.createElement('div'); d.style.color = 'var(--jp-error-color1)';
+  document.body.appendChild(d); const c = getComputedStyle(d).color; d.remove(); return c; }"""
+
 
 def test_panel_updates_live_and_ends_red_on_failure(tmp_path):
     require_browser()
@@ -113,7 +117,7 @@ def test_panel_updates_live_and_ends_red_on_failure(tmp_path):
         failed = page.evaluate(READ_PANELS)[1]
         assert failed["rows"]["resize"]["state"] == "failed"
         assert failed["rows"]["keep_large"]["state"] in ("cancelled", "done")
-        assert failed["border"] == "rgb(214, 69, 65)"  # the red stays
+        assert failed["border"] == page.evaluate(THEME_RED)  # the red stays: the theme's error colour
         assert "ValueError: cannot resize image 150" in failed["error"]
         assert live["border"] != failed["border"]
 

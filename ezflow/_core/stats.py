@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from .insights import Book, FailedItem, SlowItem, WorkerStats
 from .record import Factory, record
 
 __all__ = [
@@ -76,6 +77,12 @@ class StageStats:
     peak_worker_rss: int = 0  # most resident memory (bytes) one worker process was seen to use; 0: not measured
     workers_recycled: int = 0  # worker processes replaced on purpose (max_tasks_per_worker, max_memory)
     memory_failures: int = 0  # items failed with MemoryLimitExceeded (raised, returned or skipped)
+    # insights (`_core.insights`): each worker's time and current item, the
+    # slowest pieces, and the first `FAILURES_KEPT` failures (later ones counted)
+    worker_stats: tuple[WorkerStats, ...] = ()
+    slowest: tuple[SlowItem, ...] = ()
+    failures: tuple[FailedItem, ...] = ()  # in source order
+    failures_omitted: int = 0  # failures past the kept ones: counted, not kept
 
     @property
     def done(self) -> int:
@@ -291,6 +298,7 @@ class _Counters:
     workers_recycled: int = 0
     memory_failures: int = 0
     lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
+    book: Book = Factory(factory=Book)  # type: ignore[assignment]  # made per record
 
     def start(self) -> None:
         if self.started is None:
@@ -305,11 +313,8 @@ class _Counters:
             self.error = error
 
     def snapshot(self) -> StageStats:
-        if self.started is None:
-            elapsed = 0.0
-        else:
-            end = self.finished if self.finished is not None else time.perf_counter()
-            elapsed = end - self.started
+        end = self.finished if self.finished is not None else time.perf_counter()
+        elapsed = 0.0 if self.started is None else end - self.started
         in_flight = max(0, self.items_in - self.items_done)
         inbox_full = self.inbox_full_seconds
         since = self.full_since
@@ -339,4 +344,5 @@ class _Counters:
             peak_worker_rss=self.peak_worker_rss,
             workers_recycled=self.workers_recycled,
             memory_failures=self.memory_failures,
+            **self.book.snapshot(end),
         )

@@ -222,6 +222,18 @@ class StageDriver:
             c.workers_recycled += recycled
             c.peak_worker_rss = max(c.peak_worker_rss, peak_rss)
 
+    def worker_up(self, worker: int, pid: int | None = None, startup: float = 0.0) -> None:
+        """A worker is ready (insights)."""
+        self.counters.book.up(worker, pid, startup)
+
+    def began(self, worker: int, piece: Piece) -> None:
+        """A worker starts a piece (insights: its current item and age)."""
+        self.counters.book.began(worker, piece.chunk.idx[piece.start])
+
+    def worker_gone(self, worker: int) -> None:
+        """A worker was replaced (insights)."""
+        self.counters.book.gone(worker)
+
     def _take_locked(self) -> Piece | None:
         if self._redo:
             return self._redo.popleft()
@@ -253,7 +265,13 @@ class StageDriver:
     # -- output side ----------------------------------------------------
 
     def done(
-        self, piece: Piece, values: list[Any], errs: Sequence[ItemError], busy: float, retries: int = 0
+        self,
+        piece: Piece,
+        values: list[Any],
+        errs: Sequence[ItemError],
+        busy: float,
+        retries: int = 0,
+        worker: int | None = None,
     ) -> None:
         """Record a finished piece; emit its chunk once every piece is back."""
         chunk = piece.chunk
@@ -269,6 +287,7 @@ class StageDriver:
             c.retries += retries
             if busy > 0 and not errs:
                 self._measure(n, busy)
+        c.book.done(worker, chunk.idx[piece.start], piece.items, busy)
         if complete:
             self._complete(chunk)
 
@@ -336,6 +355,7 @@ class StageDriver:
                 p = start + i
                 if errmap is not None and i in errmap:
                     _, exc, tb, attempts = errmap[i]
+                    c.book.failed(idx[p], items[p], exc, tb)
                     c.errors += 1
                     if isinstance(exc, MemoryLimitExceeded):
                         c.memory_failures += 1

@@ -69,6 +69,7 @@ class AsyncExecutor(Executor):
 
     async def _serve(self) -> None:
         spec = self.spec
+        t0 = time.perf_counter()
         try:
             self.rt = build_runtime(
                 spec.kind, spec.fn, spec.is_class, spec.when, spec.retries,
@@ -79,8 +80,11 @@ class AsyncExecutor(Executor):
             self._ready.set()
             return
         self._ready.set()
+        startup = time.perf_counter() - t0
+        for n in range(spec.workers):  # a worker is a task awaiting one item at a time, on one shared runtime
+            self.port.worker_up(n, None, startup)
         queue: asyncio.Queue[Piece | None] = asyncio.Queue(maxsize=spec.workers)
-        workers = [asyncio.ensure_future(self._work(queue)) for _ in range(spec.workers)]
+        workers = [asyncio.ensure_future(self._work(queue, n)) for n in range(spec.workers)]
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -104,17 +108,18 @@ class AsyncExecutor(Executor):
             except BaseException as exc:
                 self._close_failed(exc)
 
-    async def _work(self, queue: asyncio.Queue[Piece | None]) -> None:
+    async def _work(self, queue: asyncio.Queue[Piece | None], n: int) -> None:
         try:
             while True:
                 piece = await queue.get()
                 if piece is None:
                     return
+                self.port.began(n, piece)
                 t0 = time.perf_counter()
                 values, errs, retried = await self._run_piece(piece.items, piece.attempts)
                 if self.cancelled:
                     return
-                self.port.done(piece, values, errs, time.perf_counter() - t0, retried)
+                self.port.done(piece, values, errs, time.perf_counter() - t0, retried, worker=n)
         except asyncio.CancelledError:
             if not self.cancelled:  # not ezflow's cancel: its items would never be reported
                 self.port.fail(RuntimeError(f"stage {self.spec.name!r}: an async worker task was cancelled"))

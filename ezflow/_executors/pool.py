@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,13 +33,14 @@ _ids = itertools.count()
 class WorkerProc:
     """One worker process and the pieces it holds."""
 
-    __slots__ = ("__weakref__", "conn", "outstanding", "proc", "sent_at")
+    __slots__ = ("__weakref__", "born", "conn", "outstanding", "proc", "sent_at")
 
     def __init__(self, proc: Any, conn: Connection) -> None:
         self.proc = proc
         self.conn = conn
         self.outstanding: collections.deque = collections.deque()
         self.sent_at = 0.0  # when the oldest outstanding piece was sent (timeouts)
+        self.born = time.perf_counter()  # when it was started (a stage's insights time its start-up)
 
 
 class ProcessPool:

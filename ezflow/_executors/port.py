@@ -8,6 +8,8 @@
                               <--- port.set_capacity(...) --  (a cluster grew)
                               <--- port.wake() -------------  (the executor has room again)
                               <--- port.report_workers(...) -  (a worker recycled, a new RSS peak)
+                              <--- port.worker_up / began / worker_gone  (insights: a worker is ready,
+                                   started a piece, was replaced; `done(..., worker=)` ends the piece)
 
 The engine implements `StagePort`; an executor sees nothing else of it:
 not the run, not the driver's lock, not another stage. `Chunk` and `Piece`
@@ -80,9 +82,30 @@ class StagePort(Protocol):
         ...
 
     def done(
-        self, piece: Piece, values: list[Any], errs: Sequence[ItemError], busy: float, retries: int = 0
+        self,
+        piece: Piece,
+        values: list[Any],
+        errs: Sequence[ItemError],
+        busy: float,
+        retries: int = 0,
+        worker: int | None = None,
     ) -> None:
-        """Report a finished piece: one value per item, the failed ones in `errs`, `busy` seconds of work."""
+        """Report a finished piece: one value per item, the failed ones in `errs`, `busy` seconds of work.
+
+        `worker`: the number of the worker that ran it (as told to `worker_up`), for its insights.
+        """
+        ...
+
+    def worker_up(self, worker: int, pid: int | None = None, startup: float = 0.0) -> None:
+        """Worker number `worker` (process `pid`) is ready to take pieces, `startup` seconds after it was asked for."""
+        ...
+
+    def began(self, worker: int, piece: Piece) -> None:
+        """Worker number `worker` starts running `piece` now (its age is shown while it runs)."""
+        ...
+
+    def worker_gone(self, worker: int) -> None:
+        """Worker number `worker` was replaced (recycled, died, timed out): its figures stop there."""
         ...
 
     def give_back(self, pieces: Sequence[Piece]) -> None:

@@ -81,6 +81,7 @@ class ProcessExecutor(RecyclingExecutor):
 
     def setup(self) -> None:
         spec = self.spec
+        self._tally.since = time.perf_counter()
         try:
             self._shm = StageLink(spec.share_arrays)
             with self._shm.setup_scope():  # arrays the function holds go by shared memory too
@@ -104,6 +105,8 @@ class ProcessExecutor(RecyclingExecutor):
                 raise err
         if spec.is_class:
             self._check_built(pool)
+        for w in pool.workers:
+            self._tally.up(w)
         self._spawn(self._send_loop, "send")
         self._spawn(self._collect_loop, "collect", after=self._finish)
         self._spawn(lambda: self._life.watch(self._workers, self._over_limit), "memory")
@@ -179,6 +182,7 @@ class ProcessExecutor(RecyclingExecutor):
                     w.outstanding.append(piece)
                     if len(w.outstanding) == 1:
                         w.sent_at = time.monotonic()
+                        self._tally.began(w, piece)
             if old is not None:
                 self._retired(old)
             if w is None:
@@ -232,6 +236,7 @@ class ProcessExecutor(RecyclingExecutor):
             self._life.finished(w, len(piece.items))  # before its slot is free: it may have to retire
             if w.outstanding:
                 w.sent_at = time.monotonic()
+                self._tally.began(w, w.outstanding[0])
         self.port.wake()  # the worker has a free slot
         return piece
 
@@ -248,7 +253,7 @@ class ProcessExecutor(RecyclingExecutor):
             piece = self._pop(w)
             if piece.id != pid:  # pragma: no cover - a protocol bug, never data loss in silence
                 raise RuntimeError(f"worker answered piece {pid}, expected {piece.id}")
-            self.port.done(piece, values, errs, busy, retries)
+            self.port.done(piece, values, errs, busy, retries, worker=self._tally.of(w))
             if self._second:
                 self._second.discard(piece)
             if self._life.limits and not w.outstanding and self._life.retiring(w):
@@ -273,7 +278,7 @@ class ProcessExecutor(RecyclingExecutor):
             if msg[0] == "result":
                 _, pid, values, errs, busy, retries = msg
                 self._shm.done(pid)
-                self.port.done(self._pop(w), values, errs, busy, retries)
+                self.port.done(self._pop(w), values, errs, busy, retries, worker=self._tally.of(w))
         w.proc.join(1)
         code = w.proc.exitcode
         peak = self._life.killed(w)  # the memory guard stopped it at this RSS
@@ -285,6 +290,8 @@ class ProcessExecutor(RecyclingExecutor):
             w.outstanding.clear()
             fresh = pool.replace(w)
             self._send_setup(fresh)  # before the sender can see it: its first message must be the setup
+            self._tally.gone(w)
+            self._tally.up(fresh, fresh=True)
         self.port.wake()
         self._shm.done(*(p.id for p in pieces))
         self._shm.reap()  # segments the dead worker made and never sent

@@ -39,6 +39,7 @@ from .._transport.serialize import dumps
 from .base import Executor
 from .pool import ProcessPool, WorkerProc, stop_worker
 from .port import Piece, StagePort
+from .tally import WorkerTally
 
 __all__ = ["GUARD_SECONDS", "WATCH_SECONDS", "Lifespan", "RecyclingExecutor"]
 
@@ -257,6 +258,7 @@ class RecyclingExecutor(Executor):
     def __init__(self, spec: Any, port: StagePort) -> None:
         super().__init__(spec, port)
         self._life = Lifespan(spec, port.report_workers)
+        self._tally = WorkerTally(port)  # worker numbers for the stage's insights
         self._refresh: set[Piece] = set()  # stopped over max_memory on a used worker: run next on a fresh one
         self._second: set[Piece] = set()  # sent to a fresh worker after that: stopped again, the item is blamed
         self._retirements: list[threading.Thread] = []
@@ -345,6 +347,8 @@ class RecyclingExecutor(Executor):
         assert self.pool is not None
         fresh = self.pool.swap(w)
         self._send_setup(fresh)  # before the sender can see it: its first message must be the setup
+        self._tally.gone(w)
+        self._tally.up(fresh, fresh=True)
         return fresh
 
     def _retire(self, w: WorkerProc) -> None:

@@ -39,7 +39,7 @@ class ThreadExecutor(Executor):
         self._start_error: BaseException | None = None
         self.limiter: TokenBucket | None = None
         self._lock = threading.Lock()
-        self._running: dict[int, tuple[Piece, float]] = {}  # thread ident -> (piece, started)
+        self._running: dict[int, tuple[Piece, float, int]] = {}  # thread ident -> (piece, started, worker number)
         self._names = itertools.count()
         self._stop = threading.Event()
         self._abandoned: set[int] = set()  # threads still inside a timed-out call
@@ -58,10 +58,12 @@ class ThreadExecutor(Executor):
             self._spawn(self._watch, "watch")
 
     def _start_worker(self, ready: threading.Barrier | None) -> None:
-        self._spawn(lambda: self._work(ready), f"thread{next(self._names)}")
+        n = next(self._names)
+        self._spawn(lambda: self._work(ready, n), f"thread{n}")
 
-    def _work(self, ready: threading.Barrier | None) -> None:
+    def _work(self, ready: threading.Barrier | None, n: int) -> None:
         spec = self.spec
+        t0 = time.perf_counter()
         try:
             rt = build_runtime(
                 spec.kind, spec.fn, spec.is_class, spec.when, spec.retries,
@@ -74,6 +76,7 @@ class ThreadExecutor(Executor):
             self._start_error = exc
             ready.abort()
             return
+        self.port.worker_up(n, None, time.perf_counter() - t0)
         if ready is not None:
             try:
                 ready.wait()
@@ -86,14 +89,15 @@ class ThreadExecutor(Executor):
                 piece = port.take()
                 if piece is None:
                     return
+                port.began(n, piece)
                 with self._lock:
-                    self._running[me] = (piece, time.monotonic())
+                    self._running[me] = (piece, time.monotonic(), n)
                 values, errs, busy, retries = run_piece(rt, piece.items, piece.chunk.special, piece.attempts)
                 with self._lock:
                     mine = self._running.pop(me, None) is not None
                 if not mine:
                     return  # the watchdog failed this item and replaced us: drop the late result
-                port.done(piece, values, errs, busy, retries)
+                port.done(piece, values, errs, busy, retries, worker=n)
         finally:
             try:
                 close_runtime(rt)
@@ -107,13 +111,14 @@ class ThreadExecutor(Executor):
             now = time.monotonic()
             expired = []
             with self._lock:
-                for ident, (piece, started) in list(self._running.items()):
+                for ident, (piece, started, n) in list(self._running.items()):
                     if now - started > timeout:
-                        expired.append(piece)
+                        expired.append((piece, n))
                         del self._running[ident]
                         self._abandoned.add(ident)
-                oldest = min((s for _, s in self._running.values()), default=now)
-            for piece in expired:
+                oldest = min((s for _, s, _ in self._running.values()), default=now)
+            for piece, n in expired:
+                self.port.worker_gone(n)
                 err = self.rules.timeout_error(
                     "a thread cannot be stopped, so the call goes on in the background and its result is dropped"
                 )

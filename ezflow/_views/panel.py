@@ -1,7 +1,7 @@
 """Notebook progress: one live panel per run in the cell's output.
 
     FlowStats --update()--> WidgetObserver --render_html()--> ipywidgets.HTML.value  (live, <= ~4/s)
-                                 |
+                                 |         --Insights.update()--> Accordion under it (panel_details)
                                  +--open/close--> display bundle (display_id):
                                                   widget view  + text/html copy + text/plain summary
 
@@ -10,7 +10,9 @@ table aligns the columns in every front end, needs no JavaScript of ours,
 and its final value lands in the saved widget state. The display bundle
 also carries a static HTML copy and a text summary, replaced with the final
 figures at ``close``, so a notebook viewed where widgets cannot render
-(GitHub, nbviewer without state) still shows how the run went.
+(GitHub, nbviewer without state) still shows how the run went. Under the
+table, one section per stage shows its workers, slowest items and failures
+(`panel_details`); colours are JupyterLab theme variables (`theme`).
 
 Hooks for tests and users' CSS: the widget has the class ``ezflow-panel``;
 the root element has ``data-state``; each stage row has ``data-stage``,
@@ -18,13 +20,12 @@ the root element has ``data-state``; each stage row has ``data-stage``,
 lists for ``unbatch``), ``data-total``, ``data-state``, ``data-errors`` and
 ``data-out`` (items emitted). The visible count of an ``unbatch`` stage is its items out.
 
-ipywidgets and IPython are imported here only, and this module only when a
+ipywidgets and IPython are imported here and in `panel_details` only, and only when a
 notebook view is made.
 """
 
 from __future__ import annotations
 
-import html
 import time
 from typing import Any
 
@@ -52,29 +53,24 @@ from .figures import (
     summary,
     worker_label,
 )
+from .panel_details import Insights, anchor_of, new_anchor, render_details
+from .theme import AMBER as _AMBER
+from .theme import FAILED as _FAILED
+from .theme import FG as _FG
+from .theme import INVERSE as _INVERSE
+from .theme import MONO as _MONO
+from .theme import MUTED as _MUTED
+from .theme import NEUTRAL as _NEUTRAL
+from .theme import RULE as _RULE
+from .theme import SURFACE as _SURFACE
+from .theme import TONE_COLOURS as _TONE_COLOURS
+from .theme import TONE_MARKS as _TONE_MARKS
+from .theme import TRACK as _TRACK
+from .theme import e as _e
+from .theme import tint as _tint
 
 __all__ = ["WidgetObserver", "render_html"]
 
-# Front-end colours: JupyterLab's theme variables when there, fallbacks
-# elsewhere; tints are translucent so they read on light and dark themes.
-# Keyed by tone (`figures.outcome`, `figures.stage_tone`): a run or stage
-# that finished with failed items is "warn", amber, never the green of "ok".
-_AMBER = "#e08a00"
-_TONE_COLOURS = {
-    "pending": "#8a8a8a",
-    "running": "#2f80ed",
-    "ok": "#1e9e5a",
-    "done": "#1e9e5a",
-    "warn": "#c77700",
-    "failed": "#d64541",
-    "cancelled": "#b7791f",
-}
-_TONE_MARKS = {"pending": "○", "running": "●", "ok": "✓", "done": "✓", "warn": "▲", "failed": "✖", "cancelled": "■"}
-_FAILED = _TONE_COLOURS["failed"]
-_FG = "var(--jp-ui-font-color1, #1f1f1f)"
-_MUTED = "var(--jp-ui-font-color2, #6b6b6b)"
-_RULE = "var(--jp-border-color2, #e3e3e3)"
-_TRACK = "var(--jp-layout-color2, #ececec)"
 
 
 class WidgetObserver:
@@ -83,11 +79,14 @@ class WidgetObserver:
     def __init__(self, *, min_interval: float = 0.25) -> None:
         self.min_interval = min_interval
         self.widget: Any = None
+        self.view: Any = None  # the widget shown: the table above the insights sections
         self._handle: Any = None
         self._last_draw = 0.0
         # Per stage, (elapsed, items done) at each draw: the sparkline's data,
         # thinned to at most _SAMPLES points so a long run stays small.
         self.history: dict[str, list[tuple[float, int]]] = {}
+        self.anchor = new_anchor()  # ids of this panel's failures lists, which the errors counts link to
+        self.insights: Insights | None = None  # per-stage sections under the table (panel_details)
 
     def _sample(self, stats: FlowStats) -> None:
         for st in stats.stages:
@@ -98,11 +97,13 @@ class WidgetObserver:
 
     def _render(self, stats: FlowStats) -> str:
         self._sample(stats)
-        return render_html(stats, history=self.history)
+        return render_html(stats, history=self.history, anchor=self.anchor)
 
     def open(self, stats: FlowStats) -> None:
         self.widget = ipywidgets.HTML(value=self._render(stats))
         self.widget.add_class("ezflow-panel")
+        self.insights = Insights(stats, self.anchor)
+        self.view = ipywidgets.VBox([self.widget, self.insights.widget])
         self._last_draw = time.monotonic()
         self._handle = display(self._bundle(stats), raw=True, display_id=True)
 
@@ -114,6 +115,8 @@ class WidgetObserver:
             return
         self._last_draw = now
         self._set(self._render(stats))
+        if self.insights is not None:
+            self.insights.update(stats)
 
     def close(self, stats: FlowStats) -> None:
         if self.widget is None:
@@ -124,15 +127,21 @@ class WidgetObserver:
             # text/plain, no widget view, so a notebook saved and reopened
             # without a kernel, nbconvert and GitHub show the final table
             # instead of "Error displaying widget" or nothing.
-            self._handle.update({"text/html": self.widget.value, "text/plain": summary(stats)}, raw=True)
+            static = render_html(
+                stats, history=self.history, anchor=self.anchor, details=render_details(stats, self.anchor)
+            )
+            self._handle.update({"text/html": static, "text/plain": summary(stats)}, raw=True)
             self.widget.close()  # its model is no longer shown anywhere
+            if self.insights is not None:
+                self.insights.close()
+            self.view.close()
 
     def _set(self, value: str) -> None:
         if value != self.widget.value:  # unchanged: send nothing
             self.widget.value = value
 
     def _bundle(self, stats: FlowStats) -> dict[str, Any]:
-        bundle = dict(self.widget._repr_mimebundle_())
+        bundle = dict(self.view._repr_mimebundle_())
         bundle["text/html"] = self.widget.value
         bundle["text/plain"] = summary(stats)
         return bundle
@@ -141,18 +150,29 @@ class WidgetObserver:
         return f"WidgetObserver(min_interval={self.min_interval})"
 
 
-def render_html(stats: FlowStats, *, history: dict[str, list[tuple[float, int]]] | None = None) -> str:
+def render_html(
+    stats: FlowStats,
+    *,
+    history: dict[str, list[tuple[float, int]]] | None = None,
+    anchor: str | None = None,
+    details: str = "",
+) -> str:
     """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only).
 
     ``history`` maps a stage name to (elapsed, items done) samples; with two
     or more rates, the stage's items/s cell carries a sparkline of them.
+    ``anchor``: the panel's id prefix; a stage's errors count then links to
+    its failures list. ``details``: HTML put under the table (the insights).
     """
     state = stats.state
     result = outcome(stats)
     colour = _TONE_COLOURS.get(result.tone, _MUTED)
     slow = bottleneck(stats)
     history = history or {}
-    rows = "".join(_row(s, s is slow, _sparkline(rates(history.get(s.name, [])))) for s in stats.stages)
+    rows = "".join(
+        _row(s, s is slow, _sparkline(rates(history.get(s.name, []))), anchor and anchor_of(anchor, i))
+        for i, s in enumerate(stats.stages)
+    )
     return (
         f'<div class="ezflow-run" data-state="{_e(state)}" data-outcome="{_e(result.word)}" style="'
         f"font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);"
@@ -160,14 +180,14 @@ def render_html(stats: FlowStats, *, history: dict[str, list[tuple[float, int]]]
         f"border:1px solid {_RULE};border-left:4px solid {colour};border-radius:6px;"
         f"padding:8px 12px;margin:2px 0;display:inline-block;min-width:560px;max-width:100%;"
         f"box-sizing:border-box;overflow-x:auto;"
-        f'{"background:rgba(214,69,65,0.06);" if state == "failed" else ""}">'
+        f'{"background:" + _tint(_FAILED, 6) + ";" if state == "failed" else ""}">'
         f"{_header(stats, result.word, colour)}"
         # JupyterLab's rendered-HTML table rules (fixed layout, right-aligned
         # cells) apply once the run ends as static HTML: override them here.
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
         f'table-layout:auto;margin-top:6px;">'
         f"<thead>{_head_row()}</thead><tbody>{rows}</tbody></table>"
-        f"{_footer(stats, slow)}"
+        f"{_footer(stats, slow)}{details}"
         f"</div>"
     )
 
@@ -188,7 +208,7 @@ def _header(stats: FlowStats, word: str, colour: str) -> str:
         bits.append(f'<span data-from-checkpoint="{stats.from_checkpoint}">{_e(note)}</span>')
     sep = f'<span style="color:{_MUTED};">·</span>'
     badge = (
-        f'<span style="background:{colour};color:#fff;border-radius:9px;padding:1px 9px;'
+        f'<span style="background:{colour};color:{_INVERSE};border-radius:9px;padding:1px 9px;'
         f'font-size:11px;font-weight:600;letter-spacing:0.04em;text-transform:uppercase;">'
         f"{_e(word)}</span>"
     )
@@ -224,7 +244,7 @@ def _head_row() -> str:
     return f"<tr>{cells}</tr>"
 
 
-def _row(s: StageStats, is_slow: bool, spark: str = "") -> str:
+def _row(s: StageStats, is_slow: bool, spark: str = "", failures_id: str | None = None) -> str:
     tone = stage_tone(s)
     colour = _TONE_COLOURS.get(tone, _MUTED)
     cell = f"padding:4px 6px;border-bottom:1px solid {_RULE};white-space:nowrap;text-align:left;max-width:none;"
@@ -235,7 +255,7 @@ def _row(s: StageStats, is_slow: bool, spark: str = "") -> str:
     if is_slow:
         name += (
             f' <span title="busiest stage: give it more workers" style="background:{_AMBER};'
-            f"color:#fff;border-radius:8px;padding:0 5px;font-size:9px;font-weight:700;vertical-align:1px;"
+            f"color:{_INVERSE};border-radius:8px;padding:0 5px;font-size:9px;font-weight:700;vertical-align:1px;"
             f'text-transform:uppercase;letter-spacing:0.04em;">bottleneck</span>'
         )
     done_n, total_n = progress_count(s), progress_total(s)
@@ -244,6 +264,9 @@ def _row(s: StageStats, is_slow: bool, spark: str = "") -> str:
     errors = str(s.errors) if s.errors else f'<span style="color:{_MUTED};">0</span>'
     if s.errors:
         errors = f'<span style="color:{_FAILED};font-weight:600;">{s.errors}</span>'
+    if (s.errors or s.skipped) and failures_id:  # leads to the stage's failures list
+        link = f'href="#{_e(failures_id)}" title="the failures, under the table" style="color:inherit;"'
+        errors = f"<a {link}>{errors}</a>"
     if s.skipped:
         errors += (
             f'<span title="dropped by errors=&#x27;skip&#x27;" style="color:{_MUTED};font-size:10px;">'
@@ -252,9 +275,9 @@ def _row(s: StageStats, is_slow: bool, spark: str = "") -> str:
     retries = str(s.retries) if s.retries else f'<span style="color:{_MUTED};">0</span>'
     row_bg = ""
     if s.state == "failed":
-        row_bg = "background:rgba(214,69,65,0.12);"
+        row_bg = f"background:{_tint(_FAILED, 12)};"
     elif is_slow:
-        row_bg = "background:rgba(224,138,0,0.10);"
+        row_bg = f"background:{_tint(_AMBER, 10)};"
     total = "" if total_n is None else str(total_n)
     html_row = (
         f'<tr data-stage="{_e(s.name)}" data-done="{s.done}" data-total="{total}" '
@@ -280,9 +303,9 @@ def _row(s: StageStats, is_slow: bool, spark: str = "") -> str:
         )
     if s.state == "failed" and s.error:
         html_row += (
-            f'<tr data-error-of="{_e(s.name)}" style="background:rgba(214,69,65,0.12);">'
+            f'<tr data-error-of="{_e(s.name)}" style="background:{_tint(_FAILED, 12)};">'
             f'<td colspan="{len(_COLUMNS)}" style="padding:2px 8px 6px 26px;text-align:left;color:{colour};'
-            f"border-bottom:1px solid {_RULE};font-family:var(--jp-code-font-family,monospace);"
+            f"border-bottom:1px solid {_RULE};font-family:{_MONO};"
             f'font-size:12px;white-space:pre-wrap;">{_e(stage_error(s))}</td></tr>'
         )
     return html_row
@@ -293,13 +316,13 @@ def _progress_bar(s: StageStats, colour: str) -> str:
     if progress_total(s) is None:
         # Unknown total: filled by what came in, so the bar still shows how
         # far this stage lags its input; striped to say it is no percentage.
-        style = "background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.35) 0 6px,transparent 6px 12px);"
+        style = f"background-image:repeating-linear-gradient(45deg,{_tint(_SURFACE, 35)} 0 6px,transparent 6px 12px);"
     return _bar(frac, colour, width=120, height=8, extra=style)
 
 
 def _queue_bar(s: StageStats, is_slow: bool) -> str:
     fill = s.queue_fill
-    colour = _AMBER if fill >= 0.8 else "#7f8c9a"
+    colour = _AMBER if fill >= 0.8 else _NEUTRAL
     label = f'<span style="font-size:11px;color:{_MUTED};margin-left:5px;">{fill:.0%}</span>'
     if is_slow and fill >= 0.8:
         label = f'<span style="font-size:11px;color:{_AMBER};font-weight:700;margin-left:5px;">full</span>'
@@ -363,6 +386,3 @@ def _sparkline(values: list[float], *, width: int = 48, height: int = 14) -> str
         f'stroke-width="1.2"/></svg>'
     )
 
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
