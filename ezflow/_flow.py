@@ -33,6 +33,27 @@ def _observer(progress: Any) -> Any:
     return make_observer(progress)
 
 
+def _trimmed(it: Iterator[Any]) -> Iterator[Any]:
+    """Yield from `it`; an error it raises ends at the user's loop, not in the engine."""
+    __tracebackhide__ = True  # IPython and pytest hide this frame
+    try:
+        while True:
+            try:
+                value = next(it)
+            except StopIteration:
+                return
+            except BaseException as exc:
+                err = translate(exc)  # a worker that died re-importing the script: StageError
+                if full_traceback() and err is exc:
+                    raise
+                raise err.with_traceback(None)  # noqa: B904 - same object, cause kept
+            yield value
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()  # a break out of the loop stops the run now, as the engine's own iterator would
+
+
 class Flow:
     """A pipeline of stages over a source iterable.
 
@@ -281,7 +302,7 @@ class Flow:
         the results delivered so far.
         """
         ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
-        return iter(self._run(progress, checkpoint=ck))
+        return _trimmed(iter(self._run(progress, checkpoint=ck)))
 
     def __iter__(self) -> Iterator[Any]:
         return self.iter()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import ezflow
@@ -67,3 +69,59 @@ def test_exception_keeps_type_cause_and_attributes():
         assert frames[-1] == "map" and "collect" not in frames
     else:
         raise AssertionError("no TaskError")
+
+
+ENTRY_POINTS = {
+    "imap": "for _ in ezflow.imap(parse_record, range(6), workers=2, progress=False): pass",
+    "Flow.iter": "for _ in ezflow.Flow(range(6)).map(parse_record, workers=2).iter(progress=False): pass",
+    "Handle.wait": "ezflow.Flow(range(6)).map(parse_record, workers=2).start(progress=False).wait()",
+}
+
+
+def _run_call(tmp_path, call: str, env_extra=None) -> str:
+    path = tmp_path / "user_script.py"
+    path.write_text(SCRIPT.replace("ezflow.map(parse_record, range(6), workers=2, progress=False)", call))
+    env = {k: v for k, v in os.environ.items() if k != "EZFLOW_FULL_TRACEBACK"}
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    return proc.stderr
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_every_entry_point_ends_at_the_users_call(tmp_path, entry):
+    err = _run_call(tmp_path, ENTRY_POINTS[entry])
+    assert "in parse_record" in err and "return 10 // (x - 3)" in err
+    assert "# the user's call" in err
+    assert "TaskError" in err and "ZeroDivisionError" in err
+    # at most the public entry point's own frame is left of ezflow's insides
+    assert len(_internal_frames(err)) <= 1, err
+    full = _run_call(tmp_path, ENTRY_POINTS[entry], {"EZFLOW_FULL_TRACEBACK": "1"})
+    assert len(_internal_frames(full)) > len(_internal_frames(err)), full
+
+
+INTERRUPTED = textwrap.dedent(
+    """
+    import os, signal, threading, time, ezflow
+
+    def nap(x):
+        time.sleep(0.2)
+        return x
+
+    if __name__ == "__main__":
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        for _ in ezflow.imap(nap, range(1000), workers=2, progress=False):  # the user's loop
+            pass
+    """
+)
+
+
+def test_interrupted_imap_traceback_is_short(tmp_path):
+    path = tmp_path / "user_script.py"
+    path.write_text(INTERRUPTED)
+    env = {k: v for k, v in os.environ.items() if k != "EZFLOW_FULL_TRACEBACK"}
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert "KeyboardInterrupt" in proc.stderr
+    assert "# the user's loop" in proc.stderr
+    assert len(_internal_frames(proc.stderr)) <= 1, proc.stderr
+    assert len(proc.stderr.splitlines()) <= 10, proc.stderr

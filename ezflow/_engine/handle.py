@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from .._core.errors import Failure
+from .._core.mainguard import translate
+from .._core.trim import full_traceback
 from .._core.stats import FlowStats
 from .._executors.port import Chunk
 from .feed import Feed
@@ -151,10 +153,14 @@ class Handle:
             TaskError, StageError: the run failed.
             (after `cancel()`, it returns the results that finished)
         """
+        __tracebackhide__ = True  # IPython and pytest hide this frame
         if not self._finished.wait(timeout):
             raise TimeoutError(f"the flow is still running after {timeout:g}s")
         if self._error is not None and not self._cancelled:
-            raise self._error
+            err = translate(self._error)
+            if full_traceback() and err is self._error:
+                raise err
+            raise err.with_traceback(None)  # the run thread's frames say nothing to the caller
         return list(self._results)
 
     @property
