@@ -27,11 +27,11 @@ def _children() -> set[int]:
             continue
         try:
             cmd = " ".join(p.cmdline())
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
         except psutil.Error:
-            continue
+            continue  # it ended while we looked (a watcher saying goodbye)
         if any(h in cmd for h in _HELPERS):
-            continue
-        if p.status() == psutil.STATUS_ZOMBIE:
             continue
         out.add(p.pid)
     return out

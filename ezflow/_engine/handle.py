@@ -16,8 +16,8 @@ from typing import Any
 
 from .._core.errors import Failure
 from .._core.mainguard import translate
-from .._core.trim import full_traceback
 from .._core.stats import FlowStats
+from .._core.trim import full_traceback
 from .._executors.port import Chunk
 from .feed import Feed
 from .run import Run

@@ -22,6 +22,7 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .._core import sigterm
 from .worker import worker_main
 
 __all__ = ["ProcessPool", "WorkerProc", "acquire", "release", "shutdown", "stop_worker"]
@@ -52,7 +53,9 @@ class ProcessPool:
         self.ctx = multiprocessing.get_context(start_method)
         self.workers: list[WorkerProc] = []
         self.broken = False
+        self.terminated = False  # its workers were killed by the SIGTERM clean-up: start no new one
         _live.add(self)
+        sigterm.arm()  # a SIGTERM must not leave these workers behind
         try:
             for _ in range(size):
                 self.workers.append(self.spawn())
@@ -198,6 +201,7 @@ def shutdown() -> None:
     shm = sys.modules.get("ezflow._transport.shm")
     if shm is not None:
         shm.flush_pool()
+    sigterm.disarm()
 
 
 def _at_exit() -> None:
@@ -210,4 +214,17 @@ def _at_exit() -> None:
         pool.kill()
 
 
+def _kill_all() -> None:
+    # Only signal: the pipes stay open for the run's threads, which must not fail on them
+    # while the process ends (or while a user's SIGTERM handler decides what happens next).
+    for pool in list(_live):
+        pool.broken = pool.terminated = True
+        for w in pool.workers:
+            try:
+                w.proc.kill()
+            except Exception:
+                pass
+
+
 atexit.register(_at_exit)
+sigterm.register(lambda: bool(_live), _kill_all)

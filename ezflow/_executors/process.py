@@ -267,6 +267,9 @@ class ProcessExecutor(RecyclingExecutor):
         pool = self.pool
         if pool is None or w not in pool.workers or self.cancelled or self.closing:
             return
+        if pool.terminated:  # the process got SIGTERM: end the run, start no worker
+            self.port.fail(StageError(self.spec.name, "the process received SIGTERM; its workers were stopped"))
+            return
         # results the worker sent before it died are still in the pipe
         while True:
             try:

@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
     fcntl = None  # type: ignore[assignment]
 
+from .._core import sigterm as _sigterm
 from . import owner as _owner
 
 __all__ = [
@@ -338,6 +339,7 @@ def _create(nbytes: int) -> tuple[str, int, int]:
     if owner == _PID:  # ours to clean up, even if we are killed outright
         _owner.hold_liveness(SHM_DIR, owner)
         _owner.ensure_watcher(SHM_DIR, owner)
+        _sigterm.arm()
     while True:
         name = _owner.segment_name(owner, _PID, next(_counter))
         try:
@@ -612,6 +614,7 @@ def _let_go() -> None:
     if not holding:
         _owner.release_liveness(SHM_DIR)
         _owner.stop_watcher()
+        _sigterm.disarm()
 
 
 def _flush_pool() -> None:
@@ -682,6 +685,20 @@ def _at_exit() -> None:
     _reap(all_mine=True)
     _owner.release_liveness(SHM_DIR)
     _owner.stop_watcher()
+
+
+def _on_sigterm() -> None:
+    """Unlink every segment named for this owner now, taking no lock (the main thread may hold one)."""
+    global _disabled
+    _disabled = "the process is ending (SIGTERM)"  # other threads make no new segment from now on
+    for name in _listdir():
+        ids = _parse(name)
+        if ids is not None and ids[0] == _PID:
+            _unlink(name)
+    _owner.let_go_now(SHM_DIR, _PID)
+
+
+_sigterm.register(lambda: bool(_owned), _on_sigterm)
 
 
 def _after_fork_child() -> None:

@@ -130,7 +130,6 @@ ezflow.map(slow, [np.ones(1 << 20) for _ in range(8)], workers=2, start_method=s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 15 point 1: SIGTERM does not clean up yet")
 @pytest.mark.parametrize("start_method", START_METHODS)
 def test_sigterm_to_a_script_leaves_nothing(start_method: str) -> None:
     pytest.importorskip("numpy")
