@@ -154,3 +154,65 @@ def test_a_handler_that_returns_gets_a_run_that_ends_with_a_clear_error() -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+_CELL = """
+import os, time, numpy as np, ezflow
+
+def slow(a):
+    time.sleep(30)
+    return a
+
+print("kernel pid", os.getpid(), flush=True)
+ezflow.map(slow, [np.ones(1 << 20) for _ in range(8)], workers=2, progress=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kernel_shut_down_mid_run_leaves_nothing() -> None:
+    pytest.importorskip("numpy")
+    jc = pytest.importorskip("jupyter_client")
+    km = jc.KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(REPO))
+    kc = km.client()
+    kc.start_channels()
+    pid = -1
+    workers: list[int] = []
+    try:
+        kc.wait_for_ready(timeout=60)
+        kc.execute(_CELL)
+        deadline = time.monotonic() + 60
+        while pid < 0:
+            assert time.monotonic() < deadline, "the kernel never printed its pid"
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except Exception:
+                continue
+            if msg["header"]["msg_type"] == "stream" and "kernel pid" in msg["content"]["text"]:
+                pid = int(msg["content"]["text"].split()[2])
+        while len(psutil.Process(pid).children()) < 2 or not _segments(pid):
+            assert time.monotonic() < deadline, "no workers or segments appeared"
+            time.sleep(0.05)
+        workers = [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        kc.stop_channels()
+        km.shutdown_kernel()  # what JupyterLab's "Shut Down Kernel" does: a request, then SIGTERM, then SIGKILL
+        deadline = time.monotonic() + 5
+        while (_segments(pid) or _alive(workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _segments(pid) == []
+        assert _alive(workers) == []
+    finally:
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for p in pids:
+        try:
+            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
