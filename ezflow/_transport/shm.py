@@ -603,6 +603,7 @@ def flush_pool() -> None:
     """Unlink the free segments kept for reuse (``ezflow.shutdown()``)."""
     global _keep_until
     _keep_until = 0.0
+    _reap()  # results that stopped workers made for us and never sent
     _flush_pool()
     _let_go()
 
@@ -1337,6 +1338,7 @@ class StageLink:
         self._size = 0  # their usual size
         self._item_bytes = 0  # shared array bytes an item carries (to or from the worker)
         self._setup: Any = None  # releases what the stage's own pickling made
+        self._closed = False  # after close() a sender thread may still finish pickling one piece
 
     def dumps_task(self, pid: int, msg: tuple) -> bytes:
         """Pickle a task message, with this stage's sharing options appended."""
@@ -1366,7 +1368,12 @@ class StageLink:
         if kept is not None and n:
             self._item_bytes = max(kept.nbytes // n, self._item_bytes // 2)
         with self._lock:
-            self._pieces[pid] = (n, made, list(spares))
+            late = self._closed
+            if not late:
+                self._pieces[pid] = (n, made, list(spares))
+        if late:  # the stage already ended: nobody will answer this piece, let go now
+            _release(made)
+            self._settle(spares)
         return data
 
     @contextlib.contextmanager
@@ -1433,6 +1440,7 @@ class StageLink:
         """The stage ended (done, failed or cancelled)."""
         global _active, _keep_until
         with self._lock:
+            self._closed = True
             pids = list(self._pieces)
         self.done(*pids)
         if self._setup is not None:
