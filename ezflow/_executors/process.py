@@ -258,10 +258,22 @@ class ProcessExecutor(RecyclingExecutor):
                 self._second.discard(piece)
             if self._life.limits and not w.outstanding and self._life.retiring(w):
                 self._retire(w)
+        elif op == "unloadable":
+            self._unloadable(w, msg[1], msg[2])
         elif op == "setup_failed":
             _, _, exc, tb = msg
             self.broken = True
             self.port.fail(self._setup_error(attach_traceback(exc, tb), "in a worker"))
+
+    def _unloadable(self, w: WorkerProc, exc: BaseException, tb: str) -> None:
+        """The worker could not unpickle the piece it was sent: fail the item that does not load."""
+        piece = self._pop(w)
+        self._shm.done(piece.id)
+        if len(piece.items) > 1:
+            self.port.give_back(piece.singles())  # each alone: only the bad one fails
+            return
+        note = "(raised while the worker process unpickled this item: it pickles here but does not load there)"
+        self.port.done(piece, [None], [(0, exc, f"{tb}{note}\n", piece.attempts + 1)], 0.0)
 
     def _died(self, w: WorkerProc) -> None:
         pool = self.pool

@@ -123,9 +123,18 @@ def worker_main(conn: Any, owner: int) -> None:
     runtimes: dict[int, Runtime] = {}
     while True:
         try:
-            msg = loads(conn.recv_bytes())
+            data = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        try:
+            msg = loads(data)
+        except Exception as exc:
+            # Only a task carries the user's items; it pickled in the parent but does not
+            # load here. Its answer is due next (one answer per task, in order): say why.
+            _send(conn, ("unloadable", *pack_exception(exc)))
+            continue
+        finally:
+            data = None
         op = msg[0]
         if op == "task":
             _, pid, token, items, special, tried, *shm = msg

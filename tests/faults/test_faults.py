@@ -105,14 +105,30 @@ def _explode() -> object:
     raise ValueError("cannot load here")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 point 4: an unloadable item still kills its worker")
-def test_item_that_workers_cannot_load_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("start_method", START_METHODS)
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_item_that_workers_cannot_load_fails_alone(
+    monkeypatch: pytest.MonkeyPatch, start_method: str, chunksize: int
+) -> None:
     monkeypatch.setenv("EZFLOW_IN_PARENT", str(os.getpid()))
-    items = [1, _LoadFails(), 3]
-    out = ezflow.map(_identity, items, workers=1, errors="return", chunksize=3, start_method="spawn")
+    items = [1, _LoadFails(), 3, 4, 5, 6]
+    out = ezflow.map(
+        _identity, items, workers=1, errors="return", chunksize=chunksize, start_method=start_method, progress=False
+    )
     assert isinstance(out[1], ezflow.Failure)
-    assert isinstance(out[1].error, ValueError)
-    assert out[0] == 1 and out[2] == 3
+    assert isinstance(out[1].error, ValueError)  # the real error, its type kept
+    assert "cannot load here" in out[1].traceback and "unpickled this item" in out[1].traceback
+    assert [out[i] for i in (0, 2, 3, 4, 5)] == [1, 3, 4, 5, 6]
+    # the worker lived on: the same warm pool serves the next call
+    assert ezflow.map(_identity, [7, 8], workers=1, start_method=start_method, progress=False) == [7, 8]
+
+
+def test_unloadable_item_with_errors_raise_names_the_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EZFLOW_IN_PARENT", str(os.getpid()))
+    with pytest.raises(ezflow.TaskError) as info:
+        ezflow.map(_identity, [1, _LoadFails(), 3], workers=1, chunksize=3, start_method="fork", progress=False)
+    assert info.value.index == 1
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 def _identity(x: object) -> object:
