@@ -14,11 +14,13 @@ consumer then raises the error. Nothing waits on a sleep loop.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import math
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -116,6 +118,7 @@ class Run:
             if self.state != "pending":
                 raise RuntimeError("a run can only be started once")
             self.state = "running"
+        _running.add(self)
         self.started_at = time.perf_counter()
         if self._observer is not None:
             self._notify("open")
@@ -308,6 +311,8 @@ class Run:
                     raise
                 yield chunk
         except BaseException as exc:
+            if isinstance(exc, GeneratorExit) and self.state != "running":
+                raise  # ended already (at exit: by _cancel_at_exit, while modules could still run)
             interrupted = isinstance(exc, (KeyboardInterrupt, GeneratorExit))
             self.cancel("cancelled" if interrupted else "failed")
             self.wait_workers(1.0)
@@ -324,3 +329,19 @@ class Run:
         for chunk in self.chunks():
             out.extend(chunk.items)
         return out
+
+
+# A script may end with an unfinished imap: its generator is finalized after
+# module globals are gone, where clean-up code cannot run. Stop such runs
+# while everything still works (atexit runs before that teardown).
+_running: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def _cancel_at_exit() -> None:
+    for run in list(_running):
+        if run.state == "running":
+            run.cancel("cancelled")
+            run.wait_workers(0.5)
+
+
+atexit.register(_cancel_at_exit)

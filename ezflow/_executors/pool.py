@@ -141,12 +141,15 @@ def stop_worker(worker: WorkerProc, timeout: float = 5.0) -> None:
 
 def _stop_proc(worker: WorkerProc, kill: bool) -> None:
     proc = worker.proc
-    if proc.is_alive() and kill:
-        try:
-            proc.kill()
-        except Exception:
-            pass
-    proc.join(5)
+    try:
+        if proc.is_alive() and kill:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+        proc.join(5)
+    except ValueError:
+        return  # already stopped and closed by another thread (a run's end racing the exit clean-up)
     try:
         worker.conn.close()
     except Exception:

@@ -80,7 +80,10 @@ def _send(conn: Any, msg: tuple) -> None:
         if msg[0] != "result":
             raise
         data = dumps(_unpicklable_to_errors(msg))
-    conn.send_bytes(data)
+    try:
+        conn.send_bytes(data)
+    except (BrokenPipeError, ConnectionResetError):
+        raise SystemExit(0) from None  # the parent is gone: nobody to answer, nothing to print
 
 
 def _unpicklable_to_errors(msg: tuple) -> tuple:
@@ -138,10 +141,14 @@ def worker_main(conn: Any, owner: int) -> None:
         op = msg[0]
         if op == "task":
             _, pid, token, items, special, tried, *shm = msg
-            values, errs, busy, retries = run_piece(runtimes[token], items, special, tried)
+            rt = runtimes.get(token)
+            if rt is None:  # its setup never arrived: the parent is tearing down (at exit); leave quietly
+                raise SystemExit(1)
+            values, errs, busy, retries = run_piece(rt, items, special, tried)
             with _result_scope(shm):
                 _send(conn, ("result", pid, values, errs, busy, retries))
             del msg, items, values, errs  # let go of shared inputs now: their owner reuses them
+            rt = None
         elif op == "setup":
             _, token, payload, want_ready = msg  # a function stage does not wait for "ready"
             try:
