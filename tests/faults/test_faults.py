@@ -1,8 +1,8 @@
 """Fault injection: whatever kills a worker or an item, every input is accounted for.
 
 After each case the autouse `no_leaks` guard (tests/conftest.py) checks that no
-process and no ezf_ segment of ours is left. Cases for work still open in
-issue 15 are xfail(strict=False): they turn green as the fixes land.
+process and no ezf_ segment of ours is left. docs/reliability.md lists every
+guarantee with the test that holds it.
 """
 
 from __future__ import annotations
