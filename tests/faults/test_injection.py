@@ -21,6 +21,8 @@ import pytest
 
 import ezflow
 
+from ._kernel import kernel
+
 REPO = Path(__file__).resolve().parents[2]
 START_METHODS = ["fork", "spawn", "forkserver"]
 SIGNALS = ["SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGTERM", "SIGINT", "exit"]
@@ -159,14 +161,8 @@ print("children", len(psutil.Process().children()), "segments",
 @pytest.mark.timeout(180)
 def test_interrupt_kernel_stops_everything() -> None:
     pytest.importorskip("numpy")
-    jc = pytest.importorskip("jupyter_client")
-    km = jc.KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(REPO))
-    kc = km.client()
-    kc.start_channels()
     texts: list[str] = []
-    try:
-        kc.wait_for_ready(timeout=60)
+    with kernel() as (km, kc):
         kc.execute_interactive("import ezflow; ezflow.shutdown()", timeout=60)
 
         def interrupt() -> None:
@@ -182,9 +178,6 @@ def test_interrupt_kernel_stops_everything() -> None:
         )
         t.join()
         assert reply["content"]["status"] == "ok", reply["content"]
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     out = "".join(texts)
     assert "interrupted" in out
     # busy workers are killed on interrupt; nothing is left once the kept free segments go

@@ -25,6 +25,8 @@ import ezflow
 from ezflow._transport import owner as _owner
 from ezflow._transport import shm as _shm
 
+from ._kernel import kernel, start_cell
+
 START_METHODS = ["fork", "spawn", "forkserver"]
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,35 +112,17 @@ ezflow.map(slow, [np.ones(1 << 20) for _ in range(8)], workers=2, progress=False
 @pytest.mark.timeout(180)
 def test_sigkilled_kernel_leaves_no_segment() -> None:
     pytest.importorskip("numpy")
-    jc = pytest.importorskip("jupyter_client")
-    km = jc.KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(REPO))
-    kc = km.client()
-    kc.start_channels()
     pid = -1
     try:
-        kc.wait_for_ready(timeout=60)
-        kc.execute(_CELL)  # do not wait: the kernel is killed while it runs
-        deadline = time.monotonic() + 60
-        while pid < 0:
-            assert time.monotonic() < deadline, "the kernel never printed its pid"
-            try:
-                msg = kc.get_iopub_msg(timeout=1)
-            except Exception:
-                continue
-            text = msg["content"].get("text", "") if msg["header"]["msg_type"] == "stream" else ""
-            if "kernel pid" in text:
-                pid = int(text.split()[2])
-        while len([n for n in _left(pid) if not n.endswith("_live")]) < 3:
-            assert time.monotonic() < deadline, f"no segments in flight: {_left(pid)}"
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)  # what the OOM killer or a crashed server does
-        left = _wait_empty(pid, 5)
-        assert left == []
+        with kernel() as (_km, kc):
+            pid = start_cell(kc, _CELL)  # not waited for: the kernel is killed while it runs
+            deadline = time.monotonic() + 60
+            while len([n for n in _left(pid) if not n.endswith("_live")]) < 3:
+                assert time.monotonic() < deadline, f"no segments in flight: {_left(pid)}"
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)  # what the OOM killer or a crashed server does
+            assert _wait_empty(pid, 5) == []
     finally:
-        kc.stop_channels()
-        if km.is_alive():
-            km.shutdown_kernel(now=True)
         if pid > 0:
             _cleanup(pid)
 

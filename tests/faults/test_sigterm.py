@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ._kernel import kernel, start_cell
+
 REPO = Path(__file__).resolve().parents[2]
 
 _USER_HANDLER = """
@@ -172,25 +174,9 @@ ezflow.map(slow, [np.ones(1 << 20) for _ in range(8)], workers=2, progress=False
 @pytest.mark.timeout(180)
 def test_kernel_shut_down_mid_run_leaves_nothing() -> None:
     pytest.importorskip("numpy")
-    jc = pytest.importorskip("jupyter_client")
-    km = jc.KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(REPO))
-    kc = km.client()
-    kc.start_channels()
-    pid = -1
-    workers: list[int] = []
-    try:
-        kc.wait_for_ready(timeout=60)
-        kc.execute(_CELL)
+    with kernel() as (km, kc):
+        pid = start_cell(kc, _CELL)
         deadline = time.monotonic() + 60
-        while pid < 0:
-            assert time.monotonic() < deadline, "the kernel never printed its pid"
-            try:
-                msg = kc.get_iopub_msg(timeout=1)
-            except Exception:
-                continue
-            if msg["header"]["msg_type"] == "stream" and "kernel pid" in msg["content"]["text"]:
-                pid = int(msg["content"]["text"].split()[2])
         while len(psutil.Process(pid).children()) < 2 or not _segments(pid):
             assert time.monotonic() < deadline, "no workers or segments appeared"
             time.sleep(0.05)
@@ -202,9 +188,6 @@ def test_kernel_shut_down_mid_run_leaves_nothing() -> None:
             time.sleep(0.05)
         assert _segments(pid) == []
         assert _alive(workers) == []
-    finally:
-        if km.is_alive():
-            km.shutdown_kernel(now=True)
 
 
 def _alive(pids: list[int]) -> list[int]:
