@@ -5,7 +5,7 @@ The public surface is this module; everything else is private.
 
 from ._api import imap, map
 from ._core.env import NUM_CPUS, NUM_THREADS
-from ._core.errors import Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
+from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
 from ._core.insights import FailedItem, SlowItem, WorkerStats
 from ._core.stats import FlowStats, StageStats
 from ._engine.checkpoint_store import CheckpointError
@@ -43,6 +43,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "NUM_CPUS",
     "NUM_THREADS",
+    "Cancelled",
     "CheckpointError",
     "FailedItem",
     "Failure",

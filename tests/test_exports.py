@@ -8,6 +8,7 @@ import sys
 import ezflow
 
 PUBLIC = {
+    "Cancelled",
     "CheckpointError",
     "FailedItem",
     "Failure",

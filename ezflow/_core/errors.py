@@ -60,7 +60,18 @@ def _safe_repr(exc: BaseException) -> str:
 
 
 class Cancelled(Exception):
-    """The run was cancelled while this thread waited (on a channel, or for work)."""
+    """The run was stopped before it ended: the panel's Stop button, `handle.cancel()`, `ezflow.shutdown()`.
+
+    A blocked `collect()` / `map()` raises it, and so does a loop over
+    `imap()` or `Flow.iter()`; ``results`` holds the results delivered
+    before the stop (in order, as far as they got; empty for a loop, whose
+    body already had them). Inside the engine, the same class wakes threads
+    blocked on a channel of a stopped run.
+    """
+
+    def __init__(self, message: str = "the run was cancelled", results: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.results: list[Any] = [] if results is None else results
 
 
 class StageError(RuntimeError):

@@ -6,6 +6,9 @@
                                                 ("done" | "failed" | "cancelled")
 
 Every call gets a frozen `FlowStats`; an observer never touches the engine.
+A view may also offer ``bind_stop(stop)``: before ``open`` the run hands it
+a callable that stops the run (thread-safe, returns at once), which is all a
+Stop button needs; the view never sees the run itself.
 Observers are called from one ticker thread of the run (``close`` may come
 from the thread that ends the run); an exception inside an observer is
 reported once as a warning and the observer is dropped: a broken view

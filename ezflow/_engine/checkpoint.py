@@ -43,7 +43,7 @@ from .._plan.spec import StageSpec
 from .checkpoint_record import Cut, PrefixCutter, Recorder, cut_chunk, item_error
 from .checkpoint_store import CheckpointError, Segment, Store, resolve_path
 from .fingerprint import call_key, segment_key
-from .run import Run
+from .run import Run, gather
 
 __all__ = ["CheckpointError", "CheckpointOptions", "CheckpointRun", "checkpoint_options"]
 
@@ -278,10 +278,7 @@ class CheckpointRun:
         recorder.check()
 
     def collect(self) -> list:
-        out: list = []
-        for chunk in self.chunks():
-            out.extend(chunk.items)
-        return out
+        return gather(self.chunks())
 
     def __iter__(self) -> Iterator[Any]:
         for chunk in self.chunks():

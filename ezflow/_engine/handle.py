@@ -151,12 +151,12 @@ class Handle:
         Raises:
             TimeoutError: the run did not end within `timeout` seconds.
             TaskError, StageError: the run failed.
-            (after `cancel()`, it returns the results that finished)
+            (after `cancel()` or the panel's Stop button, it returns the results that finished)
         """
         __tracebackhide__ = True  # IPython and pytest hide this frame
         if not self._finished.wait(timeout):
             raise TimeoutError(f"the flow is still running after {timeout:g}s")
-        if self._error is not None and not self._cancelled:
+        if self._error is not None and not (self._cancelled or self._run.stop_reason):
             err = translate(self._error)
             if full_traceback() and err is self._error:
                 raise err
@@ -176,7 +176,7 @@ class Handle:
             were taken but not finished.
         """
         self._cancelled = True
-        self._run.cancel("cancelled")
+        self._run.request_stop("handle.cancel()")
         self._finished.wait(5)
         first = self._run.snapshot().stages
         taken = first[0].items_in if first else len(self._results)

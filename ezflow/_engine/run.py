@@ -34,7 +34,7 @@ from .channel import Channel, EndOfStream
 from .source import ChunkReader
 from .stage import StageDriver
 
-__all__ = ["Run"]
+__all__ = ["Run", "gather"]
 
 # Items a paused generator already gave are handed on after this long.
 SOURCE_CHUNK_SECONDS = 0.01
@@ -88,6 +88,7 @@ class Run:
         self._observer = observer
         self._notify_lock = threading.Lock()
         self._observer_closed = False
+        self.stop_reason: str | None = None  # who asked the run to stop (Stop button, handle.cancel())
         self.counters = [
             _Counters(s.name, s.kind, "dask" if s.backend is not None else s.mode, s.workers, total=t)
             for s, t in zip(specs, stage_totals(self.total, specs), strict=True)
@@ -121,6 +122,9 @@ class Run:
         _running.add(self)
         self.started_at = time.perf_counter()
         if self._observer is not None:
+            bind = getattr(self._observer, "bind_stop", None)
+            if callable(bind):  # a view with a Stop button (the notebook panel)
+                bind(lambda: self.request_stop("the panel's Stop button"))
             self._notify("open")
         try:
             self._setup_executors()
@@ -249,6 +253,18 @@ class Run:
                 return
         self._stop(state, None)
 
+    def request_stop(self, reason: str) -> None:
+        """Stop the run now at the user's request (`reason` names who asked); safe from any thread.
+
+        A caller blocked in `chunks()` then gets `Cancelled` saying so,
+        rather than the bare wake-up the engine's own threads get.
+        """
+        with self._lock:
+            if self.state != "running":
+                return
+            self.stop_reason = self.stop_reason or reason
+        self.cancel("cancelled")
+
     def _stop(self, state: str, stage: str | None) -> None:
         with self._lock:
             if self.state in ("done", "failed", "cancelled"):
@@ -308,6 +324,8 @@ class Run:
                 except Cancelled:
                     if self.error is not None:
                         raise self.error from self.error.__cause__
+                    if self.stop_reason is not None:
+                        raise Cancelled(f"the run was stopped by {self.stop_reason}") from None
                     raise
                 yield chunk
         except BaseException as exc:
@@ -325,10 +343,21 @@ class Run:
 
     def collect(self) -> list:
         """Run to the end and return every result in a list."""
-        out: list = []
-        for chunk in self.chunks():
+        return gather(self.chunks())
+
+
+def gather(chunks: Iterable[Chunk]) -> list:
+    """Return every item of `chunks` in a list; a stop mid-way hands the caller what came before it."""
+    out: list = []
+    try:
+        for chunk in chunks:
             out.extend(chunk.items)
-        return out
+    except Cancelled as exc:
+        exc.results = out
+        n = len(out)
+        exc.args = (f"{exc}; the {n} {'result' if n == 1 else 'results'} delivered before it are in .results",)
+        raise
+    return out
 
 
 # A script may end with an unfinished imap: its generator is finalized after

@@ -24,6 +24,7 @@ their own modules, and those only when a view of theirs is made, so
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .._core.env import in_notebook
@@ -99,6 +100,11 @@ class Delayed:
         self.view = view
         self.delay = delay
         self.shown = False
+
+    def bind_stop(self, stop: Callable[[], None]) -> None:
+        bind = getattr(self.view, "bind_stop", None)
+        if callable(bind):
+            bind(stop)
 
     def open(self, stats: FlowStats) -> None:
         self._maybe_show(stats)

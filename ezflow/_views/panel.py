@@ -2,6 +2,7 @@
 
     FlowStats --update()--> WidgetObserver --render_html()--> ipywidgets.HTML.value  (live, <= ~4/s)
                                  |         --Insights.update()--> Accordion under it (panel_details)
+                                 |  Stop button --click--> stop() the run bound (bind_stop), on a thread
                                  +--open/close--> display bundle (display_id):
                                                   widget view  + text/html copy + text/plain summary
 
@@ -13,6 +14,14 @@ figures at ``close``, so a notebook viewed where widgets cannot render
 (GitHub, nbviewer without state) still shows how the run went. Under the
 table, one section per stage shows its workers, slowest items and failures
 (`panel_details`); colours are JupyterLab theme variables (`theme`).
+
+The Stop button (class ``ezflow-stop``) calls the stop the run handed over
+with ``bind_stop``: the run ends as after ``handle.cancel()`` and the panel
+reads "stopped". Its click reaches the kernel while a cell blocks in
+``collect()`` only where the front end sends widget messages on a kernel
+subshell (JupyterLab >= 4.4 and Notebook >= 7.4 with ipykernel >= 7, the
+default there); elsewhere it acts once the kernel is idle, which is enough
+for a run started with ``flow.start()``.
 
 Hooks for tests and users' CSS: the widget has the class ``ezflow-panel``;
 the root element has ``data-state``; each stage row has ``data-stage``,
@@ -26,7 +35,9 @@ notebook view is made.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets
@@ -34,6 +45,7 @@ from IPython.display import display
 
 from .._core.stats import FlowStats, StageStats
 from .figures import (
+    Outcome,
     bottleneck,
     checkpoint_note,
     clock,
@@ -87,6 +99,23 @@ class WidgetObserver:
         self.history: dict[str, list[tuple[float, int]]] = {}
         self.anchor = new_anchor()  # ids of this panel's failures lists, which the errors counts link to
         self.insights: Insights | None = None  # per-stage sections under the table (panel_details)
+        self.stop_button: Any = None
+        self.stopped = False  # its Stop button was pressed
+        self._stop: Callable[[], None] | None = None
+
+    def bind_stop(self, stop: Callable[[], None]) -> None:
+        """Take the callable that stops the run: the panel then shows a Stop button."""
+        self._stop = stop
+
+    def _press_stop(self, _button: Any = None) -> None:
+        if self._stop is None or self.stopped:
+            return
+        self.stopped = True
+        self.stop_button.disabled = True
+        self.stop_button.description = "Stopping…"
+        # Stopping joins threads and closes this very widget: not on the
+        # kernel thread that delivers the click.
+        threading.Thread(target=self._stop, name="ezflow-stop", daemon=True).start()
 
     def _sample(self, stats: FlowStats) -> None:
         for st in stats.stages:
@@ -97,15 +126,28 @@ class WidgetObserver:
 
     def _render(self, stats: FlowStats) -> str:
         self._sample(stats)
-        return render_html(stats, history=self.history, anchor=self.anchor)
+        return render_html(stats, history=self.history, anchor=self.anchor, stopped=self.stopped)
 
     def open(self, stats: FlowStats) -> None:
         self.widget = ipywidgets.HTML(value=self._render(stats))
         self.widget.add_class("ezflow-panel")
         self.insights = Insights(stats, self.anchor)
-        self.view = ipywidgets.VBox([self.widget, self.insights.widget])
+        parts = [self.widget]
+        if self._stop is not None:
+            self.stop_button = ipywidgets.Button(
+                description="Stop",
+                icon="stop",
+                tooltip="Stop the run: workers stop, the results delivered so far are kept",
+                layout=ipywidgets.Layout(width="auto", align_self="flex-start", margin="2px 0 4px 0"),
+            )
+            self.stop_button.add_class("ezflow-stop")
+            self.stop_button.on_click(self._press_stop)
+            parts.append(self.stop_button)
+        self.view = ipywidgets.VBox([*parts, self.insights.widget])
         self._last_draw = time.monotonic()
         self._handle = display(self._bundle(stats), raw=True, display_id=True)
+        if self.stop_button is not None:
+            _answer_on_any_shell(self.stop_button)
 
     def update(self, stats: FlowStats) -> None:
         now = time.monotonic()
@@ -128,12 +170,18 @@ class WidgetObserver:
             # without a kernel, nbconvert and GitHub show the final table
             # instead of "Error displaying widget" or nothing.
             static = render_html(
-                stats, history=self.history, anchor=self.anchor, details=render_details(stats, self.anchor)
+                stats,
+                history=self.history,
+                anchor=self.anchor,
+                details=render_details(stats, self.anchor),
+                stopped=self.stopped,
             )
             self._handle.update({"text/html": static, "text/plain": summary(stats)}, raw=True)
             self.widget.close()  # its model is no longer shown anywhere
             if self.insights is not None:
                 self.insights.close()
+            if self.stop_button is not None:
+                self.stop_button.close()
             self.view.close()
 
     def _set(self, value: str) -> None:
@@ -150,12 +198,31 @@ class WidgetObserver:
         return f"WidgetObserver(min_interval={self.min_interval})"
 
 
+def _answer_on_any_shell(widget: Any) -> None:
+    """Let a click on `widget` run on the kernel subshell it arrives on.
+
+    ipykernel (7.x) routes a comm's incoming messages to the shell that last
+    published on it: for a widget made while a cell runs, the main shell,
+    which the blocked ``collect()`` holds until the run ends. Forgetting that
+    route lets JupyterLab's widget subshell handle the click at once. Nothing
+    else publishes on the button until it is clicked.
+    """
+    comm = getattr(widget, "comm", None)
+    lock = getattr(comm, "_reply_subshell_lock", None)
+    if lock is None:  # another kernel, or an ipykernel without subshells
+        return
+    with lock:
+        vars(comm).pop("_reply_subshell_id", None)
+        getattr(comm, "_reply_subshell_ids", {}).clear()
+
+
 def render_html(
     stats: FlowStats,
     *,
     history: dict[str, list[tuple[float, int]]] | None = None,
     anchor: str | None = None,
     details: str = "",
+    stopped: bool = False,
 ) -> str:
     """Return the panel for ``stats`` as one self-contained HTML fragment (inline styles only).
 
@@ -163,9 +230,12 @@ def render_html(
     or more rates, the stage's items/s cell carries a sparkline of them.
     ``anchor``: the panel's id prefix; a stage's errors count then links to
     its failures list. ``details``: HTML put under the table (the insights).
+    ``stopped``: the panel's Stop button ended the run; it reads "stopped".
     """
     state = stats.state
     result = outcome(stats)
+    if stopped and state == "cancelled":
+        result = Outcome("stopped", result.tone)
     colour = _TONE_COLOURS.get(result.tone, _MUTED)
     slow = bottleneck(stats)
     history = history or {}
@@ -187,7 +257,7 @@ def render_html(
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
         f'table-layout:auto;margin-top:6px;">'
         f"<thead>{_head_row()}</thead><tbody>{rows}</tbody></table>"
-        f"{_footer(stats, slow)}{details}"
+        f"{_footer(stats, slow, result.word)}{details}"
         f"</div>"
     )
 
@@ -340,7 +410,7 @@ def _bar(frac: float, colour: str, *, width: int, height: int, extra: str = "") 
     )
 
 
-def _footer(stats: FlowStats, slow: StageStats | None) -> str:
+def _footer(stats: FlowStats, slow: StageStats | None, word: str) -> str:
     lines = []
     if stats.state == "failed":
         failed = [s for s in stats.stages if s.state == "failed"]
@@ -353,7 +423,8 @@ def _footer(stats: FlowStats, slow: StageStats | None) -> str:
         if failed and stats.error and failed[0].error and failed[0].error not in stats.error:
             lines.append(f'<div style="color:{_FAILED};">{_e(stats.error)}</div>')
     elif stats.state == "cancelled":
-        lines.append(f'<div style="color:{_TONE_COLOURS["cancelled"]};margin-top:6px;">■ cancelled</div>')
+        what = "stopped with the Stop button" if word == "stopped" else "cancelled"
+        lines.append(f'<div style="color:{_TONE_COLOURS["cancelled"]};margin-top:6px;">■ {what}</div>')
     elif stats.state == "done":
         for name, words in losses(stats):
             lines.append(
