@@ -38,12 +38,12 @@ CHROMIUM_ARGS = [
 ]
 
 
-def require_browser() -> None:
-    """Skip when Chromium, Playwright or JupyterLab is missing; under CI=true, fail instead."""
+def require_browser(*apps: str) -> None:
+    """Skip when Chromium, Playwright or JupyterLab (or `apps`) is missing; under CI=true, fail instead."""
     missing = []
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         missing.append("chromium (apt-get install chromium chromium-driver)")
-    for module in ("playwright", "jupyterlab"):
+    for module in ("playwright", "jupyterlab", *apps):
         try:
             __import__(module)
         except ImportError:
@@ -70,7 +70,8 @@ def _get(url: str, timeout: float = 2.0) -> bytes:
 class Lab:
     """A running JupyterLab server: its URL, root folder and process."""
 
-    def __init__(self, root: Path, port: int, proc: subprocess.Popen, log: Path) -> None:
+    def __init__(self, root: Path, port: int, proc: subprocess.Popen, log: Path, app: str = "jupyterlab") -> None:
+        self.app = app
         self.root = root
         self.port = port
         self.proc = proc
@@ -78,6 +79,8 @@ class Lab:
         self.url = f"http://127.0.0.1:{port}"
 
     def notebook_url(self, name: str) -> str:
+        if self.app == "notebook":
+            return f"{self.url}/notebooks/{name}"
         return f"{self.url}/lab/tree/{name}?reset"
 
     def write_notebook(self, name: str, cells: list[str]) -> Path:
@@ -126,11 +129,12 @@ class Lab:
 
 @contextmanager
 def jupyterlab(
-    tmp: Path, *, pythonpath: list[str] = (), timeout: float = 40, theme: str | None = None
+    tmp: Path, *, pythonpath: list[str] = (), timeout: float = 40, theme: str | None = None, app: str = "jupyterlab"
 ) -> Iterator[Lab]:
     """Start JupyterLab on 127.0.0.1 with throwaway config dirs; stop it and its kernels at exit.
 
     `theme`: a JupyterLab theme name, e.g. "JupyterLab Dark" (default: the light one).
+    `app`: "jupyterlab", or "notebook" for Notebook 7 (the classic-looking one, built on JupyterLab).
     """
     root, conf = tmp / "root", tmp / "conf"
     root.mkdir()
@@ -157,23 +161,26 @@ def jupyterlab(
     cmd = [
         sys.executable,
         "-m",
-        "jupyterlab",
+        app,
         "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
         "--ServerApp.port_retries=0",
         "--allow-root",
-        "--LabApp.extension_manager=readonly",
         "--IdentityProvider.token=",
         "--ServerApp.password=",
         f"--ServerApp.root_dir={root}",
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
+    if app == "jupyterlab":
+        cmd += [
+            "--LabApp.extension_manager=readonly",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
     log = tmp / "jupyterlab.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    lab = Lab(root, port, proc, log)
+    lab = Lab(root, port, proc, log, app)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -211,6 +218,16 @@ def chromium_page(width: int = 1280, height: int = 900) -> Iterator[object]:
             browser.close()
 
 
-def wait_for_idle_kernel(page, timeout_ms: int = 40_000) -> None:
-    """Wait until the status bar says the kernel exists and is idle: a Shift+Enter before is dropped."""
+def wait_for_idle_kernel(page, timeout_ms: int = 40_000, app: str = "jupyterlab") -> None:
+    """Wait until the page says the kernel exists and is idle: a Shift+Enter before is dropped.
+
+    JupyterLab says so in its status bar; Notebook 7 has none, only the
+    toolbar's execution indicator.
+    """
+    if app == "notebook":
+        page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=timeout_ms)
+        page.get_by_title("Switch kernel").first.wait_for(timeout=timeout_ms)
+        time.sleep(1)  # the indicator starts "idle" before the kernel connects
+        page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=timeout_ms)
+        return
     page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=timeout_ms)

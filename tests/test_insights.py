@@ -98,6 +98,10 @@ def test_a_running_item_and_its_age_are_visible_while_it_runs(opts):
             time.sleep(0.05)
         assert seen is not None, handle.stats.stages[0].worker_stats
         assert seen.alive
+        live = handle.stats.stages[0]
+        # the running item counts as busy time before it ends
+        assert live.working_seconds >= live.busy_seconds + seen.current_for_s
+        assert live.busy > 0
     finally:
         handle.wait()
     s = handle.stats.stages[0]

@@ -7,6 +7,8 @@
     cell 4: flow.start() in the background (the kernel is idle)                   -> click Stop
     cell 5: the handle is done, cancelled, and wait() returns what finished
 
+in JupyterLab and in Notebook 7 (the classic-looking front end, built on JupyterLab's parts).
+
 A click reaches a kernel that is busy in cell 2 because JupyterLab (>= 4.4)
 sends widget messages on a kernel subshell (ipykernel >= 7), which runs in
 its own thread. Screenshots go to tests/artifacts/ (git-ignored); look at them.
@@ -72,13 +74,14 @@ def _line(page, prefix: str, timeout_ms: int) -> str:
     return re.search(prefix + r".*", out.inner_text()).group(0)
 
 
-def test_stop_button_stops_a_blocked_cell_and_a_background_run(tmp_path):
-    require_browser()
+@pytest.mark.parametrize("app", ["jupyterlab", "notebook"])
+def test_stop_button_stops_a_blocked_cell_and_a_background_run(tmp_path, app):
+    require_browser(app)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with jupyterlab(tmp_path, pythonpath=[str(REPO)]) as lab, chromium_page() as page:
+    with jupyterlab(tmp_path, pythonpath=[str(REPO)], app=app) as lab, chromium_page() as page:
         lab.write_notebook("stop.ipynb", [SETUP, BLOCKED, AFTER, BACKGROUND, CHECK])
         page.goto(lab.notebook_url("stop.ipynb"))
-        wait_for_idle_kernel(page)
+        wait_for_idle_kernel(page, app=app)
         page.locator(".jp-Cell .jp-InputArea-editor").first.click()
         for _ in range(2):  # setup and the blocking map (a cell queued behind an error would be skipped)
             page.keyboard.press("Shift+Enter")
@@ -88,7 +91,7 @@ def test_stop_button_stops_a_blocked_cell_and_a_background_run(tmp_path):
         stop.wait_for(timeout=40_000)
         page.locator('.ezflow-panel tr[data-stage] ').first.wait_for(timeout=10_000)
         time.sleep(2)
-        page.locator(".ezflow-panel").first.locator("xpath=..").screenshot(path=str(ARTIFACTS / "stop_live.png"))
+        page.locator(".ezflow-panel").first.locator("xpath=..").screenshot(path=str(ARTIFACTS / f"stop_live_{app}.png"))
         stop.click()
 
         try:
@@ -97,7 +100,7 @@ def test_stop_button_stops_a_blocked_cell_and_a_background_run(tmp_path):
             page.keyboard.press("Shift+Enter")
             report = _line(page, "after ", 40_000)
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "stop_failed.png"))
+            page.screenshot(path=str(ARTIFACTS / f"stop_failed_{app}.png"))
             raise
         fields = dict(kv.split("=") for kv in report.split()[2:])
         assert report.startswith("after Cancelled"), report
@@ -109,7 +112,7 @@ def test_stop_button_stops_a_blocked_cell_and_a_background_run(tmp_path):
         assert "the run was stopped by the panel's Stop button" in error.inner_text()
         panel = page.locator('.ezflow-run[data-outcome="stopped"]').first
         panel.wait_for(timeout=10_000)
-        panel.screenshot(path=str(ARTIFACTS / "stop_blocked_done.png"))
+        panel.screenshot(path=str(ARTIFACTS / f"stop_blocked_done_{app}.png"))
         assert page.locator(".ezflow-stop").count() == 0  # the final static view has no button
 
         # a background run: the kernel is idle, the click stops it, the handle keeps what finished
@@ -126,4 +129,4 @@ def test_stop_button_stops_a_blocked_cell_and_a_background_run(tmp_path):
         assert "done=True state=cancelled" in report and "in_order=True" in report, report
         kept = int(re.search(r"kept=(\d+)", report).group(1))
         assert 0 < kept < 600, report
-        page.screenshot(path=str(ARTIFACTS / "stop_jupyterlab.png"))
+        page.screenshot(path=str(ARTIFACTS / f"stop_page_{app}.png"))

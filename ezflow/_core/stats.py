@@ -96,9 +96,16 @@ class StageStats:
 
     @property
     def busy(self) -> float:
-        """Fraction of worker time spent computing, 0..1."""
+        """Fraction of worker time spent computing, 0..1, the items running now included."""
         denom = self.elapsed * max(self.workers, 1)
-        return min(1.0, self.busy_seconds / denom) if denom > 0 else 0.0
+        return min(1.0, self.working_seconds / denom) if denom > 0 else 0.0
+
+    @property
+    def working_seconds(self) -> float:
+        """Worker seconds spent on items: the finished ones and those running now."""
+        # busy_seconds grows when an item ends: without the running ones,
+        # workers stuck on a long item would read 0% busy.
+        return self.busy_seconds + sum(w.current_for_s for w in self.worker_stats)
 
 
 @record(frozen=True)
@@ -151,7 +158,7 @@ class FlowStats:
             return None  # after a failure, what failed matters, not what was slow
 
         def score(s: StageStats) -> float:
-            return s.busy_seconds / (max(s.workers, 1) * self.elapsed) + s.queue_fill
+            return s.working_seconds / (max(s.workers, 1) * self.elapsed) + s.queue_fill
 
         candidates = [
             s

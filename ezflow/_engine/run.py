@@ -355,7 +355,13 @@ def gather(chunks: Iterable[Chunk]) -> list:
     except Cancelled as exc:
         exc.results = out
         n = len(out)
-        exc.args = (f"{exc}; the {n} {'result' if n == 1 else 'results'} delivered before it are in .results",)
+        if n == 0:
+            kept = "no result was delivered before it"
+        elif n == 1:
+            kept = "the result delivered before it is in .results"
+        else:
+            kept = f"the {n} results delivered before it are in .results"
+        exc.args = (f"{exc}; {kept}",)
         raise
     return out
 
