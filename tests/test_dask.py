@@ -343,12 +343,12 @@ def test_shared_arrays_reach_a_dask_stage_by_value(client, caught):
 
 
 def test_process_stage_shares_arrays_then_a_dask_stage_reads_them(client, caught):
-    from ezflow._transport import shm as _shm
+    from ezflow._transport import segments
 
     shared = []
 
     def wrap(a):  # a thread stage, in this process: see what the process stage sent back
-        shared.append(_shm._root(a) is not None)
+        shared.append(segments._root(a) is not None)
         return {"image": a, "i": int(a[0])}
 
     flow = (

@@ -19,13 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ezflow"
 
-# Lookups that are known and owned elsewhere (issue 10, point 5: transport in
-# rooms; point 4: named messages). Each fix must remove its line here.
-KNOWN_LOOKUPS = {
-    ("ezflow/_executors/pool.py", "sys.modules['ezflow._transport.shm']"),
-    ("ezflow/_transport/serialize.py", "sys.modules['ezflow._transport.shm']"),
-    ("ezflow/_transport/shm.py", "sys.modules['ezflow._executors.worker']"),
-}
+# Lookups that are known and owned elsewhere: none left (transport in rooms
+# replaced the last ones with imports and explicit hooks). Keep it that way.
+KNOWN_LOOKUPS: set[tuple[str, str]] = set()
 
 
 def test_layer_contracts_are_kept():

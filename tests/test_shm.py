@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 import ezflow
+from ezflow._transport import link as _link
+from ezflow._transport import segments as _segments
 from ezflow._transport import shm as _shm
 
 share = getattr(ezflow, "share", None) or _shm.share
@@ -46,7 +48,7 @@ def segments(owner: int | None = None) -> list[str]:
 
 
 def is_shared(a) -> bool:
-    return _shm._root(a) is not None
+    return _segments._root(a) is not None
 
 
 # -- work functions (importable: they run under spawn and forkserver too) -------
@@ -193,7 +195,7 @@ def test_share_is_idempotent_and_rejects_what_it_cannot_share():
 
 def test_views_keep_the_segment_alive_and_copies_are_private():
     a = share(np.arange(1000.0))
-    name = _shm._root(a).name
+    name = _segments._root(a).name
     view = a[10:20]
     private = np.array(a)
     copy = a.copy()
@@ -375,7 +377,7 @@ def slow_big(i):
 
 
 def test_free_segments_are_kept_a_while_for_the_next_run(monkeypatch):
-    monkeypatch.setattr(_shm, "POOL_LINGER", 0.5)
+    monkeypatch.setattr(_link, "POOL_LINGER", 0.5)
     arrays = [np.full(MIB // 8, float(i)) for i in range(6)]
     flow = ezflow.Flow(arrays).map(scale, workers=2).map(total, workers=2)
     assert flow.collect(progress=False) == [float((a * 2 + 1).sum()) for a in arrays]
@@ -446,6 +448,7 @@ def _script(code: str, **kw) -> subprocess.Popen:
 
 RUNNING_SCRIPT = """
 import os, time, numpy as np, ezflow
+from ezflow._transport import segments
 from ezflow._transport import shm as _shm
 
 def slow(a):
@@ -512,6 +515,7 @@ def test_stale_segment_of_a_dead_owner_is_swept():
 
 FALLBACK_SCRIPT = """
 import warnings, numpy as np, ezflow
+from ezflow._transport import segments
 from ezflow._transport import shm as _shm
 
 def big(i):
@@ -522,7 +526,7 @@ if __name__ == "__main__":
     with warnings.catch_warnings(record=True) as caught:
         out = ezflow.Flow(range(6)).map(big, workers=2).map(lambda a: a + 1, workers=2).collect(progress=False)
         a = _shm.share(np.zeros(1 << 21))
-    print("ok", all(o[0] == i + 1 for i, o in enumerate(out)), type(a).__name__, _shm._root(a) is None)
+    print("ok", all(o[0] == i + 1 for i, o in enumerate(out)), type(a).__name__, segments._root(a) is None)
     print("warnings", len([w for w in caught if issubclass(w.category, _shm.SharedMemoryWarning)]))
     print("message", [str(w.message) for w in caught][:1])
 """
@@ -541,9 +545,9 @@ def test_missing_dev_shm_falls_back(monkeypatch):
     def no_shm(*args, **kw):
         raise FileNotFoundError(2, "No such file or directory")
 
-    monkeypatch.setattr(_shm._posixshmem, "shm_open", no_shm)
-    monkeypatch.setattr(_shm, "_disabled", None)
-    monkeypatch.setattr(_shm, "_warned", False)
+    monkeypatch.setattr(_segments._posixshmem, "shm_open", no_shm)
+    monkeypatch.setattr(_segments.S, "disabled", None)
+    monkeypatch.setattr(_segments.S, "warned", False)
     with pytest.warns(_shm.SharedMemoryWarning, match="shared memory cannot be used"):
         a = share(np.arange(10))
     assert not is_shared(a) and list(a) == list(range(10))

@@ -15,7 +15,6 @@ import collections
 import itertools
 import multiprocessing
 import os
-import sys
 import threading
 import time
 import weakref
@@ -23,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .._core import sigterm
+from .._transport import flush_kept
 from .worker import worker_main
 
 __all__ = ["ProcessPool", "WorkerProc", "acquire", "release", "shutdown", "stop_worker"]
@@ -201,9 +201,7 @@ def shutdown() -> None:
         _idle.clear()
     for pool in pools:
         pool.close()
-    shm = sys.modules.get("ezflow._transport.shm")
-    if shm is not None:
-        shm.flush_pool()
+    flush_kept()  # shared memory kept for reuse, if any was used
     sigterm.disarm()
 
 

@@ -29,13 +29,13 @@ import time
 from typing import Any
 
 from .._core.errors import RemoteError, describe, pack_exception
+from .._transport import set_worker_parent
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
 
 __all__ = ["setup_payload", "worker_main"]
 
 PARENT_CHECK_SECONDS = 0.5
-OWNER: int | None = None  # the parent: it owns the shared-memory segments this worker makes (_shm)
 
 
 def setup_payload(spec: Any, limiter: Any = None) -> bytes:
@@ -117,8 +117,7 @@ def _result_scope(shm: list) -> Any:
 
 def worker_main(conn: Any, owner: int) -> None:
     """Serve setup/task/teardown messages until told to exit or the pipe closes."""
-    global OWNER
-    OWNER = owner
+    set_worker_parent(owner)  # the parent owns the shared-memory segments made here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(
         target=_watch_parent, args=(os.getppid(),), daemon=True, name="ezflow-parent-watch"

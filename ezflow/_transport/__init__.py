@@ -4,5 +4,42 @@
     items --pickle protocol 5-------------->  worker
     numpy buffers ---shared-memory segments->  worker (no copy of the buffer)
 
-May import: `ezflow._core`.
+    ezflow's pickler (pickler.py) --references--> segments (segments.py, registry.py, mapping.py)
+    share() (share.py); a process stage's side of it all (link.py); shm.py is their front
+
+May import: `ezflow._core`. Two hooks here keep the executors above from
+being reached into: a worker says whose segments it makes
+(`set_worker_parent`), and ``shutdown()`` frees what is kept for reuse
+(`flush_kept`) without importing shared memory where it was never used.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["flush_kept", "set_worker_parent", "when_flushing", "worker_parent"]
+
+_parent: int | None = None
+_flushers: list[Callable[[], None]] = []
+
+
+def set_worker_parent(pid: int) -> None:
+    """This process is a worker of `pid`: that process owns the shared-memory segments made here."""
+    global _parent
+    _parent = pid
+
+
+def worker_parent() -> int | None:
+    """The pid that owns what this worker makes, or None outside a worker."""
+    return _parent
+
+
+def when_flushing(flush: Callable[[], None]) -> None:
+    """Have `flush_kept` call `flush` (the shared-memory registry registers itself on import)."""
+    _flushers.append(flush)
+
+
+def flush_kept() -> None:
+    """Free what transport keeps for reuse (``ezflow.shutdown()``); nothing if it was never used."""
+    for flush in list(_flushers):
+        flush()

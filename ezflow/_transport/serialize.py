@@ -82,9 +82,12 @@ def dumps(obj: Any, *, to_worker: bool = False) -> bytes:
 
 
 def _shm_engaged() -> Any:
-    # Shared arrays travel as references only through ezflow's own pickler (see _shm).
-    shm = sys.modules.get("ezflow._transport.shm")
-    return shm if shm is not None and shm.engaged() else None
+    # Shared arrays travel as references only through ezflow's own pickler, inside its
+    # scopes. Imported here, not at the top: shared memory loads on first use, and
+    # `import ezflow` stays light.
+    from . import pickler
+
+    return pickler if pickler.engaged() else None
 
 
 def _dill_dumps(obj: Any, shm: Any) -> bytes:

@@ -1,0 +1,147 @@
+"""Views of segments in this process: map a segment once, rebuild arrays from references.
+
+    reference (name, offset, dtype, shape, strides, flags) --_attach--> ndarray on a _Mapping
+
+A worker maps data moved by automatic sharing copy-on-write (as private as
+a pickled copy); ``share()``d data is one memory in every process. A
+process other than the owner holds a shared flock on each segment it
+views, so the owner knows when nobody does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+from .registry import _ensure_reaper, _init
+from .segments import _MV, _RO, _SHARED, S, _Mapping, _mmap, _np, _parse, _posixshmem, _Seg, _warn_once, fcntl
+
+
+def _map_segment(name: str, private: bool, auto: bool) -> Any:
+    """Return the mapping of a segment here (one per segment and kind), or a private copy's root."""
+    key = (name, private)
+    m = S.maps.get(key)
+    if m is None:
+        _init()
+        with S.map_lock:
+            m = S.maps.get(key)
+            if m is None:
+                m = _new_mapping(name, private, auto)
+                if type(m) is not _Mapping:
+                    return m
+                S.maps[key] = m
+                return m
+    m.epoch = S.epoch
+    if not auto:
+        m.auto = False
+    return m
+
+
+def _new_mapping(name: str, private: bool, auto: bool) -> Any:
+    ids = _parse(name)
+    own = ids is not None and ids[0] == S.pid
+    guard = contextlib.nullcontext() if own else S.fork_guard  # our flocked fd must reach _maps
+    with guard:
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0o600)
+        except FileNotFoundError:
+            raise RuntimeError(
+                f"shared array segment {name!r} no longer exists: the process that owned it "
+                "ended, or it was sent somewhere it cannot be opened (another host)"
+            ) from None
+        try:
+            size = os.fstat(fd).st_size
+            if not own:
+                _lock_shared(fd)
+            try:
+                addr = _mmap(fd, size, private)
+            except OSError:
+                # out of address space or of mappings: a private copy still works
+                data = _read_copy(fd, size)
+                os.close(fd)
+                if own:
+                    _adopt(name, size, hold=False)
+                return data
+        except BaseException:
+            os.close(fd)
+            raise
+        if own:
+            os.close(fd)
+            _adopt(name, size, hold=True)
+            return _Mapping(name, addr, size, private, auto, "own", -1)
+        return _Mapping(name, addr, size, private, auto, "prov" if name in S.prov else "foreign", fd)
+
+
+def _lock_shared(fd: int) -> None:
+    # The owner takes an exclusive lock only for a moment, to test that nobody views it.
+    for _ in range(200):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.005)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def _read_copy(fd: int, size: int) -> Any:
+    buf = _np().empty(size, _np().uint8)
+    view = memoryview(buf)
+    done = 0
+    while done < size:
+        n = os.preadv(fd, [view[done:]], done)
+        if n <= 0:
+            break
+        done += n
+    return buf
+
+
+def _adopt(name: str, size: int, hold: bool) -> None:
+    """A segment of ours arrived (a worker's result, or one we lent): count this hold."""
+    with S.lock:
+        seg = S.owned.get(name)
+        sink = getattr(S.tls, "sink", None)
+        if seg is None:
+            seg = S.owned[name] = _Seg(size, "used", 0)
+            if sink is not None:
+                sink.append(size)
+        elif seg.state == "lent":
+            seg.state = "used"
+            if sink is not None:
+                sink.append(seg.size)
+        elif seg.state == "free":  # pragma: no cover - a reference outlived its holds
+            if name in S.free.get(seg.size, ()):
+                S.free[seg.size].remove(name)
+                S.free_bytes -= seg.size
+            seg.state = "used"
+        S.idle.pop(name, None)
+        if hold:
+            seg.holds += 1
+        elif seg.holds <= 0:
+            S.idle[name] = (0.0, 0.0)
+    _ensure_reaper()
+
+
+def _attach(name: str, offset: int, dtype: Any, shape: tuple, strides: tuple, flags: int) -> Any:
+    """Rebuild a view from a reference (what unpickling a shared array calls)."""
+    ids = _parse(name)
+    own = ids is not None and ids[0] == S.pid
+    # data moved by automatic sharing is copy-on-write in a worker: as private as a pickled copy
+    private = not (flags & _SHARED) and not own
+    m = _map_segment(name, private, auto=not (flags & _SHARED))
+    np = _np()
+    root = m.root() if type(m) is _Mapping else m
+    arr = np.ndarray(shape, dtype, buffer=root, offset=offset, strides=strides)
+    if flags & _RO:
+        arr.flags.writeable = False
+    if flags & _MV:
+        view = memoryview(arr)
+        return view.toreadonly() if flags & _RO else view
+    return arr
+
+
+def _unshared(reason: str, obj: Any) -> Any:
+    """A worker could not share this array (unpickled in the parent: warn once, use it)."""
+    _warn_once(reason)
+    return obj

@@ -1,0 +1,371 @@
+"""The owner's registry: which segments are used, lent or free; pooling, reaping, clean-up at exit.
+
+    _create -> hold (used) --views gone, nobody else flocks it--> free (pooled while runs go on,
+                                                                   POOL_LINGER s after) or unlinked
+    lent to a worker for a result --adopted back--> used
+
+A reaper thread frees segments whose last view died outside ezflow's calls
+(finalizers only append to ``S.released`` and wake it: they take no lock).
+What a crash leaves behind is found by name: the owner removes what a dead
+worker made but never sent, and the first use in any process removes the
+segments of owners that are dead (`sweep_stale`). At exit, on SIGTERM and
+in a forked child, this module leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from typing import Any
+
+from .._core import sigterm as _sigterm
+from . import owner as _owner
+from . import when_flushing
+from .segments import (
+    POOL_MAX,
+    PREFIX,
+    SHM_DIR,
+    S,
+    _alive,
+    _check_space,
+    _disable,
+    _listdir,
+    _owner_pid,
+    _parse,
+    _posixshmem,
+    _raise_fd_limit,
+    _Seg,
+    _size_class,
+    _Unavailable,
+    _unlink,
+    _wake,
+    fcntl,
+)
+
+
+def sweep_stale() -> list[str]:
+    """Remove segments whose owner process is dead (a killed process group); return their names.
+
+    An owner in another PID namespace (a container sharing /dev/shm) is
+    judged by its liveness lock, never by a pid that means nothing here.
+    """
+    gone = []
+    dead: dict[tuple[int, int | None], bool] = {}
+    lives = []
+    for name in _listdir():
+        if name.endswith("_" + _owner.LIVE):
+            lives.append(name)
+            continue
+        ids = _owner.parse(name)
+        if ids is None:
+            continue
+        owner, _creator, ns = ids
+        here = ns is None or ns == _owner.NAMESPACE
+        if here and owner == S.pid:
+            # this pid's earlier life (nothing of ours exists yet), else ours
+            if not S.owned and not S.ready:
+                _unlink(name)
+                gone.append(name)
+            continue
+        key = (owner, ns)
+        if key not in dead:
+            dead[key] = _owner.judge(SHM_DIR, owner, ns) is False
+        if dead[key]:
+            _unlink(name)
+            gone.append(name)
+    for name in lives:  # a dead owner's lock file, once its lock is free
+        parts = name[len(PREFIX) :].split("_")
+        if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) != S.pid:
+            if _owner.judge(SHM_DIR, int(parts[0]), int(parts[1])) is False and _owner._lock_free(
+                os.path.join(SHM_DIR, name)
+            ):
+                _unlink(name)
+    return gone
+
+
+def _reap(all_mine: bool = False) -> None:
+    """Unlink segments named for this process that it never received: their creator died."""
+    for name in _listdir():
+        ids = _parse(name)
+        if ids is None or ids[0] != S.pid:
+            continue
+        with S.lock:
+            known = name in S.owned
+        if known and not all_mine:
+            continue
+        if all_mine or (ids[1] != S.pid and not _alive(ids[1])):
+            _unlink(name)
+
+
+def _init() -> None:
+    """First use in this process: clean up after dead owners, arrange our own clean-up."""
+    if S.ready:
+        return
+    with S.lock:
+        if S.ready:
+            return
+        if _posixshmem is None:
+            _disable("POSIX shared memory is not available on this platform")
+        sweep_stale()
+        S.ready = True
+    _raise_fd_limit()
+    import atexit
+    from multiprocessing import util
+
+    atexit.register(_at_exit)
+    util.Finalize(None, _at_exit, exitpriority=100)  # worker processes skip atexit
+
+
+def _create(nbytes: int) -> tuple[str, int, int]:
+    """Make a new segment; return (name, size, fd open for writing)."""
+    if S.disabled:
+        raise _Unavailable(S.disabled)
+    _init()
+    size = _size_class(nbytes)
+    _check_space(size)
+    owner = _owner_pid()
+    if owner == S.pid:  # ours to clean up, even if we are killed outright
+        _owner.hold_liveness(SHM_DIR, owner)
+        _owner.ensure_watcher(SHM_DIR, owner)
+        _sigterm.arm()
+    while True:
+        name = _owner.segment_name(owner, S.pid, next(S.counter))
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            _disable(f"cannot create a segment in {SHM_DIR}: {exc.strerror or exc}")
+            raise _Unavailable(S.disabled) from exc
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        os.close(fd)
+        _unlink(name)
+        raise _Unavailable(f"cannot size a segment: {exc.strerror or exc}") from exc
+    return name, size, fd
+
+
+def _hold_new(name: str, size: int) -> None:
+    with S.lock:
+        S.owned[name] = _Seg(size, "used", 1)
+    _ensure_reaper()
+
+
+def _release(names: Any) -> None:
+    if names:
+        S.released.extend(names)
+        _wake()
+
+
+def _take_free(size: int) -> str | None:
+    names = S.free.get(size)
+    while names:
+        name = names.pop()
+        seg = S.owned.get(name)
+        if seg is not None and seg.state == "free":
+            S.free_bytes -= seg.size
+            return name
+    return None
+
+
+def _exclusive(name: str) -> bool | None:
+    """True if no other process holds a shared flock on it; None if it is gone."""
+    with S.fork_guard:
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0o600)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+
+def _drain() -> None:
+    """Account for ended holds; pool or unlink segments nobody views any more."""
+    if not S.released and not S.idle:
+        return
+    now = time.monotonic()
+    with S.lock:
+        while S.released:
+            name = S.released.popleft()
+            seg = S.owned.get(name)
+            if seg is None:
+                continue
+            seg.holds -= 1
+            if seg.holds <= 0 and seg.state == "used":
+                S.idle[name] = (0.0, 0.0)
+        for name, (when, delay) in list(S.idle.items()):
+            if when > now:
+                continue
+            seg = S.owned.get(name)
+            if seg is None or seg.holds > 0 or seg.state != "used":
+                S.idle.pop(name, None)
+                continue
+            ok = _exclusive(name)
+            if ok is False:  # another process still views it: look again later
+                delay = min(0.25, max(0.01, 2 * delay))
+                S.idle[name] = (now + delay, delay)
+                continue
+            S.idle.pop(name, None)
+            _pool_or_unlink(name, seg, keep=bool(ok))
+
+
+def _pool_or_unlink(name: str, seg: _Seg, keep: bool = True) -> None:
+    """A segment nobody uses: keep it for reuse while pooling has room, else remove it (holding _lock)."""
+    if keep and _pooling() and S.free_bytes + seg.size <= _pool_max():
+        seg.state = "free"
+        S.free.setdefault(seg.size, []).append(name)
+        S.free_bytes += seg.size
+    else:
+        del S.owned[name]
+        _unlink(name)
+
+
+def _pooling() -> bool:
+    return S.active > 0 or time.monotonic() < S.keep_until
+
+
+def _pool_max() -> int:
+    try:
+        st = os.statvfs(SHM_DIR)
+        return min(POOL_MAX, st.f_blocks * st.f_frsize // 4)
+    except OSError:
+        return POOL_MAX
+
+
+def flush_pool() -> None:
+    """Unlink the free segments kept for reuse (``ezflow.shutdown()``)."""
+    S.keep_until = 0.0
+    _reap()  # results that stopped workers made for us and never sent
+    _flush_pool()
+    _let_go()
+
+
+def _let_go() -> None:
+    """Owning nothing any more: drop the liveness lock file and the watcher process."""
+    with S.lock:
+        holding = bool(S.owned) or any(s in ("mine", "pending") for s in S.prov.values())
+    if not holding:
+        _owner.release_liveness(SHM_DIR)
+        _owner.stop_watcher()
+        _sigterm.disarm()
+
+
+def _flush_pool() -> None:
+    with S.lock:
+        for names in S.free.values():
+            for name in names:
+                seg = S.owned.get(name)
+                if seg is not None and seg.state == "free":
+                    del S.owned[name]
+                    _unlink(name)
+        S.free.clear()
+        S.free_bytes = 0
+
+
+def _ensure_reaper() -> None:
+    """Start the thread that frees segments whose last view died outside ezflow's calls."""
+    if S.reaper is not None:
+        return
+    with S.lock:
+        if S.reaper is not None:
+            return
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        S.wake_r, S.wake_w = r, w
+        S.reaper = threading.Thread(target=_reap_loop, args=(r,), name="ezflow-shm-reaper", daemon=True)
+        S.reaper.start()
+
+
+def _reap_loop(r: int) -> None:
+    while True:
+        timeout = None
+        if S.idle:
+            soonest = min(t for t, _ in tuple(S.idle.values()))
+            timeout = max(0.005, soonest - time.monotonic())
+        if S.free and S.active == 0:
+            linger = max(0.005, S.keep_until - time.monotonic())
+            timeout = linger if timeout is None else min(timeout, linger)
+        try:
+            ready, _, _ = select.select([r], [], [], timeout)
+            if ready:
+                os.read(r, 4096)
+        except (OSError, ValueError):
+            return
+        if r != S.wake_r:
+            return  # forked or shut down
+        try:
+            _drain()
+            if S.free and not _pooling():
+                _flush_pool()
+            if not S.owned:
+                _let_go()
+        except Exception:  # pragma: no cover - keep freeing whatever happens
+            pass
+
+
+def _at_exit() -> None:
+    """Leave nothing in /dev/shm: our segments, and what we made for our owner and kept."""
+    with S.lock:
+        names = list(S.owned)
+        S.owned.clear()
+        S.free.clear()
+        prov = [n for n, s in S.prov.items() if s in ("mine", "dead", "pending")]
+        S.prov.clear()
+    for name in names + prov:
+        _unlink(name)
+    _reap(all_mine=True)
+    _owner.release_liveness(SHM_DIR)
+    _owner.stop_watcher()
+
+
+def _on_sigterm() -> None:
+    """Unlink every segment named for this owner now, taking no lock (the main thread may hold one)."""
+    S.disabled = "the process is ending (SIGTERM)"  # other threads make no new segment from now on
+    for name in _listdir():
+        ids = _parse(name)
+        if ids is not None and ids[0] == S.pid:
+            _unlink(name)
+    _owner.let_go_now(SHM_DIR, S.pid)
+
+
+def _after_fork_child() -> None:
+    for m in list(S.maps.values()):
+        if m.fd >= 0:
+            try:
+                os.close(m.fd)  # the parent's descriptor and its flock stay the parent's
+            except OSError:
+                pass
+    for fd in (S.wake_r, S.wake_w):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _owner.after_fork_child()
+    S.after_fork()
+
+
+def _before_fork() -> None:
+    S.fork_guard.acquire()
+
+
+def _after_fork_parent() -> None:
+    S.fork_guard.release()
+
+
+
+_sigterm.register(lambda: bool(S.owned), _on_sigterm)
+when_flushing(flush_pool)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
