@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -93,8 +98,43 @@ START_METHODS = ["fork", "spawn", "forkserver"]
 MODES = [
     pytest.param({"mode": "thread"}, id="thread"),
     *[pytest.param({"mode": "process", "start_method": m}, id=f"process-{m}") for m in START_METHODS],
+    pytest.param({"mode": "async"}, id="async"),
     pytest.param({"backend": "dask"}, id="dask"),
 ]
+
+
+class Mode(dict):
+    """Stage options of one mode (``**mode``), and `fn` to shape a plain test function for it."""
+
+    def fn(self, f: Any) -> Any:
+        """Return `f` as this mode runs it: async stages take coroutine functions, the others `f` itself."""
+        return as_coroutine(f) if self.get("mode") == "async" else f
+
+
+def as_coroutine(f: Any) -> Any:
+    """Return an async version of a plain function or class stage; its body runs in a thread.
+
+    A thread, not the event loop: a test function that sleeps or blocks
+    must not stall the stage's loop (a real async stage would await). The
+    coroutine keeps the name, so stage names and messages stay the same.
+    """
+    if isinstance(f, type):
+        if inspect.iscoroutinefunction(f.__call__):
+            return f
+        call: Callable[..., Any] = f.__call__
+
+        async def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(call, self, *args, **kwargs)
+
+        return type(f.__name__, (f,), {"__call__": __call__, "__qualname__": f.__qualname__})
+    if inspect.iscoroutinefunction(f):
+        return f
+
+    @functools.wraps(f)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(f, *args, **kwargs)
+
+    return run
 
 _dask: dict = {}
 
@@ -120,14 +160,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> dict:
-    """Stage options for each executor the behavioural suite runs on.
+def mode(request: pytest.FixtureRequest) -> Mode:
+    """Stage options for each executor the behavioural suite runs on: ``.map(mode.fn(f), **mode)``.
 
-    "dask" runs the stage on a real local cluster; a test whose options a
-    dask stage does not take (timeouts, rates, start methods) says so with
-    ``@pytest.mark.no_dask``.
+    "async" runs `f` as a coroutine (`Mode.fn`); "dask" runs the stage on a
+    real local cluster. A test that does not apply to one of them says so
+    with ``@pytest.mark.no_async`` or ``@pytest.mark.no_dask`` and the reason.
     """
-    opts = dict(request.param)
+    opts = Mode(request.param)
+    if opts.get("mode") == "async":
+        marker = request.node.get_closest_marker("no_async")
+        if marker is not None:
+            pytest.skip(f"not for async stages: {marker.args[0] if marker.args else 'see the test'}")
     if opts.get("backend") == "dask":
         marker = request.node.get_closest_marker("no_dask")
         if marker is not None:

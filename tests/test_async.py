@@ -86,3 +86,16 @@ def test_retries_only_for_listed_errors():
     assert got[0] == 0 and got[1] == 1 and got[3] == 3
     assert isinstance(got[2], ezflow.Failure) and got[2].attempts == 1 and calls[2] == 1
     assert calls[1] == 3 and flow.stats[0].retries == 2
+
+
+def test_a_plain_function_in_an_async_stage_says_how_to_fix_it():
+    def blocking(x):
+        return x * 2
+
+    with pytest.raises(ezflow.TaskError, match=r"stage 'blocking' failed on item 0") as info:
+        ezflow.map(blocking, range(3), mode="async", progress=False)
+    cause = info.value.__cause__
+    assert isinstance(cause, TypeError)
+    assert "returned int, not an awaitable: define it with `async def`, or use mode='thread'" in str(cause)
+    # a plain function that returns a coroutine is fine
+    assert ezflow.map(lambda x: asyncio.sleep(0, x), range(3), mode="async", progress=False) == [0, 1, 2]

@@ -1,4 +1,11 @@
-"""The dask backend: the same map and Flow semantics on a real local dask cluster.
+"""What is particular to the dask backend, on a real local dask cluster.
+
+The map and Flow semantics themselves (order, errors, retries, class
+stages, generators, stopping) are the behavioural suite's: every test that
+takes the `mode` fixture runs on a dask stage too (tests/conftest.py). Here:
+how a backend is named (client, address, cluster, "dask"), dask stages
+between local ones, that nothing is left on the scheduler, the option table
+for dask, cluster workers that die, and shared arrays crossing to a cluster.
 
 One module-scoped `LocalCluster` (two worker processes) serves the ordinary
 tests; it starts before the first test's leak check and stops after the
@@ -11,7 +18,6 @@ check would otherwise count as left behind.
 from __future__ import annotations
 
 import gc
-import itertools
 import os
 import signal
 import sys
@@ -112,14 +118,6 @@ def test_map_with_address_and_current_client(client, cluster):
     assert distributed.default_client() is client
 
 
-def test_lambda_and_closure_travel(client):
-    k = 3
-    assert ezflow.map(lambda x: x + k, range(50), backend=client, progress=False) == [x + 3 for x in range(50)]
-
-    def local(x):
-        return x * k
-
-    assert ezflow.map(local, range(50), backend=client, progress=False) == [x * 3 for x in range(50)]
 
 
 def test_flow_with_a_dask_stage_between_local_stages(client):
@@ -140,23 +138,6 @@ def test_flow_with_a_dask_stage_between_local_stages(client):
     assert stats["remote"].items_out == 400
 
 
-def test_generator_source_is_lazy_and_bounded(client):
-    taken = []
-
-    def source():
-        for i in itertools.count():
-            taken.append(i)
-            yield i
-
-    got = list(itertools.islice(ezflow.imap(double, source(), backend=client, progress=False), 50))
-    assert got == [x * 2 for x in range(50)]
-    assert len(taken) < 50_000  # bounded read-ahead on an endless source
-    assert wait_for(lambda: not ezflow_tasks(client))
-
-
-def test_unordered(client):
-    got = ezflow.map(double, range(500), backend=client, ordered=False, progress=False)
-    assert sorted(got) == [x * 2 for x in range(500)]
 
 
 # -- errors -------------------------------------------------------------------
@@ -172,15 +153,6 @@ def test_errors_raise_names_stage_and_index(client):
     assert wait_for(lambda: not ezflow_tasks(client))
 
 
-def test_errors_return_and_skip(client):
-    got = ezflow.map(fails_on_seven, range(20), backend=client, errors="return", progress=False)
-    assert [v for i, v in enumerate(got) if i != 7] == [x for x in range(20) if x != 7]
-    f = got[7]
-    assert isinstance(f, ezflow.Failure)
-    assert (f.index, f.item, f.stage) == (7, 7, "fails_on_seven")
-    assert isinstance(f.error, ValueError)
-    got = ezflow.map(fails_on_seven, range(20), backend=client, errors="skip", progress=False)
-    assert got == [x for x in range(20) if x != 7]
 
 
 def test_retries_run_in_the_worker(client, tmp_path):

@@ -35,10 +35,10 @@ def _generator():
 
 
 def test_unsendable_item_fails_alone(mode):
-    if mode.get("mode") == "thread":
-        pytest.skip("thread stages send nothing")
+    if mode.get("mode") in ("thread", "async"):
+        pytest.skip("thread and async stages run in this process: they send nothing")
     items = [*range(6), _generator(), *range(7, 12)]
-    got = ezflow.map(tag, items, chunksize=4, errors="return", progress=False, **mode)
+    got = ezflow.map(mode.fn(tag), items, chunksize=4, errors="return", progress=False, **mode)
     assert got[:6] == [x * 10 for x in range(6)]
     assert got[7:] == [x * 10 for x in range(7, 12)]
     failure = got[6]
@@ -184,3 +184,13 @@ def test_close_failure_is_late_and_names_close():
     (err, late), = port.failed
     assert late and isinstance(err, StageError) and "close() raised OSError: flush failed" in str(err)
     assert isinstance(err.__cause__, OSError)
+
+
+def test_the_behavioural_suite_runs_on_every_backend():
+    # A new backend in _executors._BACKENDS must join the `mode` fixture: the suite is its contract.
+    from conftest import MODES
+
+    from ezflow._executors import _BACKENDS
+
+    covered = {p.values[0].get("mode") or ("dask" if "backend" in p.values[0] else None) for p in MODES}
+    assert covered == set(_BACKENDS), f"the mode fixture covers {sorted(covered)}, the backends are {sorted(_BACKENDS)}"

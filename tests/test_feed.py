@@ -15,7 +15,7 @@ def square(x):
 
 
 def test_put_and_close_feed_a_running_flow(mode):
-    handle = ezflow.Flow().map(square, **mode).start(progress=False)
+    handle = ezflow.Flow().map(mode.fn(square), **mode).start(progress=False)
     for i in range(20):
         handle.put(i)
     handle.close()
@@ -56,7 +56,7 @@ def test_higher_priority_items_are_taken_first():
 
 
 def test_process_many_concurrent_requests_from_asyncio(mode):
-    handle = ezflow.Flow().map(square, errors="return", **mode).filter(lambda y: y != 49, mode="thread").start(progress=False)
+    handle = ezflow.Flow().map(mode.fn(square), errors="return", **mode).filter(lambda y: y != 49, mode="thread").start(progress=False)
 
     async def main():
         results = await asyncio.gather(*(handle.process(i, timeout=30) for i in range(100)))
@@ -110,6 +110,6 @@ def test_flow_over_an_ezflow_q():
 
 @pytest.mark.no_dask("rate= is enforced by local stages only")
 def test_rate_limit_is_shared_across_workers(mode):
-    stamps = ezflow.map(lambda _: time.monotonic(), range(21), rate=20, workers=2, progress=False, **mode)
+    stamps = ezflow.map(mode.fn(lambda _: time.monotonic()), range(21), rate=20, workers=2, progress=False, **mode)
     stamps.sort()
     assert stamps[-1] - stamps[0] >= 0.9  # 20 intervals at 20/s: about 1 s whatever the workers

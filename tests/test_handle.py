@@ -16,7 +16,7 @@ def slow(x):
 
 def test_start_returns_at_once_and_wait_gives_results(mode):
     t0 = time.monotonic()
-    handle = ezflow.Flow(range(40)).map(slow, workers=2, **mode).start(progress=False)
+    handle = ezflow.Flow(range(40)).map(mode.fn(slow), workers=2, **mode).start(progress=False)
     assert time.monotonic() - t0 < 5
     assert not handle.done()
     assert handle.stats.state == "running"
@@ -25,7 +25,7 @@ def test_start_returns_at_once_and_wait_gives_results(mode):
 
 
 def test_cancel_keeps_finished_results_and_stops_workers(mode):
-    handle = ezflow.Flow(range(1000)).map(slow, workers=2, **mode).start(progress=False)
+    handle = ezflow.Flow(range(1000)).map(mode.fn(slow), workers=2, **mode).start(progress=False)
     time.sleep(0.5)
     t0 = time.monotonic()
     report = handle.cancel()

@@ -194,7 +194,7 @@ def test_a_dead_process_worker_and_its_replacement():
 
 @pytest.mark.timeout(120)
 def test_every_backend_lists_failures_and_slowest(mode):
-    flow = ezflow.Flow(range(30)).map(fails_on_sevens, workers=2, errors="skip", **mode)
+    flow = ezflow.Flow(range(30)).map(mode.fn(fails_on_sevens), workers=2, errors="skip", **mode)
     flow.collect()
     s = flow.stats.stages[0]
     assert [f.index for f in s.failures] == [3, 10, 17, 24]

@@ -69,7 +69,7 @@ class AlwaysDiesOn2:
 @pytest.mark.no_dask("dask stages take no timeout")
 def test_timed_out_item_is_retried_in_every_mode(mode, tmp_path):
     fn = SlowOnceOn2(str(tmp_path))
-    flow = ezflow.Flow(range(5)).map(fn, name="slow", timeout=1.0, retries=1, **mode)
+    flow = ezflow.Flow(range(5)).map(mode.fn(fn), name="slow", timeout=1.0, retries=1, **mode)
     assert flow.collect(progress=False) == [0, 1, 2, 3, 4]
     assert flow.stats.stages[0].retries == 1
 
@@ -77,7 +77,7 @@ def test_timed_out_item_is_retried_in_every_mode(mode, tmp_path):
 @pytest.mark.no_dask("dask stages take no timeout")
 def test_timed_out_item_is_not_retried_when_retry_on_excludes_it(mode, tmp_path):
     fn = SlowOnceOn2(str(tmp_path))
-    got = ezflow.map(fn, range(4), timeout=1.0, retries=2, retry_on=ValueError, errors="return", progress=False, **mode)
+    got = ezflow.map(mode.fn(fn), range(4), timeout=1.0, retries=2, retry_on=ValueError, errors="return", progress=False, **mode)
     assert isinstance(got[2], ezflow.Failure) and isinstance(got[2].error, ezflow.ItemTimeout)
     assert got[2].attempts == 1
 

@@ -32,22 +32,22 @@ def raises_custom(x):
 
 def test_map_matches_builtin(mode):
     data = list(range(1000))
-    assert ezflow.map(double, data, progress=False, **mode) == list(map(double, data))
+    assert ezflow.map(mode.fn(double), data, progress=False, **mode) == list(map(double, data))
 
 
 def test_lambda_and_closure_travel(mode):
     k = 3
-    assert ezflow.map(lambda x: x + k, range(50), progress=False, **mode) == [x + 3 for x in range(50)]
+    assert ezflow.map(mode.fn(lambda x: x + k), range(50), progress=False, **mode) == [x + 3 for x in range(50)]
 
     def local(x):
         return x * k
 
-    assert ezflow.map(local, range(50), progress=False, **mode) == [x * 3 for x in range(50)]
+    assert ezflow.map(mode.fn(local), range(50), progress=False, **mode) == [x * 3 for x in range(50)]
 
 
 def test_empty_input(mode):
-    assert ezflow.map(double, [], progress=False, **mode) == []
-    assert list(ezflow.imap(double, iter([]), progress=False, **mode)) == []
+    assert ezflow.map(mode.fn(double), [], progress=False, **mode) == []
+    assert list(ezflow.imap(mode.fn(double), iter([]), progress=False, **mode)) == []
 
 
 def test_generator_input_is_lazy_and_bounded(mode):
@@ -58,24 +58,24 @@ def test_generator_input_is_lazy_and_bounded(mode):
             taken.append(i)
             yield i
 
-    got = list(itertools.islice(ezflow.imap(double, source(), progress=False, **mode), 100))
+    got = list(itertools.islice(ezflow.imap(mode.fn(double), source(), progress=False, **mode), 100))
     assert got == [x * 2 for x in range(100)]
     # bounded in flight: the source was not drained far ahead of the consumer
     assert len(taken) < 100_000
 
 
 def test_unordered_yields_everything(mode):
-    got = ezflow.map(double, range(500), ordered=False, progress=False, **mode)
+    got = ezflow.map(mode.fn(double), range(500), ordered=False, progress=False, **mode)
     assert sorted(got) == [x * 2 for x in range(500)]
 
 
 def test_chunksize_fixed(mode):
-    assert ezflow.map(double, range(101), chunksize=7, progress=False, **mode) == [x * 2 for x in range(101)]
+    assert ezflow.map(mode.fn(double), range(101), chunksize=7, progress=False, **mode) == [x * 2 for x in range(101)]
 
 
 def test_errors_raise_names_stage_item_and_keeps_type(mode):
     with pytest.raises(ezflow.TaskError) as info:
-        ezflow.map(fails_on_seven, range(20), progress=False, **mode)
+        ezflow.map(mode.fn(fails_on_seven), range(20), progress=False, **mode)
     err = info.value
     assert err.stage == "fails_on_seven"
     assert err.index == 7
@@ -88,12 +88,12 @@ def test_errors_raise_names_stage_item_and_keeps_type(mode):
 
 def test_custom_exception_type_is_kept(mode):
     with pytest.raises(ezflow.TaskError) as info:
-        ezflow.map(raises_custom, [1], progress=False, **mode)
+        ezflow.map(mode.fn(raises_custom), [1], progress=False, **mode)
     assert type(info.value.__cause__) is CustomError
 
 
 def test_errors_return_puts_failure_in_place(mode):
-    got = ezflow.map(fails_on_seven, range(10), errors="return", progress=False, **mode)
+    got = ezflow.map(mode.fn(fails_on_seven), range(10), errors="return", progress=False, **mode)
     assert got[:7] == list(range(7)) and got[8:] == [8, 9]
     f = got[7]
     assert isinstance(f, ezflow.Failure)
@@ -102,7 +102,7 @@ def test_errors_return_puts_failure_in_place(mode):
 
 
 def test_errors_skip_drops_and_counts(mode):
-    flow = ezflow.Flow(range(10)).map(fails_on_seven, errors="skip", **mode)
+    flow = ezflow.Flow(range(10)).map(mode.fn(fails_on_seven), errors="skip", **mode)
     assert flow.collect(progress=False) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
     s = flow.stats[0]
     assert (s.items_in, s.items_out, s.skipped, s.errors) == (10, 9, 1, 0)
@@ -110,18 +110,18 @@ def test_errors_skip_drops_and_counts(mode):
 
 def test_next_call_works_after_an_error(mode):
     with pytest.raises(ezflow.TaskError):
-        ezflow.map(fails_on_seven, range(100), progress=False, **mode)
-    assert ezflow.map(double, range(10), progress=False, **mode) == [x * 2 for x in range(10)]
+        ezflow.map(mode.fn(fails_on_seven), range(100), progress=False, **mode)
+    assert ezflow.map(mode.fn(double), range(10), progress=False, **mode) == [x * 2 for x in range(10)]
 
 
 def test_large_results(mode):
     # far past the pipe buffer: ezq's map hung here
-    got = ezflow.map(lambda n: b"x" * n, [5_000_000] * 6, progress=False, **mode)
+    got = ezflow.map(mode.fn(lambda n: b"x" * n), [5_000_000] * 6, progress=False, **mode)
     assert [len(b) for b in got] == [5_000_000] * 6
 
 
 def test_many_items(mode):
-    assert sum(ezflow.map(double, range(20_000), progress=False, **mode)) == 2 * sum(range(20_000))
+    assert sum(ezflow.map(mode.fn(double), range(20_000), progress=False, **mode)) == 2 * sum(range(20_000))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -213,4 +213,4 @@ def test_functions_that_use_a_module_take_it_by_name(mode):
     # ezflow itself is outside site-packages in an editable install: dill would copy its
     # namespace (and fail on its locks); the worker imports it instead
     fn = lambda x: (ezflow.__version__, math.isqrt(x))  # noqa: E731
-    assert ezflow.map(fn, [4, 9], workers=2, progress=False, **mode) == [(ezflow.__version__, 2), (ezflow.__version__, 3)]
+    assert ezflow.map(mode.fn(fn), [4, 9], workers=2, progress=False, **mode) == [(ezflow.__version__, 2), (ezflow.__version__, 3)]

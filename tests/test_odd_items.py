@@ -47,18 +47,18 @@ def _check_failure(f, error_type):
 @pytest.mark.parametrize("errors", ["raise", "return"])
 def test_exception_whose_str_raises_is_reported(mode, errors):
     if errors == "return":
-        got = ezflow.map(bad_str_on_2, range(5), errors="return", progress=False, **mode)
+        got = ezflow.map(mode.fn(bad_str_on_2), range(5), errors="return", progress=False, **mode)
         assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4]
         _check_failure(got[2], "StrExplodes")
         return
     with pytest.raises(ezflow.TaskError) as info:
-        ezflow.map(bad_str_on_2, range(5), progress=False, **mode)
+        ezflow.map(mode.fn(bad_str_on_2), range(5), progress=False, **mode)
     msg = str(info.value)
     assert "stage 'bad_str_on_2' failed on item 2" in msg and "StrExplodes" in msg
 
 
 def test_cancelled_error_raised_by_a_sync_item_is_its_failure(mode):
-    got = ezflow.map(cancelled_on_2, range(5), errors="return", progress=False, **mode)
+    got = ezflow.map(mode.fn(cancelled_on_2), range(5), errors="return", progress=False, **mode)
     assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4]
     _check_failure(got[2], "CancelledError")
 
@@ -137,5 +137,5 @@ class BuildsWithOddError:
 
 def test_stage_that_cannot_start_reports_an_odd_exception(mode):
     with pytest.raises(ezflow.StageError, match="could not start.*StrExplodes") as info:
-        ezflow.map(BuildsWithOddError, range(3), progress=False, **mode)
+        ezflow.map(mode.fn(BuildsWithOddError), range(3), progress=False, **mode)
     assert "BuildsWithOddError" in str(info.value)

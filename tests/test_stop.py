@@ -53,7 +53,7 @@ class StopAfter:
 
 def test_stop_from_the_view_ends_collect_with_cancelled_and_keeps_the_prefix(mode):
     view = StopAfter(10)
-    flow = ezflow.Flow(range(2000)).map(slow_double, workers=2, chunksize=1, **mode)
+    flow = ezflow.Flow(range(2000)).map(mode.fn(slow_double), workers=2, chunksize=1, **mode)
     start = time.monotonic()
     with pytest.raises(ezflow.Cancelled, match=r"stopped by the panel.s Stop button; (the \d+ results|the result|no result)") as info:
         flow.collect(progress=view)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,12 @@ class AsyncExecutor(Executor):
         rt = self.rt
         try:
             aw = rt.call(item)
+            if not inspect.isawaitable(aw):
+                raise TypeError(
+                    f"stage {self.spec.name!r} runs in mode='async', but its function returned "
+                    f"{type(aw).__name__}, not an awaitable: define it with `async def`, "
+                    "or use mode='thread' for blocking code"
+                )
             if rt.rules.timeout is None:
                 out = await aw
             else:
