@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import ezflow
+from ezflow._executors.wire import Task, encode
 from ezflow._transport import link as _link
 from ezflow._transport import segments as _segments
 from ezflow._transport import shm as _shm
@@ -232,9 +233,9 @@ def test_plain_pickle_carries_the_data():
     assert len(dumps(a)) > a.nbytes  # outside a process stage's transport (a Dask stage): the data
     link = _shm.StageLink(None)
     try:
-        assert len(link.dumps_task(0, ("task", 0, 1, [a], False))) < 1000  # to a worker: a reference
+        assert len(link.dumps_task(0, 1, lambda share: encode(Task(0, 1, [a], False, 0, share)))) < 1000  # a reference
         with _shm.by_value():
-            assert len(link.dumps_task(1, ("task", 1, 1, [a], False))) > a.nbytes
+            assert len(link.dumps_task(1, 1, lambda share: encode(Task(1, 1, [a], False, 0, share)))) > a.nbytes
     finally:
         link.close()
 

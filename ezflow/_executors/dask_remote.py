@@ -85,10 +85,9 @@ def _run_remote(token: str, payload: bytes, data: bytes, special: bool, tried: i
     try:
         return dumps((values, errs, busy, retries))
     except Exception:
-        from .worker import _unpicklable_to_errors
+        from .worker import sendable_result
 
-        # one result that cannot travel fails that item, not the whole piece
-        _, _, values, errs, busy, retries = _unpicklable_to_errors(("result", 0, values, errs, busy, retries))
+        values, errs = sendable_result(values, errs)  # what cannot travel fails alone
         return dumps((values, errs, busy, retries))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from .._core import sigterm
 from .._transport import flush_kept
+from .wire import Exit, encode
 from .worker import worker_main
 
 __all__ = ["ProcessPool", "WorkerProc", "acquire", "release", "shutdown", "stop_worker"]
@@ -115,7 +116,7 @@ class ProcessPool:
         from .._transport.serialize import dumps
 
         self.broken = True
-        msg = dumps(("exit",))
+        msg = dumps(encode(Exit()))
         for w in self.workers:
             try:
                 w.conn.send_bytes(msg)
@@ -132,7 +133,7 @@ def stop_worker(worker: WorkerProc, timeout: float = 5.0) -> None:
     from .._transport.serialize import dumps
 
     try:
-        worker.conn.send_bytes(dumps(("exit",)))
+        worker.conn.send_bytes(dumps(encode(Exit())))
     except Exception:
         pass
     worker.proc.join(timeout)

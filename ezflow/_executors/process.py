@@ -2,9 +2,9 @@
 
     port.take(room: a worker has a free slot)      worker 1..N (own process)
          |                                              ^        |
-    sender thread --("task", piece)--> pipe[w] ---------+        |
+    sender thread ----Task(piece)----> pipe[w] ---------+        |
                                                                  v
-    collector thread <--("result", ...)-- pipe[w] <--------------+
+    collector thread <---Result(...)----- pipe[w] <--------------+
          |  also waits on each worker's sentinel (death) and on the
          |  oldest piece's deadline (per-item timeout)
          v
@@ -33,6 +33,7 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,19 @@ from .limits import TokenBucket, make_limiter
 from .pool import ProcessPool, WorkerProc, acquire, release
 from .port import Piece, StagePort
 from .recycle import RecyclingExecutor
+from .wire import (
+    Closed,
+    Ready,
+    Result,
+    Setup,
+    SetupFailed,
+    Task,
+    Teardown,
+    Unloadable,
+    answered_piece,
+    decode,
+    encode,
+)
 from .worker import setup_payload
 
 if TYPE_CHECKING:
@@ -88,7 +102,7 @@ class ProcessExecutor(RecyclingExecutor):
                 payload = setup_payload(spec, make_limiter(spec, shared=True))
         except Exception as exc:
             raise StageError(spec.name, str(exc)) from exc
-        self._setup_msg = dumps(("setup", self.token, payload, spec.is_class))
+        self._setup_msg = dumps(encode(Setup(self.token, payload, want_ready=spec.is_class)))
         before_acquire(spec.fn)  # a module reloaded by the caller: no warm worker keeps the old one
         pool = self.pool = acquire(spec.start_method or default_start_method(), spec.workers)
         self._renew_spent(pool)
@@ -122,15 +136,15 @@ class ProcessExecutor(RecyclingExecutor):
             ready = wait([w.conn, w.proc.sentinel])
             if w.conn in ready:
                 try:
-                    msg = loads(w.conn.recv_bytes())
+                    msg = decode(loads(w.conn.recv_bytes()))
                 except (EOFError, OSError):
                     msg = None
-                if msg is not None and msg[0] == "ready":
+                if type(msg) is Ready:
                     return None
-                if msg is not None and msg[0] == "setup_failed":
-                    _, _, exc, tb = msg
+                if type(msg) is SetupFailed:
+                    exc = msg.error
                     exc.__cause__ = None
-                    return self._setup_error(attach_traceback(exc, tb))
+                    return self._setup_error(attach_traceback(exc, msg.tb))
                 if msg is not None:
                     continue
             w.proc.join(1)
@@ -191,8 +205,7 @@ class ProcessExecutor(RecyclingExecutor):
             if rest is not None:
                 port.give_back([rest])
             try:
-                msg = ("task", piece.id, self.token, piece.items, piece.chunk.special, piece.attempts)
-                data = self._shm.dumps_task(piece.id, msg)
+                data = self._shm.dumps_task(piece.id, len(piece.items), partial(_task, piece, self.token))
             except Exception as exc:
                 with self._lock:
                     w.outstanding.remove(piece)
@@ -242,28 +255,26 @@ class ProcessExecutor(RecyclingExecutor):
 
     def _receive(self, w: WorkerProc) -> None:
         try:
-            msg = self._shm.loads(w.conn.recv_bytes())
+            msg = decode(self._shm.loads(w.conn.recv_bytes(), answered_piece))
         except (EOFError, OSError):
             self._died(w)
             return
-        op = msg[0]
-        if op == "result":
-            _, pid, values, errs, busy, retries = msg
-            self._shm.done(pid)
+        kind = type(msg)
+        if kind is Result:
+            self._shm.done(msg.piece_id)
             piece = self._pop(w)
-            if piece.id != pid:  # pragma: no cover - a protocol bug, never data loss in silence
-                raise RuntimeError(f"worker answered piece {pid}, expected {piece.id}")
-            self.port.done(piece, values, errs, busy, retries, worker=self._tally.of(w))
+            if piece.id != msg.piece_id:  # pragma: no cover - a protocol bug, never data loss in silence
+                raise RuntimeError(f"worker answered piece {msg.piece_id}, expected {piece.id}")
+            self.port.done(piece, msg.values, msg.errs, msg.busy, msg.retries, worker=self._tally.of(w))
             if self._second:
                 self._second.discard(piece)
             if self._life.limits and not w.outstanding and self._life.retiring(w):
                 self._retire(w)
-        elif op == "unloadable":
-            self._unloadable(w, msg[1], msg[2])
-        elif op == "setup_failed":
-            _, _, exc, tb = msg
+        elif kind is Unloadable:
+            self._unloadable(w, msg.error, msg.tb)
+        elif kind is SetupFailed:
             self.broken = True
-            self.port.fail(self._setup_error(attach_traceback(exc, tb), "in a worker"))
+            self.port.fail(self._setup_error(attach_traceback(msg.error, msg.tb), "in a worker"))
 
     def _unloadable(self, w: WorkerProc, exc: BaseException, tb: str) -> None:
         """The worker could not unpickle the piece it was sent: fail the item that does not load."""
@@ -287,13 +298,12 @@ class ProcessExecutor(RecyclingExecutor):
             try:
                 if not w.conn.poll():
                     break
-                msg = loads(w.conn.recv_bytes())
+                msg = decode(loads(w.conn.recv_bytes()))
             except (EOFError, OSError):
                 break
-            if msg[0] == "result":
-                _, pid, values, errs, busy, retries = msg
-                self._shm.done(pid)
-                self.port.done(self._pop(w), values, errs, busy, retries, worker=self._tally.of(w))
+            if type(msg) is Result:
+                self._shm.done(msg.piece_id)
+                self.port.done(self._pop(w), msg.values, msg.errs, msg.busy, msg.retries, worker=self._tally.of(w))
         w.proc.join(1)
         code = w.proc.exitcode
         peak = self._life.killed(w)  # the memory guard stopped it at this RSS
@@ -358,7 +368,7 @@ class ProcessExecutor(RecyclingExecutor):
             self._life.sample(w)  # a last figure for the stats' peak RSS (short runs end between ticks)
         healthy = not (self.cancelled or self.broken)
         if healthy:
-            teardown = dumps(("teardown", self.token, self.spec.is_class))
+            teardown = dumps(encode(Teardown(self.token, want_reply=self.spec.is_class)))
             for w in pool.workers:
                 try:
                     w.conn.send_bytes(teardown)
@@ -381,14 +391,13 @@ class ProcessExecutor(RecyclingExecutor):
             if w.conn not in ready:
                 return False
             try:
-                msg = loads(w.conn.recv_bytes())
+                msg = decode(loads(w.conn.recv_bytes()))
             except (EOFError, OSError):
                 return False
-            if msg[0] != "closed":
+            if type(msg) is not Closed:
                 continue
-            _, _, exc, tb = msg
-            if exc is not None:
-                self._close_failed(exc, tb)
+            if msg.error is not None:
+                self._close_failed(msg.error, msg.tb)
             return True
 
     def _wake(self) -> None:
@@ -421,3 +430,7 @@ class ProcessExecutor(RecyclingExecutor):
                 except Exception:
                     pass
         self._wakeup()
+
+
+def _task(piece: Piece, token: int, share: tuple | None) -> tuple:
+    return encode(Task(piece.id, token, piece.items, piece.chunk.special, piece.attempts, share))

@@ -40,6 +40,7 @@ from .base import Executor
 from .pool import ProcessPool, WorkerProc, stop_worker
 from .port import Piece, StagePort
 from .tally import WorkerTally
+from .wire import Teardown, encode
 
 __all__ = ["GUARD_SECONDS", "WATCH_SECONDS", "Lifespan", "RecyclingExecutor"]
 
@@ -386,7 +387,7 @@ class RecyclingExecutor(Executor):
     def _stop_retired(self, old: WorkerProc, teardown: bool) -> None:
         if teardown and not self.cancelled:
             try:
-                old.conn.send_bytes(dumps(("teardown", self.token, self.spec.is_class)))
+                old.conn.send_bytes(dumps(encode(Teardown(self.token, want_reply=self.spec.is_class))))
             except OSError:
                 pass
             else:

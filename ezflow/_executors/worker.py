@@ -1,13 +1,6 @@
-"""The loop a worker process runs, and the messages it speaks.
+"""The loop a worker process runs: it answers the records of `wire` (drawn there).
 
-    parent                                   worker process
-    ("setup", token, payload,      ----->    build the stage (instantiate a class here)
-      want_ready)                  <-----    ("ready", token) if want_ready | ("setup_failed", token, exc, tb)
-    ("task", piece_id, token,      ----->    run_piece()
-      items, special, tried)       <-----    ("result", piece_id, values, errs, busy, retries)
-    ("teardown", token,            ----->    close() a class stage
-      want_reply)                  <-----    ("closed", token, exc_or_None, tb) if want_reply
-    ("exit",)                      ----->    return
+    Setup -> Ready | SetupFailed      Task -> Result | Unloadable      Teardown -> Closed      Exit
 
 A function stage asks for neither answer: its tasks queue behind the setup,
 and a failed setup is still reported.
@@ -32,8 +25,9 @@ from .._core.errors import RemoteError, describe, pack_exception
 from .._transport import set_worker_parent
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
+from .wire import Closed, Exit, Ready, Result, Setup, SetupFailed, Task, Teardown, Unloadable, decode, encode
 
-__all__ = ["setup_payload", "worker_main"]
+__all__ = ["sendable_result", "setup_payload", "worker_main"]
 
 PARENT_CHECK_SECONDS = 0.5
 
@@ -73,22 +67,25 @@ def _watch_parent(ppid: int) -> None:
             os._exit(1)
 
 
-def _send(conn: Any, msg: tuple) -> None:
+def _send(conn: Any, msg: Any) -> None:
     try:
-        data = dumps(msg)
+        data = dumps(encode(msg))
     except Exception:
-        if msg[0] != "result":
+        if type(msg) is not Result:
             raise
-        data = dumps(_unpicklable_to_errors(msg))
+        values, errs = sendable_result(msg.values, msg.errs)
+        data = dumps(encode(msg._replace(values=values, errs=errs)))
     try:
         conn.send_bytes(data)
     except (BrokenPipeError, ConnectionResetError):
         raise SystemExit(0) from None  # the parent is gone: nobody to answer, nothing to print
 
 
-def _unpicklable_to_errors(msg: tuple) -> tuple:
-    # One result that cannot travel must fail that item, not the whole piece.
-    op, pid, values, errs, busy, retries = msg
+def sendable_result(values: list[Any], errs: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Return a piece's values and errors with what cannot be pickled turned into item failures.
+
+    One result that cannot travel must fail that item, not the whole piece.
+    """
     errs = list(errs)
     for pos, value in enumerate(values):
         try:
@@ -103,16 +100,16 @@ def _unpicklable_to_errors(msg: tuple) -> tuple:
         except Exception:
             # keep its type name, message and the worker's traceback text
             errs[i] = (pos, RemoteError(type(error).__qualname__, describe(error).partition(": ")[2]), tb, attempts)
-    return (op, pid, values, errs, busy, retries)
+    return values, errs
 
 
-def _result_scope(shm: list) -> Any:
-    # Big result arrays go back through shared memory (see _shm); only where numpy is in use.
+def _result_scope(share: tuple | None) -> Any:
+    # Big result arrays go back through shared memory (see _transport.shm); only where numpy is in use.
     if "numpy" not in sys.modules:
         return contextlib.nullcontext()
     from .._transport import shm as _shm
 
-    return _shm.result_scope(shm[0] if shm else None)
+    return _shm.result_scope(share)
 
 
 def worker_main(conn: Any, owner: int) -> None:
@@ -129,49 +126,46 @@ def worker_main(conn: Any, owner: int) -> None:
         except (EOFError, OSError):
             return
         try:
-            msg = loads(data)
+            msg = decode(loads(data))
         except Exception as exc:
             # Only a task carries the user's items; it pickled in the parent but does not
             # load here. Its answer is due next (one answer per task, in order): say why.
-            _send(conn, ("unloadable", *pack_exception(exc)))
+            _send(conn, Unloadable(*pack_exception(exc)))
             continue
         finally:
             data = None
-        op = msg[0]
-        if op == "task":
-            _, pid, token, items, special, tried, *shm = msg
-            rt = runtimes.get(token)
+        kind = type(msg)
+        if kind is Task:
+            rt = runtimes.get(msg.token)
             if rt is None:  # its setup never arrived: the parent is tearing down (at exit); leave quietly
                 raise SystemExit(1)
-            values, errs, busy, retries = run_piece(rt, items, special, tried)
-            with _result_scope(shm):
-                _send(conn, ("result", pid, values, errs, busy, retries))
-            del msg, items, values, errs  # let go of shared inputs now: their owner reuses them
+            values, errs, busy, retries = run_piece(rt, msg.items, msg.special, msg.tried)
+            with _result_scope(msg.share):
+                _send(conn, Result(msg.piece_id, values, errs, busy, retries))
+            del msg, values, errs  # let go of shared inputs now: their owner reuses them
             rt = None
-        elif op == "setup":
-            _, token, payload, want_ready = msg  # a function stage does not wait for "ready"
+        elif kind is Setup:  # a function stage does not wait for Ready
             try:
-                kind, fn, is_class, when, retries, retry_on, backoff, limiter = loads(payload)
-                runtimes[token] = build_runtime(
-                    kind, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter
+                stage, fn, is_class, when, retries, retry_on, backoff, limiter = loads(msg.payload)
+                runtimes[msg.token] = build_runtime(
+                    stage, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter
                 )
             except BaseException as exc:
-                _send(conn, ("setup_failed", token, *pack_exception(exc)))
+                _send(conn, SetupFailed(msg.token, *pack_exception(exc)))
             else:
-                if want_ready:
-                    _send(conn, ("ready", token))
-            payload = fn = when = limiter = None  # the runtime keeps what it needs
-        elif op == "teardown":
-            _, token, want_reply = msg  # only a class stage's close() has anything to report
-            rt = runtimes.pop(token, None)
+                if msg.want_ready:
+                    _send(conn, Ready(msg.token))
+            msg = fn = when = limiter = None  # the runtime keeps what it needs
+        elif kind is Teardown:  # only a class stage's close() has anything to report
+            rt = runtimes.pop(msg.token, None)
             try:
                 if rt is not None:
                     close_runtime(rt)
-                reply: tuple = (None, "")
+                error, tb = None, ""
             except BaseException as exc:
-                reply = pack_exception(exc)
-            if want_reply:
-                _send(conn, ("closed", token, *reply))
+                error, tb = pack_exception(exc)
+            if msg.want_reply:
+                _send(conn, Closed(msg.token, error, tb))
             rt = None  # a stage's closure (and the shared arrays it holds) goes now
-        elif op == "exit":
+        elif kind is Exit:
             return

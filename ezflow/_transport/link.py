@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .pickler import _sending
@@ -49,23 +49,26 @@ class StageLink:
         self._setup: Any = None  # releases what the stage's own pickling made
         self._closed = False  # after close() a sender thread may still finish pickling one piece
 
-    def dumps_task(self, pid: int, msg: tuple) -> bytes:
-        """Pickle a task message, with this stage's sharing options appended."""
+    def dumps_task(self, pid: int, n: int, message: Callable[[tuple | None], Any]) -> bytes:
+        """Pickle the task for piece `pid` of `n` items: ``message(options)`` builds it.
+
+        ``options`` is what the worker needs to share its result arrays:
+        (threshold, spare segments lent for them), or None with sharing off.
+        """
         if not self._started:
             self._started = True
             with S.lock:
                 S.active += 1
         opts: tuple | None = None if self.threshold is None else (self.threshold, ())
         if "numpy" not in sys.modules:  # no arrays here: only the worker's results may share
-            return dumps(msg + (opts,), to_worker=True)
-        n = len(msg[3])
+            return dumps(message(opts), to_worker=True)
         auto = None if S.disabled else self.threshold
         spares = self._lend(n) if auto is not None else ()
         if spares:
             opts = (self.threshold, spares)
         with _sending(auto) as ctx:
             try:
-                data = dumps(msg + (opts,), to_worker=True)
+                data = dumps(message(opts), to_worker=True)
             except BaseException:
                 self._settle(spares)
                 raise
@@ -107,18 +110,21 @@ class StageLink:
             return None
         return max(1, PIECE_BYTES // per_item)
 
-    def loads(self, data: bytes) -> Any:
-        """Unpickle a worker's message, noting the result segments it carries."""
+    def loads(self, data: bytes, answers: Callable[[Any], int | None]) -> Any:
+        """Unpickle a worker's message, noting the result segments it carries.
 
+        ``answers(msg)`` is the piece a result answers (None for any other message).
+        """
         sink: list[int] = []
         S.tls.sink = sink
         try:
             msg = loads(data)
         finally:
             S.tls.sink = None
-        if msg[0] == "result":
+        pid = answers(msg)
+        if pid is not None:
             with self._lock:
-                rec = self._pieces.get(msg[1])
+                rec = self._pieces.get(pid)
             if rec is not None and rec[0]:
                 self._ratio = len(sink) / rec[0]
                 if sink:
