@@ -13,8 +13,6 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
-import multiprocessing
-import os
 import threading
 import time
 import weakref
@@ -22,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .._core import sigterm
+from .._core.procs import start_child
 from .._transport import flush_kept
 from .wire import Exit, encode
 from .worker import worker_main
@@ -51,7 +50,6 @@ class ProcessPool:
     def __init__(self, start_method: str, size: int) -> None:
         self.start_method = start_method
         self.size = size
-        self.ctx = multiprocessing.get_context(start_method)
         self.workers: list[WorkerProc] = []
         self.broken = False
         self.terminated = False  # its workers were killed by the SIGTERM clean-up: start no new one
@@ -70,18 +68,13 @@ class ProcessPool:
 
     def spawn(self) -> WorkerProc:
         """Start one worker process."""
-        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(  # type: ignore[attr-defined]  # every concrete context has it
-            target=worker_main,
-            args=(child_conn, os.getpid()),
+        proc, conn = start_child(
+            worker_main,
+            start_method=self.start_method,
             name=f"ezflow-worker-{next(_ids)}",
             daemon=False,  # a daemonic worker could not start processes of its own
         )
-        try:
-            proc.start()
-        finally:
-            child_conn.close()
-        return WorkerProc(proc, parent_conn)
+        return WorkerProc(proc, conn)
 
     def replace(self, worker: WorkerProc) -> WorkerProc:
         """Reap a dead (or stuck) worker and start a fresh one in its place."""

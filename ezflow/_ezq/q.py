@@ -27,7 +27,7 @@ Why this shape, against ezq's defects:
   (lambdas, closures, ``__main__`` and notebook code); see `_serialize`.
 - A worker's exception travels back in DONE (type kept, traceback text
   chained as ``__cause__``); `Q.stop` raises it once every worker is joined.
-- Only the owner holds the owner end of a worker's pipe (a fork hook closes
+- Only the owner holds the owner end of a worker's pipe (_core.procs's fork hook closes
   inherited copies), so when the owner dies, even by SIGKILL, the worker reads
   EOF and exits at once. Workers are daemonic for the ordinary exits.
 """
@@ -53,14 +53,14 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any, Literal
 
 from .._core.env import default_start_method
-from .._core.errors import RemoteError, WorkerDied, attach_traceback, pack_exception
+from .._core.errors import WorkerDied, attach_traceback, pack_exception
+from .._core.procs import check_start_method, start_child
 from .._transport.serialize import dumps, dumps_by_value, dumps_fn, loads
 
 __all__ = ["END_MSG", "Msg", "Q", "Worker", "run", "run_thread"]
 
 QKind = Literal["process", "thread"]
 _KINDS = ("process", "thread")
-_START_METHODS = ("fork", "spawn", "forkserver")
 
 
 @dataclass
@@ -617,7 +617,6 @@ class _Broker:
         with self._mutex:
             self._channels.remove(ch)
             idle = not self._channels
-        _owner_ends.discard(ch.conn)
         ch.conn.close()
         ch.finished.set()
         if idle:
@@ -699,27 +698,11 @@ class _Child:
 
     def done(self, error: BaseException | None) -> None:
         self._closing = True
-        body = b"" if error is None else dumps(_pack_error(error))
+        body = b"" if error is None else dumps(pack_exception(error))
         try:
             self._send(_frame(_DONE, 0, 0, body))
         except OSError:  # the owner is gone; nobody to tell
             pass
-
-
-def _pack_error(error: BaseException) -> tuple:
-    exc, tb = pack_exception(error)
-    if isinstance(exc, RemoteError):
-        # RemoteError pickles but does not unpickle (its __init__ takes two
-        # arguments, its args hold one): send its parts instead
-        return (None, (exc.type_name, str(exc)[len(exc.type_name) + 2 :]), tb)
-    return (exc, None, tb)
-
-
-def _unpack_error(packed: tuple) -> BaseException:
-    exc, remote, tb = packed
-    if exc is None:
-        exc = RemoteError(*remote)
-    return attach_traceback(exc, tb)
 
 
 class _Call:
@@ -811,7 +794,7 @@ def _load_call(fn_blob: bytes, args_blob: bytes) -> _Call:
     return call
 
 
-def _bootstrap(call: _Call, conn: Connection, owner: int) -> None:
+def _bootstrap(conn: Connection, owner: int, call: _Call) -> None:
     child = _Child.current = _Child(conn, owner)
     error: BaseException | None = None
     try:
@@ -922,7 +905,7 @@ class Worker:
             self._decoded = True
             ch = self._channel
             if ch.error:
-                self._error = _unpack_error(loads(ch.error))
+                self._error = attach_traceback(*loads(ch.error))
             elif not ch.done:
                 self._error = WorkerDied(self._proc.exitcode)
         return self._error
@@ -966,36 +949,17 @@ def run(fn: Callable[..., Any], /, *args: Any, start_method: str | None = None, 
         TypeError: `fn` or an argument cannot be sent to the child.
     """
     method = start_method or default_start_method()
-    if method not in _START_METHODS or method not in multiprocessing.get_all_start_methods():
-        allowed = ", ".join(repr(m) for m in multiprocessing.get_all_start_methods())
-        raise ValueError(f"start_method must be None or one of {allowed}; got {method!r}")
+    check_start_method(method)
     if multiprocessing.current_process().daemon:
         raise RuntimeError(
             "run() cannot start a process inside a worker process (workers are daemonic); "
             "use run_thread() there"
         )
-    ctx = multiprocessing.get_context(method)
     broker = _Broker.get()
     name = _worker_name(fn)
-    # Hold the fork lock from the pipe's creation until the child has its
-    # end: a fork from another thread meanwhile would keep copies open.
-    with _fork_lock:
-        owner_end, child_end = ctx.Pipe(duplex=True)
-        _owner_ends.add(owner_end)
-        proc = ctx.Process(  # type: ignore[attr-defined]  # every concrete context has it
-            target=_bootstrap,
-            args=(_Call(fn, args, kwargs), child_end, os.getpid()),
-            name=name,
-            daemon=True,
-        )
-        try:
-            proc.start()
-        except BaseException:
-            _owner_ends.discard(owner_end)
-            owner_end.close()
-            raise
-        finally:
-            child_end.close()
+    proc, owner_end = start_child(
+        _bootstrap, start_method=method, name=name, daemon=True, args=(_Call(fn, args, kwargs),)
+    )
     channel = _Channel(owner_end, proc)
     broker.add(channel)
     return Worker("process", name, proc=proc, channel=channel)
@@ -1033,30 +997,13 @@ def run_thread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Worker:
 
 # -- fork safety ----------------------------------------------------------------
 
-# Owner ends of worker pipes. A forked child must not keep copies: a copy
-# would hide the owner's death from the workers (no EOF on their pipe).
-_owner_ends: set[Connection] = set()
-_fork_lock = threading.RLock()
-
-
-def _before_fork() -> None:
-    _fork_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _fork_lock.release()
+# The owner ends of worker pipes are closed in a forked child by _core.procs;
+# what is left to do here is this layer's own state.
 
 
 def _after_fork_in_child() -> None:
-    global _fork_lock, _registry_lock, _states, _handles
-    _fork_lock = threading.RLock()
+    global _registry_lock, _states, _handles
     _registry_lock = threading.Lock()
-    for conn in list(_owner_ends):
-        try:
-            conn.close()
-        except OSError:
-            pass
-    _owner_ends.clear()
     broker = _Broker._instance
     if broker is not None:  # the broker thread did not survive the fork
         for fd in (broker._wake_r, broker._wake_w):
@@ -1073,6 +1020,4 @@ def _after_fork_in_child() -> None:
     _released.clear()
 
 
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-)
+os.register_at_fork(after_in_child=_after_fork_in_child)

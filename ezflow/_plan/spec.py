@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._core.env import NUM_CPUS, NUM_THREADS
+from .._core.procs import START_METHODS
 from .._core.record import record
 from .lifespan import check_lifespan
 from .options import MAX_SECONDS, check_number, check_support
@@ -20,7 +21,6 @@ __all__ = ["ERRORS", "KINDS", "MODES", "StageSpec", "make_stage"]
 MODES = ("process", "thread", "async")
 ERRORS = ("raise", "return", "skip")
 KINDS = ("map", "filter", "flat_map", "batch", "unbatch")
-START_METHODS = ("fork", "spawn", "forkserver")
 DEFAULT_ASYNC_WORKERS = 16
 
 
