@@ -397,7 +397,7 @@ def checkpoint_options(checkpoint: Any, match: Any, failures: Any) -> Any:
 def _messages(source: Any) -> Any:
     """Read an ezflow.Q as the data of its messages; any other iterable as is."""
     cls = type(source)
-    if cls.__name__ == "Q" and cls.__module__ == "ezflow._ezq.q":  # no import of _q just to check
+    if cls.__name__ == "Q" and cls.__module__ == "ezflow._ezq.queue":  # no import of the Q layer just to check
         return (msg.data for msg in source)
     return source
 

@@ -614,17 +614,17 @@ def test_threads_see_the_same_objects_in_a_thread_q() -> None:
 def test_a_queue_freed_while_the_registry_is_locked_does_not_deadlock():
     # The garbage collector may free a Q (and run its finalizer) inside Q() while
     # that holds the registry lock: the release must not wait for the lock (it hung).
-    from ezflow._ezq import q as _q
+    from ezflow._ezq import state
 
     q = Q()
     qid = q._qid
     done = threading.Event()
-    with _q._registry_lock:
-        t = threading.Thread(target=lambda: (_q._release(qid, os.getpid()), done.set()))
+    with state.R.lock:
+        t = threading.Thread(target=lambda: (state._release(qid, os.getpid()), done.set()))
         t.start()
         t.join(5)
         del q
         gc.collect()  # its own finalizer runs here, on this thread, under the lock
     assert done.is_set()
     Q()  # the next registry user settles what was released meanwhile
-    assert qid not in _q._states
+    assert qid not in state.R.states
