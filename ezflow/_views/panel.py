@@ -15,13 +15,9 @@ figures at ``close``, so a notebook viewed where widgets cannot render
 table, one section per stage shows its workers, slowest items and failures
 (`panel_details`); colours are JupyterLab theme variables (`theme`).
 
-The Stop button (class ``ezflow-stop``) calls the stop the run handed over
-with ``bind_stop``: the run ends as after ``handle.cancel()`` and the panel
-reads "stopped". Its click reaches the kernel while a cell blocks in
-``collect()`` only where the front end sends widget messages on a kernel
-subshell (JupyterLab >= 4.4 and Notebook >= 7.4 with ipykernel >= 7, the
-default there); elsewhere it acts once the kernel is idle, which is enough
-for a run started with ``flow.start()``.
+The Stop button (`stop_button`, class ``ezflow-stop``) calls the stop the
+run handed over with ``bind_stop``: the run ends as after
+``handle.cancel()`` and the panel reads "stopped".
 
 Hooks for tests and users' CSS: the widget has the class ``ezflow-panel``;
 the root element has ``data-state``; each stage row has ``data-stage``,
@@ -35,7 +31,6 @@ notebook view is made.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +61,7 @@ from .figures import (
     worker_label,
 )
 from .panel_details import Insights, anchor_of, new_anchor, render_details
+from .stop_button import StopButton
 from .theme import AMBER as _AMBER
 from .theme import FAILED as _FAILED
 from .theme import FG as _FG
@@ -99,23 +95,22 @@ class WidgetObserver:
         self.history: dict[str, list[tuple[float, int]]] = {}
         self.anchor = new_anchor()  # ids of this panel's failures lists, which the errors counts link to
         self.insights: Insights | None = None  # per-stage sections under the table (panel_details)
-        self.stop_button: Any = None
-        self.stopped = False  # its Stop button was pressed
         self._stop: Callable[[], None] | None = None
+        self.stopper: StopButton | None = None
 
     def bind_stop(self, stop: Callable[[], None]) -> None:
         """Take the callable that stops the run: the panel then shows a Stop button."""
         self._stop = stop
 
-    def _press_stop(self, _button: Any = None) -> None:
-        if self._stop is None or self.stopped:
-            return
-        self.stopped = True
-        self.stop_button.disabled = True
-        self.stop_button.description = "Stopping…"
-        # Stopping joins threads and closes this very widget: not on the
-        # kernel thread that delivers the click.
-        threading.Thread(target=self._stop, name="ezflow-stop", daemon=True).start()
+    @property
+    def stop_button(self) -> Any:
+        """The Stop button's widget (None without a run to stop)."""
+        return None if self.stopper is None else self.stopper.widget
+
+    @property
+    def stopped(self) -> bool:
+        """Its Stop button was pressed."""
+        return self.stopper is not None and self.stopper.pressed
 
     def _sample(self, stats: FlowStats) -> None:
         for st in stats.stages:
@@ -134,20 +129,13 @@ class WidgetObserver:
         self.insights = Insights(stats, self.anchor)
         parts = [self.widget]
         if self._stop is not None:
-            self.stop_button = ipywidgets.Button(
-                description="Stop",
-                icon="stop",
-                tooltip="Stop the run: workers stop, the results delivered so far are kept",
-                layout=ipywidgets.Layout(width="auto", align_self="flex-start", margin="2px 0 4px 0"),
-            )
-            self.stop_button.add_class("ezflow-stop")
-            self.stop_button.on_click(self._press_stop)
-            parts.append(self.stop_button)
+            self.stopper = StopButton(self._stop)
+            parts.append(self.stopper.widget)
         self.view = ipywidgets.VBox([*parts, self.insights.widget])
         self._last_draw = time.monotonic()
         self._handle = display(self._bundle(stats), raw=True, display_id=True)
-        if self.stop_button is not None:
-            _answer_on_any_shell(self.stop_button)
+        if self.stopper is not None:
+            self.stopper.shown()
 
     def update(self, stats: FlowStats) -> None:
         now = time.monotonic()
@@ -180,8 +168,8 @@ class WidgetObserver:
             self.widget.close()  # its model is no longer shown anywhere
             if self.insights is not None:
                 self.insights.close()
-            if self.stop_button is not None:
-                self.stop_button.close()
+            if self.stopper is not None:
+                self.stopper.close()
             self.view.close()
 
     def _set(self, value: str) -> None:
@@ -196,24 +184,6 @@ class WidgetObserver:
 
     def __repr__(self) -> str:
         return f"WidgetObserver(min_interval={self.min_interval})"
-
-
-def _answer_on_any_shell(widget: Any) -> None:
-    """Let a click on `widget` run on the kernel subshell it arrives on.
-
-    ipykernel (7.x) routes a comm's incoming messages to the shell that last
-    published on it: for a widget made while a cell runs, the main shell,
-    which the blocked ``collect()`` holds until the run ends. Forgetting that
-    route lets JupyterLab's widget subshell handle the click at once. Nothing
-    else publishes on the button until it is clicked.
-    """
-    comm = getattr(widget, "comm", None)
-    lock = getattr(comm, "_reply_subshell_lock", None)
-    if lock is None:  # another kernel, or an ipykernel without subshells
-        return
-    with lock:
-        vars(comm).pop("_reply_subshell_id", None)
-        getattr(comm, "_reply_subshell_ids", {}).clear()
 
 
 def render_html(
