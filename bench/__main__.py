@@ -1,4 +1,4 @@
-"""python -m bench [--only W1,W2] [--quick] [--repeat N]
+"""python -m bench [--only W1,W2] [--quick] [--repeat N] | python -m bench --workers 1,2,4
 
 Runs ezflow and its peers side by side on the same inputs and prints one
 table per workload; writes the same numbers to bench/results/<timestamp>.json.
@@ -51,11 +51,22 @@ def parse_args(argv=None):
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     p.add_argument("--no-save", action="store_true", help="do not write the JSON file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--workers", default="",
+                   help="comma-separated worker counts, e.g. 1,2,4,8: print the scaling curve "
+                        "(ezflow and Pool.map) and the parent's cost per message, item and MiB, then exit")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.workers:
+        from bench.scaling import main as scaling
+
+        counts = [int(w) for w in args.workers.split(",") if w.strip()]
+        if not counts or min(counts) < 1:
+            print("--workers takes positive counts, e.g. --workers 1,2,4", file=sys.stderr)
+            return 2
+        return scaling(counts, repeat=args.repeat or 3)
     workloads = discover()
     if args.list:
         for key, mod in workloads.items():
