@@ -266,6 +266,8 @@ def describe_process(p, mp_name: str | None = None) -> str:
         name = "?"
     if "resource_tracker" in cmd:
         return "resource_tracker"
+    if "ezflow segment watcher" in cmd:
+        return "ezflow segment watcher (exits when the owner frees its segments or dies)"
     if "loky" in cmd or "--pipe" in cmd:
         return "loky worker"
     return f"{name}: {cmd[-60:]}" if cmd else name

@@ -176,7 +176,7 @@ def release_liveness(shm_dir: str) -> None:
 
 
 # The watcher: stdin is a pipe from the owner; b"q" before EOF means a clean goodbye.
-_WATCHER = r"""
+_WATCHER = r"""# ezflow segment watcher: removes a killed owner's /dev/shm segments
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
