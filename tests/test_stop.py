@@ -60,6 +60,10 @@ def test_stop_from_the_view_ends_collect_with_cancelled_and_keeps_the_prefix(mod
     assert time.monotonic() - start < 30  # 2000 items would take 20 s on 2 workers
     got = info.value.results
     assert len(got) >= 1 and got == [2 * i for i in range(len(got))]  # in order, nothing made up
+    # the view closes on the stopping thread, which may still be at it when collect() has raised
+    deadline = time.monotonic() + 5
+    while view.closed_state is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert view.closed_state == "cancelled"
     assert flow.stats.state == "cancelled"
 
