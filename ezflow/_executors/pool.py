@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .._core import sigterm
-from .._core.procs import start_child
+from .._core.procs import close_end, start_child
 from .._transport import flush_kept
 from .wire import Exit, encode
 from .worker import worker_main
@@ -145,7 +145,7 @@ def _stop_proc(worker: WorkerProc, kill: bool) -> None:
     except ValueError:
         return  # already stopped and closed by another thread (a run's end racing the exit clean-up)
     try:
-        worker.conn.close()
+        close_end(worker.conn)
     except Exception:
         pass
     try:

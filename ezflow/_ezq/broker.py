@@ -10,6 +10,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from .._core.procs import close_end
 from .msg import _DONE, _EMPTY, _ERROR, _GET, _HEAD, _ITEM, _PUT, _TIMEOUT, _frame
 from .state import R, _purge_orphans, _QState, _Waiter
 
@@ -215,7 +216,7 @@ class _Broker:
         with self._mutex:
             self._channels.remove(ch)
             idle = not self._channels
-        ch.conn.close()
+        close_end(ch.conn)
         ch.finished.set()
         if idle:
             _purge_orphans()
