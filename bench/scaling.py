@@ -24,23 +24,14 @@ from ._work import calibrate_cpu_work, cpu_work, double
 PIECE_SECONDS = TARGET_PIECE_SECONDS["process"]
 
 
-def _time(fn, repeat: int) -> float:
+def _median(fn, repeat: int, clock=time.perf_counter) -> float:
+    """Median `clock` seconds one fn() takes: wall time by default, this process's CPU with time.process_time."""
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
-
-
-def _parent_cpu(fn, repeat: int = 3) -> float:
-    """Median CPU seconds this process (every thread of it) spent in fn()."""
-    out = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        out.append(time.process_time() - t)
-    return statistics.median(out)
 
 
 def curve(workers: list[int], repeat: int = 3) -> list[dict]:
@@ -52,12 +43,12 @@ def curve(workers: list[int], repeat: int = 3) -> list[dict]:
         tiny = range(200_000)
         row = {"workers": w}
         ezflow.map(double, range(1000), workers=w, progress=False)  # warm pool: measure the steady state
-        row["ezflow cpu"] = len(items) / _time(lambda: ezflow.map(work, items, workers=w, progress=False), repeat)
-        row["ezflow tiny"] = 200_000 / _time(lambda: ezflow.map(double, tiny, workers=w, progress=False), repeat)
+        row["ezflow cpu"] = len(items) / _median(lambda: ezflow.map(work, items, workers=w, progress=False), repeat)
+        row["ezflow tiny"] = 200_000 / _median(lambda: ezflow.map(double, tiny, workers=w, progress=False), repeat)
         with multiprocessing.get_context("fork").Pool(w) as pool:
             pool.map(double, range(1000))
-            row["Pool cpu"] = len(items) / _time(lambda: pool.map(work, items, chunksize=1), repeat)
-            row["Pool tiny"] = 200_000 / _time(lambda: pool.map(double, tiny, chunksize=2000), repeat)
+            row["Pool cpu"] = len(items) / _median(lambda: pool.map(work, items, chunksize=1), repeat)
+            row["Pool tiny"] = 200_000 / _median(lambda: pool.map(double, tiny, chunksize=2000), repeat)
         rows.append(row)
     ezflow.shutdown()
     base = rows[0]
@@ -71,9 +62,9 @@ def parent_costs() -> dict:
     """The parent's CPU per message, per item and per MiB, measured with 2 workers."""
     ezflow.map(double, range(1000), workers=2, progress=False)
     n_msg = 20_000
-    per_msg = _parent_cpu(lambda: ezflow.map(double, range(n_msg), workers=2, chunksize=1, progress=False)) / n_msg
+    per_msg = _median(lambda: ezflow.map(double, range(n_msg), workers=2, chunksize=1, progress=False), 3, time.process_time) / n_msg
     n_items = 400_000
-    per_item = _parent_cpu(lambda: ezflow.map(double, range(n_items), workers=2, progress=False)) / n_items
+    per_item = _median(lambda: ezflow.map(double, range(n_items), workers=2, progress=False), 3, time.process_time) / n_items
     out = {"per_message_us": per_msg * 1e6, "per_item_us": per_item * 1e6}
     try:
         import numpy as np
@@ -82,9 +73,9 @@ def parent_costs() -> dict:
     arrays = [np.ones(1 << 20) for _ in range(32)]  # 32 x 8 MiB, to a worker and back
     mib = 2 * 32 * 8
     ezflow.map(np.negative, arrays[:2], workers=2, progress=False)
-    out["shm_per_mib_us"] = _parent_cpu(lambda: ezflow.map(np.negative, arrays, workers=2, progress=False)) / mib * 1e6
+    out["shm_per_mib_us"] = _median(lambda: ezflow.map(np.negative, arrays, workers=2, progress=False), 3, time.process_time) / mib * 1e6
     out["pickled_per_mib_us"] = (
-        _parent_cpu(lambda: ezflow.map(np.negative, arrays, workers=2, share_arrays=False, progress=False)) / mib * 1e6
+        _median(lambda: ezflow.map(np.negative, arrays, workers=2, share_arrays=False, progress=False), 3, time.process_time) / mib * 1e6
     )
     ezflow.shutdown()
     return out

@@ -41,7 +41,6 @@ from .segments import (
     _Unavailable,
     _unlink,
     _wake,
-    fcntl,
 )
 
 
@@ -174,20 +173,8 @@ def _take_free(size: int) -> str | None:
 
 def _exclusive(name: str) -> bool | None:
     """True if no other process holds a shared flock on it; None if it is gone."""
-    with S.fork_guard:
-        try:
-            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0o600)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
+    with S.fork_guard:  # the descriptor it opens must not leak into a fork
+        return _owner._lock_free(os.path.join(SHM_DIR, name))
 
 
 def _drain() -> None:
