@@ -106,9 +106,14 @@ MODES = [
 class Mode(dict):
     """Stage options of one mode (``**mode``), and `fn` to shape a plain test function for it."""
 
+    @property
+    def kind(self) -> str:
+        """Return the backend this mode runs on, as `_executors._BACKENDS` names it."""
+        return "dask" if "backend" in self else str(self["mode"])
+
     def fn(self, f: Any) -> Any:
         """Return `f` as this mode runs it: async stages take coroutine functions, the others `f` itself."""
-        return as_coroutine(f) if self.get("mode") == "async" else f
+        return as_coroutine(f) if self.kind == "async" else f
 
 
 def as_coroutine(f: Any) -> Any:
@@ -135,6 +140,7 @@ def as_coroutine(f: Any) -> Any:
         return await asyncio.to_thread(f, *args, **kwargs)
 
     return run
+
 
 _dask: dict = {}
 
@@ -164,17 +170,14 @@ def mode(request: pytest.FixtureRequest) -> Mode:
     """Stage options for each executor the behavioural suite runs on: ``.map(mode.fn(f), **mode)``.
 
     "async" runs `f` as a coroutine (`Mode.fn`); "dask" runs the stage on a
-    real local cluster. A test that does not apply to one of them says so
-    with ``@pytest.mark.no_async`` or ``@pytest.mark.no_dask`` and the reason.
+    real local cluster. A test that does not apply to one backend says so
+    with ``@pytest.mark.no_<backend>("reason")`` (no_thread, no_process,
+    no_async, no_dask); the reason is shown with the skip.
     """
     opts = Mode(request.param)
-    if opts.get("mode") == "async":
-        marker = request.node.get_closest_marker("no_async")
-        if marker is not None:
-            pytest.skip(f"not for async stages: {marker.args[0] if marker.args else 'see the test'}")
-    if opts.get("backend") == "dask":
-        marker = request.node.get_closest_marker("no_dask")
-        if marker is not None:
-            pytest.skip(f"not for dask stages: {marker.args[0] if marker.args else 'see the test'}")
+    marker = request.node.get_closest_marker(f"no_{opts.kind}")
+    if marker is not None:
+        pytest.skip(f"not for {opts.kind} stages: {marker.args[0] if marker.args else 'see the test'}")
+    if opts.kind == "dask":
         opts["backend"] = _dask_client()
     return opts

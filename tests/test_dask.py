@@ -2,10 +2,12 @@
 
 The map and Flow semantics themselves (order, errors, retries, class
 stages, generators, stopping) are the behavioural suite's: every test that
-takes the `mode` fixture runs on a dask stage too (tests/conftest.py). Here:
+takes the `mode` fixture runs on a dask stage too (tests/conftest.py), and
+the option table's dask column is checked in tests/test_item_rules.py. Here:
 how a backend is named (client, address, cluster, "dask"), dask stages
-between local ones, that nothing is left on the scheduler, the option table
-for dask, cluster workers that die, and shared arrays crossing to a cluster.
+between local ones, that nothing is left on the scheduler, class stages on
+the cluster's own workers, cluster workers that die, and shared arrays
+crossing to a cluster.
 
 One module-scoped `LocalCluster` (two worker processes) serves the ordinary
 tests; it starts before the first test's leak check and stops after the
@@ -118,8 +120,6 @@ def test_map_with_address_and_current_client(client, cluster):
     assert distributed.default_client() is client
 
 
-
-
 def test_flow_with_a_dask_stage_between_local_stages(client):
     flow = (
         ezflow.Flow(range(400))
@@ -138,37 +138,29 @@ def test_flow_with_a_dask_stage_between_local_stages(client):
     assert stats["remote"].items_out == 400
 
 
-
-
 # -- errors -------------------------------------------------------------------
+# (what a failure says, on every backend, is the behavioural suite's: tests/test_map.py,
+# tests/test_flow.py; the option table, dask column included, is tests/test_item_rules.py's)
 
 
-def test_errors_raise_names_stage_and_index(client):
-    with pytest.raises(ezflow.TaskError) as info:
-        ezflow.map(fails_on_seven, range(100), backend=client, name="checker", progress=False)
-    err = info.value
-    assert (err.stage, err.index, err.item) == ("checker", 7, 7)
-    assert isinstance(err.__cause__, ValueError)
-    assert "bad item 7" in err.traceback
+def test_a_failed_run_leaves_nothing_on_the_scheduler(client):
+    with pytest.raises(ezflow.TaskError):
+        ezflow.map(fails_on_seven, range(100), backend=client, progress=False)
     assert wait_for(lambda: not ezflow_tasks(client))
 
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("no model here")
+
+        def __call__(self, x):
+            return x
+
+    with pytest.raises(ezflow.StageError, match="no model here"):
+        ezflow.map(Broken, range(10), backend=client, progress=False)
+    assert wait_for(lambda: not ezflow_tasks(client), 2.0)
 
 
-
-def test_retries_run_in_the_worker(client, tmp_path):
-    marks = str(tmp_path)
-
-    def flaky(x):
-        path = os.path.join(marks, str(x))
-        if x % 5 == 0 and not os.path.exists(path):
-            open(path, "w").close()
-            raise ConnectionError("first try fails")
-        return x
-
-    assert ezflow.map(flaky, range(20), backend=client, retries=1, progress=False) == list(range(20))
-
-
-def test_class_stage_built_once_per_worker_and_closed(client, tmp_path):
+def test_class_stage_built_once_per_cluster_worker_and_closed(client, tmp_path):
     log = str(tmp_path / "closed.txt")
 
     class Model:
@@ -195,23 +187,7 @@ def test_class_stage_built_once_per_worker_and_closed(client, tmp_path):
     assert sorted(closed) == sorted(workers)  # built on every worker at start, closed once each
 
 
-def test_class_that_fails_to_build_fails_the_start(client):
-    class Broken:
-        def __init__(self):
-            raise RuntimeError("no model here")
-
-        def __call__(self, x):
-            return x
-
-    with pytest.raises(ezflow.StageError, match="no model here"):
-        ezflow.map(Broken, range(10), backend=client, progress=False)
-    assert wait_for(lambda: not ezflow_tasks(client), 2.0)
-
-
-def test_unsupported_options_and_bad_backend(client):
-    # refused when the stage is built (the option table, ezflow._plan.options), not mid-run
-    with pytest.raises(ValueError, match="timeout= is not supported on a dask stage"):
-        ezflow.Flow(range(3)).map(double, backend=client, timeout=1)
+def test_a_bad_backend_says_what_it_takes():
     with pytest.raises(TypeError, match="backend must be"):
         ezflow.map(double, range(3), backend=42, progress=False)
 

@@ -34,9 +34,9 @@ def _generator():
     yield 1
 
 
+@pytest.mark.no_thread("a thread stage runs in this process: it sends nothing")
+@pytest.mark.no_async("an async stage runs in this process: it sends nothing")
 def test_unsendable_item_fails_alone(mode):
-    if mode.get("mode") in ("thread", "async"):
-        pytest.skip("thread and async stages run in this process: they send nothing")
     items = [*range(6), _generator(), *range(7, 12)]
     got = ezflow.map(mode.fn(tag), items, chunksize=4, errors="return", progress=False, **mode)
     assert got[:6] == [x * 10 for x in range(6)]
@@ -188,9 +188,9 @@ def test_close_failure_is_late_and_names_close():
 
 def test_the_behavioural_suite_runs_on_every_backend():
     # A new backend in _executors._BACKENDS must join the `mode` fixture: the suite is its contract.
-    from conftest import MODES
+    from conftest import MODES, Mode
 
     from ezflow._executors import _BACKENDS
 
-    covered = {p.values[0].get("mode") or ("dask" if "backend" in p.values[0] else None) for p in MODES}
+    covered = {Mode(p.values[0]).kind for p in MODES}
     assert covered == set(_BACKENDS), f"the mode fixture covers {sorted(covered)}, the backends are {sorted(_BACKENDS)}"

@@ -168,9 +168,10 @@ def test_infinite_timeout_and_rate_mean_none():
     assert ezflow.Flow(range(3)).batch(2, timeout=float("inf")).collect(progress=False) == [[0, 1], [2]]
 
 
-@pytest.mark.parametrize("mode", ["thread", "process"])
+@pytest.mark.no_dask("dask stages take no timeout")
 def test_large_finite_timeout_runs(mode):
-    assert ezflow.map(abs, range(-3, 3), timeout=1e6, mode=mode, progress=False) == [3, 2, 1, 0, 1, 2]
+    got = ezflow.map(mode.fn(abs), range(-3, 3), timeout=1e6, progress=False, **mode)
+    assert got == list(map(abs, range(-3, 3)))
 
 
 # -- the option table --------------------------------------------------------
@@ -225,19 +226,9 @@ class FailsTwice:
         return x
 
 
-@pytest.mark.parametrize("mode", ["thread", "process", "async"])
 def test_backoff_waits_between_tries_in_every_mode(mode):
-    if mode == "async":
-
-        class Fn(FailsTwice):
-            async def __call__(self, x):
-                return FailsTwice.__call__(self, x)
-
-        fn, opts = Fn, {}
-    else:
-        fn, opts = FailsTwice, {"mode": mode, "workers": 1}
     t0 = time.monotonic()
-    flow = ezflow.Flow([5]).map(fn, retries=2, backoff=0.2, retry_on=OSError, **opts)
+    flow = ezflow.Flow([5]).map(mode.fn(FailsTwice), workers=1, retries=2, backoff=0.2, retry_on=OSError, **mode)
     assert flow.collect(progress=False) == [5]
     assert time.monotonic() - t0 >= 0.6  # 0.2 then 0.4
     assert flow.stats.stages[0].retries == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import ezflow
 
 
@@ -34,8 +36,6 @@ def test_process_timeout_replaces_worker_and_fails_only_that_item():
 
 
 def test_process_timeout_raise_names_stage():
-    import pytest
-
     with pytest.raises(ezflow.TaskError, match="stage 'stuck_on_two' failed on item 2.*ItemTimeout"):
         ezflow.map(stuck_on_two, range(4), timeout=0.5, progress=False)
 
@@ -48,11 +48,11 @@ def test_thread_timeout_fails_item_and_keeps_capacity():
     assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4, 5, 6, 7, 8, 9]
 
 
-def test_timeout_in_a_piece_of_several_items_blames_only_the_slow_one():
-    for mode in ("thread", "process"):
-        got = ezflow.map(
-            stuck_on_two, range(6), mode=mode, workers=2, chunksize=3, timeout=0.5, errors="return", progress=False
-        )
-        assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4, 5], mode
-        assert isinstance(got[2], ezflow.Failure) and isinstance(got[2].error, ezflow.ItemTimeout), mode
-        assert got[2].index == 2
+@pytest.mark.no_dask("dask stages take no timeout")
+def test_timeout_in_a_piece_of_several_items_blames_only_the_slow_one(mode):
+    got = ezflow.map(
+        mode.fn(stuck_on_two), range(6), workers=2, chunksize=3, timeout=0.5, errors="return", progress=False, **mode
+    )
+    assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4, 5]
+    assert isinstance(got[2], ezflow.Failure) and isinstance(got[2].error, ezflow.ItemTimeout)
+    assert got[2].index == 2
