@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .port import ItemError
+
 __all__ = [
     "Closed",
     "Exit",
@@ -74,11 +76,11 @@ class Task(NamedTuple):
 
 
 class Result(NamedTuple):
-    """The answer to a task: one value per item; failed items in `errs` as (position, error, tb, attempts)."""
+    """The answer to a task: one value per item; each failed item an `ItemError` in `errs`."""
 
     piece_id: int
     values: list[Any]
-    errs: list[tuple[int, BaseException, str, int]]
+    errs: list[ItemError]
     busy: float  # seconds of work
     retries: int
 
