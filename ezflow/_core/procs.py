@@ -5,7 +5,7 @@
 
 Flow's worker pools (`_executors.pool`) and the ezq layer's `run()` both
 start their workers here. Only the owner holds the owner end of a worker's
-pipe: a forked child closes the copies it inherited (the fork hook below,
+pipe: a forked child closes the copies it inherited (the fork hook below, in `forks`,
 and the lock that keeps a fork from landing between a pipe's creation and
 the child taking its end), so when the owner dies, even by SIGKILL, its
 workers read EOF at once.
@@ -20,6 +20,8 @@ import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+from .forks import at_fork
 
 __all__ = ["START_METHODS", "check_start_method", "close_end", "start_child"]
 
@@ -96,5 +98,4 @@ def _after_fork_in_child() -> None:
     _owner_ends.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

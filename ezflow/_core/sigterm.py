@@ -22,6 +22,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .forks import at_fork
+
 __all__ = ["arm", "disarm", "register"]
 
 _holders: list[tuple[Callable[[], bool], Callable[[], None]]] = []
@@ -93,5 +95,4 @@ def _after_fork_child() -> None:
     _previous, _armed_pid = None, 0
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_child)
+at_fork(after_in_child=_after_fork_child)

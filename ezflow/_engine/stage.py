@@ -350,16 +350,17 @@ class StageDriver:
         special = chunk.special
         made = 0
         for start, values, errs in parts:
-            errmap = {e[0]: e for e in errs} if errs else None
+            errmap = {e.pos: e for e in errs} if errs else None
             for i, v in enumerate(values):
                 p = start + i
                 if errmap is not None and i in errmap:
-                    _, exc, tb, attempts = errmap[i]
+                    err = errmap[i]
+                    exc, tb = err.error, err.tb
                     c.book.failed(idx[p], items[p], exc, tb)
                     c.errors += 1
                     if isinstance(exc, MemoryLimitExceeded):
                         c.memory_failures += 1
-                    failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, attempts)
+                    failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, err.attempts)
                     if spec.errors == "raise":
                         self.run.abort(TaskError(failure), stage=spec.name)
                         raise _Abort

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._core.errors import Cancelled, StageError, attach_traceback, describe, pack_exception, short_repr
-from .port import Piece, StagePort
+from .port import ItemError, Piece, StagePort
 from .rules import ItemRules
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class Executor:
                 dumps(item, to_worker=True)
             except Exception as e:
                 err = TypeError(f"the item cannot be sent to {self.sends_to}: {describe(e)}")
-                self.port.done(one, [None], [(0, *pack_exception(err), 1)], 0.0)
+                self.port.done(one, [None], [ItemError(0, *pack_exception(err), 1)], 0.0)
             else:
                 good.append(one)
         if good:

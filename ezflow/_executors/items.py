@@ -17,7 +17,7 @@ outcome is compact, one entry per item:
     filter    bool(pred(item))              True (kept)
     flat_map  list(fn(item))                [item]
 
-plus ``errs``: ``(position, exception, traceback_text, attempts)`` for each
+plus ``errs``: an `ItemError` (position, exception, traceback text, attempts) for each
 failed item (its ``values`` slot is None). Items that are a `Failure` from
 an earlier stage, or for which ``when`` is false, pass through untouched.
 A plain map with no rules takes `_fast_map`, which adds nothing per item.
@@ -31,6 +31,7 @@ from typing import Any
 
 from .._core.errors import Failure, pack_exception
 from .limits import TokenBucket
+from .port import ItemError
 from .rules import ItemRules
 
 __all__ = [
@@ -120,7 +121,7 @@ def item_failed(exc: BaseException) -> bool:
     return not isinstance(exc, KeyboardInterrupt)
 
 
-def _error(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> tuple:
+def _error(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> ItemError:
     if rt.pack:
         exc, tb = pack_exception(exc)
     else:
@@ -128,7 +129,7 @@ def _error(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> tuple:
 
         # traceback survives an exception whose __str__ raises ("<exception str() failed>")
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return (pos, exc, tb, attempts)
+    return ItemError(pos, exc, tb, attempts)
 
 
 def _passthrough(kind: str, item: Any) -> Any:

@@ -19,12 +19,17 @@ live here, below the engine, because both sides hold them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Chunk", "ItemError", "Piece", "StagePort"]
 
-# One failed item of a piece: (position in the piece, exception, traceback text, attempts).
-ItemError = tuple[int, BaseException, str, int]
+class ItemError(NamedTuple):
+    """One failed item of a piece, as a worker or the parent reports it."""
+
+    pos: int  # position in the piece
+    error: BaseException
+    tb: str  # the traceback text where it was raised ("" when the parent saw it: a timeout, a death)
+    attempts: int  # tries so far, in the worker and in the parent
 
 
 class Chunk:

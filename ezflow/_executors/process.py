@@ -44,7 +44,7 @@ from .._transport.shm import StageLink
 from .freshness import before_acquire
 from .limits import TokenBucket, make_limiter
 from .pool import ProcessPool, WorkerProc, acquire, release
-from .port import Piece, StagePort
+from .port import ItemError, Piece, StagePort
 from .recycle import RecyclingExecutor
 from .wire import (
     Closed,
@@ -284,7 +284,7 @@ class ProcessExecutor(RecyclingExecutor):
             self.port.give_back(piece.singles())  # each alone: only the bad one fails
             return
         note = "(raised while the worker process unpickled this item: it pickles here but does not load there)"
-        self.port.done(piece, [None], [(0, exc, f"{tb}{note}\n", piece.attempts + 1)], 0.0)
+        self.port.done(piece, [None], [ItemError(0, exc, f"{tb}{note}\n", piece.attempts + 1)], 0.0)
 
     def _died(self, w: WorkerProc) -> None:
         pool = self.pool

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from .._core.errors import ItemTimeout
 from .._plan.options import MAX_SECONDS
+from .port import ItemError
 
 __all__ = ["ItemRules", "LostPiece"]
 
@@ -91,12 +92,12 @@ class ItemRules:
         """Return the error of an item that overran the stage's timeout."""
         return ItemTimeout(f"item took longer than the stage's timeout of {self.timeout:g}s; {what_happened}")
 
-    def on_lost(self, piece: LostPiece, exc: BaseException, redo: Callable[[list], Any]) -> tuple | None:
+    def on_lost(self, piece: LostPiece, exc: BaseException, redo: Callable[[list], Any]) -> ItemError | None:
         """Decide for a lone item the parent saw fail (timeout, worker death).
 
         Retry: count the try on ``piece.attempts``, hand the piece to ``redo``
         (after the backoff, on a timer thread) and return None. Fail: return
-        the error entry ``(0, exc, "", attempts)`` for ``on_result``. A piece
+        the item's `ItemError` (no traceback text: the parent saw it) for ``port.done``. A piece
         of several items is handed back as lone items (None): nothing says
         which of them overran or killed, so each is tried alone, and that is
         not a retry.
@@ -112,7 +113,7 @@ class ItemRules:
         attempt = piece.attempts + 1
         delay = self.should_retry(exc, attempt)
         if delay is None:
-            return (0, exc, "", attempt)
+            return ItemError(0, exc, "", attempt)
         piece.attempts = attempt
         if delay <= 0:
             redo([piece])

@@ -16,13 +16,18 @@ told apart by type (``type(msg) is Result``). On the pipe they travel as
 plain tuples tagged with a small int (`encode` / `decode`): pickling a
 record by its class costs an import lookup at each end, about 2 µs a
 message, while the tag came out at +0.8 µs for a task, nothing for a
-result, and 7 bytes shorter than the old string opcodes. ``token`` names a stage: one pool of
-workers serves stage after stage, and a worker keeps one runtime per token.
+result, and 7 bytes shorter than the old string opcodes. A failed item is a
+`port.ItemError` inside Result.errs and does pickle by its class: about 1 µs
+more per failed item (next to ~100 µs for its traceback), nothing for a
+clean piece. ``token`` names a stage: one pool of workers serves stage after
+stage, and a worker keeps one runtime per token.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+from .port import ItemError
 
 __all__ = [
     "Closed",
@@ -74,11 +79,11 @@ class Task(NamedTuple):
 
 
 class Result(NamedTuple):
-    """The answer to a task: one value per item; failed items in `errs` as (position, error, tb, attempts)."""
+    """The answer to a task: one value per item; each failed item an `ItemError` in `errs`."""
 
     piece_id: int
     values: list[Any]
-    errs: list[tuple[int, BaseException, str, int]]
+    errs: list[ItemError]
     busy: float  # seconds of work
     retries: int
 

@@ -25,6 +25,7 @@ from .._core.errors import RemoteError, describe, pack_exception
 from .._transport import set_worker_parent
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
+from .port import ItemError
 from .wire import Closed, Exit, Ready, Result, Setup, SetupFailed, Task, Teardown, Unloadable, decode, encode
 
 __all__ = ["sendable_result", "setup_payload", "worker_main"]
@@ -81,7 +82,7 @@ def _send(conn: Any, msg: Any) -> None:
         raise SystemExit(0) from None  # the parent is gone: nobody to answer, nothing to print
 
 
-def sendable_result(values: list[Any], errs: list[Any]) -> tuple[list[Any], list[Any]]:
+def sendable_result(values: list[Any], errs: list[ItemError]) -> tuple[list[Any], list[ItemError]]:
     """Return a piece's values and errors with what cannot be pickled turned into item failures.
 
     One result that cannot travel must fail that item, not the whole piece.
@@ -93,13 +94,13 @@ def sendable_result(values: list[Any], errs: list[Any]) -> tuple[list[Any], list
         except Exception as exc:
             err = TypeError(f"the result cannot be sent back to the parent: {describe(exc)}")
             values[pos] = None
-            errs.append((pos, *pack_exception(err), 1))
-    for i, (pos, error, tb, attempts) in enumerate(errs):
+            errs.append(ItemError(pos, *pack_exception(err), 1))
+    for i, e in enumerate(errs):
         try:
-            dumps(error)
+            dumps(e.error)
         except Exception:
             # keep its type name, message and the worker's traceback text
-            errs[i] = (pos, RemoteError(type(error).__qualname__, describe(error).partition(": ")[2]), tb, attempts)
+            errs[i] = e._replace(error=RemoteError(type(e.error).__qualname__, describe(e.error).partition(": ")[2]))
     return values, errs
 
 

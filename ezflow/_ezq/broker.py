@@ -10,6 +10,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from .._core.forks import at_fork
 from .._core.procs import close_end
 from .msg import _DONE, _EMPTY, _ERROR, _GET, _HEAD, _ITEM, _PUT, _TIMEOUT, _frame
 from .state import R, _purge_orphans, _QState, _Waiter
@@ -237,4 +238,4 @@ def _after_fork_in_child() -> None:
 
 R.poke = _Broker.poke
 R.busy = _Broker.busy
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)

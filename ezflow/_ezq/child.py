@@ -14,6 +14,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .._core.errors import WorkerDied, pack_exception
+from .._core.forks import at_fork
 from .._transport.serialize import dumps, dumps_by_value, dumps_fn, loads
 from .msg import _DONE, _EMPTY, _GET, _HEAD, _ITEM, _PUT, _TIMEOUT, _frame
 
@@ -208,4 +209,4 @@ def _after_fork_in_child() -> None:
     _Child.current = None
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)

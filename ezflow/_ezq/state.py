@@ -11,6 +11,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core.forks import at_fork
+
 if TYPE_CHECKING:  # the broker imports this module
     from .broker import _Channel
 
@@ -118,4 +120,4 @@ def _after_fork_in_child() -> None:
 
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from .._core import sigterm as _sigterm
+from .._core.forks import at_fork
 from . import owner as _owner
 from . import when_flushing
 from .segments import (
@@ -354,5 +355,4 @@ def _after_fork_parent() -> None:
 
 _sigterm.register(lambda: bool(S.owned), _on_sigterm)
 when_flushing(flush_pool)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
+at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
