@@ -84,30 +84,36 @@ def parent_costs() -> dict:
 def ceilings(costs: dict, cores: tuple[int, ...] = (16, 64)) -> list[str]:
     """The arithmetic: what one parent core allows, and where it stops being enough."""
     msg, item = costs["per_message_us"], costs["per_item_us"]
+    piece_ms = 1e3 * PIECE_SECONDS
     lines = [
         f"parent CPU: {msg:.1f} µs per message (a piece of one item), {item:.2f} µs per item in big pieces",
-        f"  -> one parent core moves at most {1e6 / msg:,.0f} one-item pieces/s, or {1e6 / item / 1e6:.1f} M tiny items/s",
+        f"  -> one parent core moves at most 1e6 / {msg:.1f} = {1e6 / msg:,.0f} messages/s, "
+        f"or 1e6 / {item:.2f} = {1e6 / item / 1e6:.1f} M tiny items/s",
+        "ceiling on N cores = min(what N workers compute, what one parent core moves); "
+        "the parent saturates at N = 1e6 µs / (parent CPU per second of one worker)",
     ]
-    piece_ms = 1e3 * PIECE_SECONDS
-    lines.append(
-        f"  pieces are cut to ~{piece_ms:g} ms of work: each worker asks ~{1e3 / piece_ms:.0f} messages/s, "
-        f"so the parent saturates at N = {piece_ms * 1e3:,.0f} µs / {msg:.1f} µs = {piece_ms * 1e3 / msg:,.0f} workers"
-    )
-    for c in cores:
-        need = c * 1e3 / piece_ms * msg / 1e6
-        lines.append(f"    {c} cores: {c * 1e3 / piece_ms:,.0f} messages/s need {need:.2f} of a parent core")
     for item_ms in (5.0, 1.0):
-        sat = item_ms * 1e3 / msg
-        lines.append(
-            f"  worst case, chunksize=1 with {item_ms:g} ms items: {1e3 / item_ms:,.0f} messages/s per worker; "
-            f"the parent saturates at N = {item_ms * 1e3:.0f} µs / {msg:.1f} µs = {sat:,.0f} workers"
-        )
-        for c in cores:
-            need = c * 1e3 / item_ms * msg / 1e6
-            lines.append(f"    {c} cores: {c * 1e3 / item_ms:,.0f} messages/s need {need:.2f} of a parent core"
-                         f" ({'fine' if need < 0.5 else 'near the limit' if need < 1 else 'over: leave chunksize unset'})")
-    lines.append(f"  tiny items: the parent handles {1e6 / item / 1e6:.1f} M items/s on one core whatever the worker "
-                 "count: past that, more workers wait on it (W1 on 2 cores is already there)")
+        per_worker = 1e3 / item_ms  # items/s one worker computes
+        for label, items_per_msg in ((f"automatic pieces (~{piece_ms:g} ms each)", max(1.0, piece_ms / item_ms)),
+                                     ("chunksize=1", 1.0)):
+            msgs_per_worker = per_worker / items_per_msg
+            per_worker_us = msgs_per_worker * msg + per_worker * item  # parent CPU per second of one worker
+            sat = 1e6 / per_worker_us
+            lines.append(
+                f"  {item_ms:g} ms items, {label}: one worker costs the parent {msgs_per_worker:,.0f} x {msg:.1f} "
+                f"+ {per_worker:,.0f} x {item:.2f} = {per_worker_us:,.0f} µs/s; "
+                f"saturation at N = 1e6 / {per_worker_us:,.0f} = {sat:,.0f} workers"
+            )
+            for c in cores:
+                need = c * per_worker_us / 1e6
+                cap = min(c, sat) * per_worker
+                verdict = "fine" if need < 0.5 else "near the limit" if need < 1 else "parent-bound: leave chunksize unset"
+                lines.append(
+                    f"    {c} cores: {c} x {per_worker:,.0f} = {c * per_worker:,.0f} items/s wanted, the parent needs "
+                    f"{need:.2f} core -> ceiling {cap:,.0f} items/s ({verdict})"
+                )
+    lines.append(f"  tiny items: ceiling {1e6 / item / 1e6:.1f} M items/s on any number of cores (the parent's "
+                 "share per item); W1 on 2 cores is already there")
     if "shm_per_mib_us" in costs:
         shm, pick = costs["shm_per_mib_us"], costs["pickled_per_mib_us"]
         lines.append(f"arrays: {shm:.0f} µs of parent CPU per MiB through shared memory "

@@ -43,7 +43,9 @@ class ChunkReader:
             the source's own exception, once the items before it are out.
         """
         if self._seq is not None:
-            out = list(self._seq[self._pos : self._pos + n])
+            out = self._seq[self._pos : self._pos + n]
+            if not isinstance(out, list):  # a list's slice is already a new list: copying it again cost W1 ~5%
+                out = list(out)
             self._pos += len(out)
             return out
         if self._thread is None:

@@ -340,7 +340,10 @@ class StageDriver:
             if len(parts) == 1:
                 values = parts[0][1]
             else:
-                values = [v for p in parts for v in p[1]]
+                # list.extend copies in C; a comprehension ran Python bytecode per item (W1: ~2% of the parent)
+                values = []
+                for part in parts:
+                    values.extend(part[1])
             return Chunk(chunk.seq, chunk.idx, values, chunk.special)
         c = self.counters
         items = chunk.items
