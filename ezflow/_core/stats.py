@@ -77,6 +77,10 @@ class StageStats:
     peak_worker_rss: int = 0  # most resident memory (bytes) one worker process was seen to use; 0: not measured
     workers_recycled: int = 0  # worker processes replaced on purpose (max_tasks_per_worker, max_memory)
     memory_failures: int = 0  # items failed with MemoryLimitExceeded (raised, returned or skipped)
+    # True when `workers` follows the flow's CPU budget (a process stage left at workers=None):
+    # it is then the number of workers running now, and `capacity_seconds` sums it over time
+    auto_workers: bool = False
+    capacity_seconds: float = 0.0  # worker seconds the stage had so far; 0.0: elapsed x workers
     # insights (`_core.insights`): each worker's time and current item, the
     # slowest pieces, and the first `FAILURES_KEPT` failures (later ones counted)
     worker_stats: tuple[WorkerStats, ...] = ()
@@ -97,8 +101,13 @@ class StageStats:
     @property
     def busy(self) -> float:
         """Fraction of worker time spent computing, 0..1, the items running now included."""
-        denom = self.elapsed * max(self.workers, 1)
+        denom = self.worker_time
         return min(1.0, self.working_seconds / denom) if denom > 0 else 0.0
+
+    @property
+    def worker_time(self) -> float:
+        """Worker seconds the stage has had: its life times its workers (summed as they changed)."""
+        return self.capacity_seconds or self.elapsed * max(self.workers, 1)
 
     @property
     def working_seconds(self) -> float:
@@ -158,7 +167,8 @@ class FlowStats:
             return None  # after a failure, what failed matters, not what was slow
 
         def score(s: StageStats) -> float:
-            return s.working_seconds / (max(s.workers, 1) * self.elapsed) + s.queue_fill
+            workers = s.worker_time / s.elapsed  # on average, when the CPU budget moved some
+            return s.working_seconds / (workers * self.elapsed) + s.queue_fill
 
         candidates = [
             s
@@ -250,8 +260,11 @@ _TIMES = "\u00d7"  # the multiplication sign: one word in a table, and it reads 
 
 
 def worker_label(s: StageStats) -> str:
-    """Name a stage's executor and worker count as one word: ``process`` times ``2``."""
-    return f"{s.mode}{_TIMES}{s.workers}"
+    """Name a stage's executor and worker count: ``process`` times ``2``.
+
+    Workers that follow the flow's CPU budget read ``process`` times ``2 auto``: two now, moving as the run goes.
+    """
+    return f"{s.mode}{_TIMES}{s.workers}{' auto' if s.auto_workers else ''}"
 
 
 def format_table(rows: Sequence[Sequence[str]], *, left: int = 2) -> list[str]:
@@ -304,6 +317,9 @@ class _Counters:
     peak_worker_rss: int = 0
     workers_recycled: int = 0
     memory_failures: int = 0
+    auto_workers: bool = False  # `workers` follows the flow's CPU budget (`set_workers`)
+    worker_seconds: float = 0.0  # worker time up to `workers_since`, when `workers` last changed
+    workers_since: float | None = None
     lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
     book: Book = Factory(factory=Book)  # type: ignore[assignment]  # made per record
 
@@ -318,6 +334,19 @@ class _Counters:
         if self.state in ("pending", "running"):
             self.state = state
             self.error = error
+
+    def set_workers(self, n: int) -> None:
+        """The stage runs `n` workers from now on (the CPU budget moved some): sum the time of the old count."""
+        now = time.perf_counter()
+        self.worker_seconds = self._capacity(now)
+        self.workers_since = now
+        self.workers = n
+
+    def _capacity(self, end: float) -> float:
+        if self.started is None:
+            return 0.0
+        since = self.started if self.workers_since is None else max(self.started, self.workers_since)
+        return self.worker_seconds + self.workers * max(0.0, end - since)
 
     def snapshot(self) -> StageStats:
         end = self.finished if self.finished is not None else time.perf_counter()
@@ -351,5 +380,7 @@ class _Counters:
             peak_worker_rss=self.peak_worker_rss,
             workers_recycled=self.workers_recycled,
             memory_failures=self.memory_failures,
+            auto_workers=self.auto_workers,
+            capacity_seconds=self._capacity(end) if self.auto_workers else 0.0,
             **self.book.snapshot(end),
         )

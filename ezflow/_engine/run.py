@@ -30,6 +30,7 @@ from .._core.stats import FlowStats, _Counters
 from .._executors.port import Chunk
 from .._plan.spec import StageSpec
 from .batch import BatchDriver, UnbatchDriver
+from .budget import Budget
 from .channel import Channel, EndOfStream
 from .source import ChunkReader
 from .stage import StageDriver
@@ -108,6 +109,8 @@ class Run:
             self.drivers.append(
                 cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], total=self.counters[i].total)
             )
+        # process stages left at workers=None share the CPUs (set before setup: it sizes their pools)
+        self.budget = Budget.of(self.drivers, self.snapshot)
         self._threads: list[threading.Thread] = []
         self._reader: ChunkReader | None = None
 
@@ -134,6 +137,8 @@ class Run:
         for d in self.drivers:
             d.start()
         self._spawn(self._source_loop, "ezflow-source")
+        if self.budget is not None:  # not joined: it ends with the run (`_done`)
+            threading.Thread(target=self.budget.run, args=(self._done,), name="ezflow-budget", daemon=True).start()
         if self._observer is not None:
             # not in self._threads: it runs until the run has ended, after the joins
             threading.Thread(target=self._tick_loop, name="ezflow-ticker", daemon=True).start()

@@ -79,6 +79,17 @@ class Executor:
             if t is not threading.current_thread() and self._joinable(t):
                 t.join(max(0.0, end - time.monotonic()))
 
+    def resize(self, workers: int) -> None:
+        """Run at most `workers` pieces' worth of workers at once from now on (the flow's CPU budget).
+
+        Only a backend whose workers can follow a budget acts on it (process
+        stages, `elastic.Elastic`); the others keep their fixed `spec.workers`.
+        """
+
+    def cpu_seconds(self) -> float | None:
+        """Return the CPU seconds this stage's workers used so far (None: this backend does not measure it)."""
+        return None
+
     # -- for backends ------------------------------------------------------------
 
     def _wakeup(self) -> None:

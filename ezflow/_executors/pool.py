@@ -159,15 +159,23 @@ _idle: collections.OrderedDict[int, ProcessPool] = collections.OrderedDict()
 _live: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
-def acquire(start_method: str, size: int) -> ProcessPool:
-    """Return a warm idle pool of this kind, or start a new one."""
+def acquire(start_method: str, size: int, up_to: int | None = None) -> ProcessPool:
+    """Return a warm idle pool of this kind, or start a new one.
+
+    `up_to`: a pool of `size` to `up_to` workers will do (a stage under a CPU
+    budget runs some and parks the rest); the smallest warm one is taken.
+    """
     with _lock:
-        for pid, pool in list(_idle.items()):
-            if pool.key == (start_method, size):
-                del _idle[pid]
-                if pool.alive():
-                    return pool
-                pool.kill()
+        fits = [
+            (pool.size, pid)
+            for pid, pool in _idle.items()
+            if pool.start_method == start_method and size <= pool.size <= (up_to or size)
+        ]
+        for _, pid in sorted(fits):
+            pool = _idle.pop(pid)
+            if pool.alive():
+                return pool
+            pool.kill()
     return ProcessPool(start_method, size)
 
 

@@ -41,6 +41,7 @@ from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
+from .elastic import Elastic
 from .freshness import before_acquire
 from .limits import TokenBucket, make_limiter
 from .pool import ProcessPool, WorkerProc, acquire, release
@@ -69,13 +70,14 @@ __all__ = ["ProcessExecutor"]
 _tokens = itertools.count(1)
 
 
-class ProcessExecutor(RecyclingExecutor):
+class ProcessExecutor(Elastic, RecyclingExecutor):
     """Runs a stage on a pool of worker processes."""
 
     sends_to = "a worker process"
 
     def __init__(self, spec: StageSpec, port: StagePort) -> None:
-        super().__init__(spec, port)
+        RecyclingExecutor.__init__(self, spec, port)
+        Elastic.__init__(self)
         # a timed or rate-limited item must start when it is sent: no queue in the worker
         self.prefetch = 1 if spec.timeout is not None or spec.rate is not None else 2
         self.bucket = TokenBucket(spec.rate, spec.burst) if spec.rate is not None else None
@@ -104,7 +106,14 @@ class ProcessExecutor(RecyclingExecutor):
             raise StageError(spec.name, str(exc)) from exc
         self._setup_msg = dumps(encode(Setup(self.token, payload, want_ready=spec.is_class)))
         before_acquire(spec.fn)  # a module reloaded by the caller: no warm worker keeps the old one
-        pool = self.pool = acquire(spec.start_method or default_start_method(), spec.workers)
+        # under a CPU budget any warm pool with room for `active` will do: the rest wait, parked
+        method = spec.start_method or default_start_method()
+        if self.active is None:
+            pool = acquire(method, spec.workers)
+        else:
+            pool = acquire(method, self.active, up_to=spec.workers)
+        with self._lock:
+            self.pool = pool
         self._renew_spent(pool)
         for w in pool.workers:
             self._send_setup(w)
@@ -154,7 +163,7 @@ class ProcessExecutor(RecyclingExecutor):
 
     def _free_worker(self, pool: ProcessPool) -> WorkerProc | None:
         best = None
-        for w in pool.workers:
+        for w in self.candidates(pool):
             n = len(w.outstanding)
             if self._life.limits and self._life.room(w) == 0:
                 continue  # retiring: replaced once it holds no piece

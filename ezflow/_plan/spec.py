@@ -51,6 +51,9 @@ class StageSpec:
     is_class: bool = False
     max_tasks_per_worker: int | None = None  # replace a worker process after this many items
     max_memory: int | None = None  # bytes of RSS per worker process (the memory guard)
+    # workers=None on a process stage: `workers` is then the most it may get, and in a
+    # flow of several such stages the run's CPU budget decides how many run at a time
+    auto_workers: bool = False
 
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up
@@ -122,6 +125,7 @@ def make_stage(
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     if errors not in ERRORS:
         raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}; got {errors!r}")
+    auto_workers = workers is None and mode == "process" and backend is None
     if workers is None:
         workers = {"process": NUM_CPUS, "thread": NUM_THREADS}.get(mode, DEFAULT_ASYNC_WORKERS)
     _check_int("workers", workers, 1)
@@ -196,6 +200,7 @@ def make_stage(
         is_class=is_class,
         max_tasks_per_worker=max_tasks_per_worker,
         max_memory=max_memory,
+        auto_workers=auto_workers,
     )
 
 

@@ -227,6 +227,9 @@ def status_line(stats: FlowStats) -> str:
     return f"[{clock(stats.elapsed)}] " + " | ".join(parts) + (f" ({note})" if note else "")
 
 
+BUDGET_NOTE = "auto: process stages left at workers=None share about one worker per CPU; workers move to the busiest"
+
+
 def summary(stats: FlowStats) -> str:
     """Return a per-stage table of a run: mode x workers, items, items/s, busy %, errors."""
     head = ("stage", "mode", "items", "out", "items/s", "busy", "errors", "skipped", "retries")
@@ -254,6 +257,8 @@ def summary(stats: FlowStats) -> str:
         title += f"; {note}"
     out = [title, *format_table(rows)]
     out += [f"stage {s.name!r}: {', '.join(memory_notes(s))}" for s in stats.stages if memory_notes(s)]
+    if any(s.auto_workers for s in stats.stages):
+        out.append(BUDGET_NOTE)
     failed = [s for s in stats.stages if s.state == "failed" and s.error]
     for s in failed:
         out.append(f"stage {s.name!r} {stage_error(s)}")

@@ -323,7 +323,7 @@ def _row(s: StageStats, is_slow: bool, spark: str = "", failures_id: str | None 
         f'<tr data-stage="{_e(s.name)}" data-done="{s.done}" data-total="{total}" '
         f'data-state="{_e(s.state)}" data-errors="{s.errors}" data-out="{s.items_out}" style="{row_bg}">'
         f'<td style="{cell}">{name}</td>'
-        f'<td style="{cell}color:{_MUTED};">{_e(worker_label(s))}</td>'
+        f'<td style="{cell}color:{_MUTED};"{_budget_title(s)}>{_e(worker_label(s))}</td>'
         f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
         f'<td style="{right}">{done}</td>'
         f'<td style="{right}">{spark}{human(s.throughput)}</td>'
@@ -427,3 +427,12 @@ def _sparkline(values: list[float], *, width: int = 48, height: int = 14) -> str
         f'stroke-width="1.2"/></svg>'
     )
 
+
+def _budget_title(s: StageStats) -> str:
+    """A tooltip for a stage whose workers follow the flow's CPU budget ("" for the others)."""
+    if not s.auto_workers:
+        return ""
+    return (
+        f' title="{s.workers} running now: process stages left at workers=None share about one worker per CPU,'
+        ' and workers move to the stage that holds the flow back"'
+    )
