@@ -11,8 +11,8 @@ import pytest
 
 import ezflow
 from ezflow._core.env import NUM_CPUS
-from ezflow._engine.budget import Look, decide, share
-from ezflow._executors.elastic import proc_cpu_seconds
+from ezflow._engine.budget import Look, share, targets, waits_elsewhere
+from ezflow._executors.elastic import machine_idle_seconds, proc_cpu_seconds
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,8 +45,10 @@ class Heavy:
         return heavy(x)
 
 
-def look(workers: int, busy: float, *, cap: int = 4, waiting: bool = True, blocked: float = 0.0, running: bool = True):
-    return Look(workers=workers, cap=cap, busy=busy, waiting=waiting, blocked=blocked, running=running)
+def look(workers: int, busy: float, *, cap: int = 4, cpu_per_busy: float = 1.0, waiting: bool = True,
+         blocked: float = 0.0) -> Look:
+    return Look(workers=workers, cap=cap, cpu=busy * workers * cpu_per_busy, busy=busy,
+                cpu_per_busy=cpu_per_busy, waiting=waiting, blocked=blocked)
 
 
 # -- the policy ------------------------------------------------------------------------------
@@ -59,37 +61,37 @@ def test_first_split_is_even_and_gives_every_stage_a_worker():
     assert sum(share(64, 5)) == 64
 
 
-def test_a_waiting_stage_gives_a_worker_to_the_bottleneck():
-    looks = [look(2, 0.2, blocked=0.6), look(2, 0.98), look(2, 0.3)]
-    assert decide(looks, cpu_share=1.0) == (0, 1)  # the idlest donor: stage 0 (blocked on its output)
+def test_workers_follow_the_cpu_each_stage_uses():
+    # decode 1.4 ms, featurize 0.6 ms per item on 2 CPUs: 1.4 and 0.6 CPUs' worth
+    assert targets([0.98, 0.42], 2, [2, 2]) == [2, 1]
+    # a light stage and a heavy one: the heavy one gets every CPU, the light one keeps one worker
+    assert targets([0.04, 0.96], 2, [2, 2]) == [1, 2]
+    # three equal stages on two CPUs: one each (2/3 of a CPU each, rounded up)
+    assert targets([0.66, 0.67, 0.67], 2, [2, 2, 2]) == [1, 1, 1]
+    # 64 CPUs, a stage 3 times the others: 12.8, 38.4, 12.8 rounded up (never less than the share)
+    assert targets([1.0, 3.0, 1.0], 64, [64] * 3) == [13, 39, 13]
 
 
-def test_no_donor_and_idle_cpus_start_one_more_worker():
-    # the bottleneck's workers wait on something else (I/O): one more takes no core from anyone
-    assert decide([look(1, 0.2, blocked=0.5), look(1, 0.99)], cpu_share=0.4) == (None, 1)
+def test_shares_are_capped_and_noise_does_not_round_up():
+    assert targets([0.0, 1.0], 8, [8, 4]) == [1, 4]  # cap: one worker per CPU at most
+    assert targets([1.02, 0.98], 2, [2, 2]) == [1, 1]  # 1.02 CPUs is one worker's worth
+    assert targets([0.0, 0.0], 2, [2, 2]) is None  # nothing measured: keep the split
 
 
-def test_no_donor_and_busy_cpus_move_nothing():
-    # three CPU-bound stages on two CPUs: every one is busy, the CPUs are full, nothing to gain
-    assert decide([look(1, 0.99), look(1, 0.97), look(1, 0.98)], cpu_share=0.99) is None
-    assert decide([look(1, 0.2, blocked=0.5), look(1, 0.99)], cpu_share=None) is None  # unmeasured: no growth
+def test_extra_workers_add_to_the_share():
+    assert targets([0.04, 0.96], 4, [4, 4], extra=[2, 0]) == [3, 4]
 
 
-def test_a_donor_keeps_enough_workers_not_to_need_one_back():
-    # 3 workers at 60%: 1.8 workers' work would be 90% of 2, needy again next look: keep them
-    assert decide([look(3, 0.6, waiting=False), look(1, 0.99)], cpu_share=1.0) is None
-    # 3 workers at 40%: 1.2 workers' work fits in 2 at 60%: one can go
-    assert decide([look(3, 0.4, waiting=False), look(1, 0.99)], cpu_share=1.0) == (0, 1)
-
-
-def test_takers_must_have_waiting_items_room_downstream_and_room_to_grow():
-    assert decide([look(2, 0.1), look(2, 0.99, waiting=False)], cpu_share=0.2) is None  # nothing waits
-    assert decide([look(2, 0.1), look(2, 0.99, blocked=0.5)], cpu_share=0.2) is None  # held back downstream
-    assert decide([look(2, 0.1), look(4, 0.99, cap=4)], cpu_share=0.2) is None  # one per CPU already
-
-
-def test_a_finished_stage_gives_its_workers_up():
-    assert decide([look(3, 0.0, running=False, waiting=False), look(1, 0.99)], cpu_share=1.0) == (0, 1)
+def test_a_stage_that_waits_on_io_gets_a_worker_while_cpus_are_idle():
+    io = look(2, 0.97, cpu_per_busy=0.05)
+    assert waits_elsewhere(io, idle=0.7)
+    assert not waits_elsewhere(io, idle=0.1)  # the CPUs are busy: its workers may be waiting for one
+    assert not waits_elsewhere(io, idle=None)  # not measured: no growth
+    assert not waits_elsewhere(look(2, 0.97), idle=0.7)  # CPU-bound: its share says it all
+    assert not waits_elsewhere(look(2, 0.6, cpu_per_busy=0.05), idle=0.7)  # not busy
+    assert not waits_elsewhere(look(2, 0.97, cpu_per_busy=0.05, waiting=False), idle=0.7)
+    assert not waits_elsewhere(look(2, 0.97, cpu_per_busy=0.05, blocked=0.5), idle=0.7)
+    assert not waits_elsewhere(look(4, 0.97, cap=4, cpu_per_busy=0.05), idle=0.7)
 
 
 def test_cpu_seconds_of_a_process_are_read_from_proc():
@@ -101,6 +103,8 @@ def test_cpu_seconds_of_a_process_are_read_from_proc():
     spin(2_000_000)
     assert proc_cpu_seconds(os.getpid()) > used
     assert proc_cpu_seconds(2**22 + 12345) is None  # no such process
+    idle = machine_idle_seconds()
+    assert idle is not None and idle >= 0
 
 
 # -- real runs ---------------------------------------------------------------------------------
@@ -172,3 +176,32 @@ def test_the_views_say_which_workers_follow_the_budget():
     text = summary(flow.stats)
     assert "process\u00d7" in text and " auto" in text and BUDGET_NOTE in text
     assert " auto" in repr(flow.stats)
+
+
+class Peaks:
+    """An observer that keeps the most workers each stage ran at any tick."""
+
+    def __init__(self) -> None:
+        self.most: dict[str, int] = {}
+
+    def _see(self, stats) -> None:
+        for s in stats.stages:
+            self.most[s.name] = max(self.most.get(s.name, 0), s.workers)
+
+    open = update = close = _see
+
+
+def nap(x: int) -> int:
+    import time
+
+    time.sleep(0.01)  # waits, as a download would: no CPU
+    return x
+
+
+@pytest.mark.skipif(NUM_CPUS < 2, reason="one CPU: one worker per stage is all there is")
+def test_a_stage_that_waits_gets_workers_beyond_its_cpu_share():
+    peaks = Peaks()
+    flow = ezflow.Flow(range(400)).map(light).map(nap)
+    assert flow.collect(progress=peaks) == list(range(400))
+    # by CPU it would keep one worker; its workers are busy waiting while the CPUs idle
+    assert peaks.most["nap"] == NUM_CPUS, peaks.most

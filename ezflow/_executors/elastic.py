@@ -2,7 +2,7 @@
 
     budget thread --resize(n)------> active = n; past the pool's size: start workers now
     sender thread --candidates()---> pool.workers[:active]: only these are sent pieces
-    budget thread --cpu_seconds()--> utime + stime the stage's workers used (from /proc)
+    budget thread --cpu_seconds()--> user + system CPU time the stage's workers used (/proc)
 
 With fewer workers the others finish what they hold and wait, parked and
 warm: moving a worker back later costs nothing, and the stage's teardown
@@ -20,7 +20,7 @@ from typing import Any
 
 from .pool import ProcessPool, WorkerProc
 
-__all__ = ["Elastic", "proc_cpu_seconds"]
+__all__ = ["Elastic", "machine_idle_seconds", "proc_cpu_seconds"]
 
 try:
     _TICKS = float(os.sysconf("SC_CLK_TCK"))
@@ -42,6 +42,18 @@ def proc_cpu_seconds(pid: int) -> float | None:
     try:
         return (int(fields[11]) + int(fields[12])) / _TICKS
     except (IndexError, ValueError):
+        return None
+
+
+def machine_idle_seconds() -> float | None:
+    """Return the CPU seconds every CPU of this machine spent idle since boot (None: not Linux)."""
+    if not _TICKS:
+        return None
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        return (int(fields[4]) + int(fields[5])) / _TICKS  # idle + iowait
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -82,7 +94,7 @@ class Elastic:
     def cpu_seconds(self) -> float | None:
         """Return the CPU seconds this stage's workers used since the stage first looked at each."""
         pool = self.pool
-        if pool is None or not _TICKS:
+        if pool is None:
             return None
         with self._lock:
             pids = [w.proc.pid for w in pool.workers]
@@ -94,7 +106,7 @@ class Elastic:
             self._cpu_last[pid] = now
             if last is not None:
                 self._cpu_used += max(0.0, now - last)
-        return self._cpu_used
+        return self._cpu_used if self._cpu_last else None
 
     # provided by the executor
     cancelled: bool
