@@ -461,8 +461,8 @@ if __name__ == "__main__":
     arrays = [np.full(1 << 18, float(i)) for i in range(400)]
     it = ezflow.Flow(arrays).map(slow, workers=2).map(slow, workers=2).iter(progress=False)
     next(it)
-    print("running", os.getpid(), flush=True)
-    try:
+    try:  # the test sends SIGINT as soon as it reads "running": print it inside the try
+        print("running", os.getpid(), flush=True)
         for _ in it:
             pass
     except KeyboardInterrupt:
