@@ -15,6 +15,20 @@ From the inside: import time, time to first result, cold and warm call.
 Ratios are on the outside time to first result (> 1 means faster).
 After each process exits, any process it started that is still alive (found
 by a marker in its environment) is reported and then ended by pid.
+
+Which ezflow is measured: the fresh interpreters get the bench's parent
+folder first on PYTHONPATH, so from a checkout they import the source tree
+(its .pyc files are written first, as pip would). Issue 14's cold target is
+for a wheel installed in a fresh venv; to measure that, build and install it
+and run a copy of bench/ from a folder without an ezflow/ beside it::
+
+    python -m pip wheel --no-deps -w /tmp/whl .
+    python -m venv /tmp/venv
+    /tmp/venv/bin/pip install /tmp/whl/ezflow-*.whl joblib mpire pypeln
+    mkdir -p /tmp/b && cp -r bench /tmp/b/ && cd /tmp/b
+    env -u PYTHONDONTWRITEBYTECODE /tmp/venv/bin/python -m bench --only W5
+
+The table's notes name the ezflow that was imported.
 """
 
 from __future__ import annotations
@@ -135,6 +149,12 @@ def marked(marker: str) -> list:
 _PYC: dict = {}
 
 
+def _ezflow_source() -> str | None:
+    """The ezflow package folder next to bench/, or None (measuring an installed ezflow)."""
+    path = os.path.join(ROOT, "ezflow")
+    return path if os.path.isfile(os.path.join(path, "__init__.py")) else None
+
+
 def _compile_ezflow() -> None:
     """Write ezflow's .pyc files (ezflow/__pycache__, git-ignored), as ``pip install`` does.
 
@@ -145,7 +165,8 @@ def _compile_ezflow() -> None:
     if not _PYC:
         import compileall
 
-        _PYC["done"] = compileall.compile_dir(os.path.join(ROOT, "ezflow"), quiet=1)
+        src = _ezflow_source()
+        _PYC["done"] = compileall.compile_dir(src, quiet=1) if src else True
 
 
 def run_fresh(impl: StartupImpl, timeout: float) -> dict:
@@ -258,7 +279,7 @@ def run(ctx: Context, wl: Workload) -> Table:
         rows.append(row)
     add_ratios(rows, "seconds")
 
-    notes = []
+    notes = [_which_ezflow()]
     for r in rows:
         if r["kind"] == "ezflow" and r.get("cold_over_warm"):
             ok = r["cold_over_warm"] >= EZFLOW_WARM_TARGET
@@ -288,6 +309,17 @@ def run(ctx: Context, wl: Workload) -> Table:
         ],
         rows=rows, notes=notes,
     )
+
+
+def _which_ezflow() -> str:
+    """Where the fresh interpreters import ezflow from (they see sys.path as this process does)."""
+    try:
+        import ezflow
+    except Exception as e:
+        return f"ezflow: not importable ({type(e).__name__})"
+    where = os.path.dirname(os.path.abspath(ezflow.__file__))
+    kind = "the source tree" if where == _ezflow_source() else "an installed package"
+    return f"ezflow imported from {where} ({kind})"
 
 
 WORKLOAD = Workload(key="W5", title="start-up: 10 trivial items in a fresh interpreter, workers=2",

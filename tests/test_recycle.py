@@ -213,6 +213,38 @@ def test_a_sigkilled_worker_says_its_last_rss_and_the_machines_memory():
     assert "SIGKILL" in str(err) and "last measured resident memory was" in str(err) and "available" in str(err)
 
 
+def test_the_proc_meter_reads_the_figures_psutil_reads():
+    import subprocess
+    import sys
+
+    from ezflow._executors.recycle import _meter, _ProcMeter, _PsutilMeter
+
+    proc, ps = _ProcMeter(), _PsutilMeter(psutil)
+    assert isinstance(_meter(), _ProcMeter)  # Linux: no psutil import on a plain map
+    pid = os.getpid()
+    # read one after the other: this process (and the machine) may move a little in between
+    assert abs(proc.rss(proc.handle(pid)) - ps.rss(ps.handle(pid))) <= 16 * 2**20
+    assert abs(proc.available() - ps.available()) <= 0.25 * ps.available()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its /proc entry is gone
+    for meter in (proc, ps):
+        with pytest.raises(OSError):
+            meter.rss(meter.handle(child.pid))
+
+
+def test_without_procs_figures_psutil_measures_the_workers(monkeypatch):
+    from ezflow._executors import recycle
+
+    def no_meminfo(self):
+        raise ValueError("no MemAvailable in /proc/meminfo")
+
+    monkeypatch.setattr(recycle._ProcMeter, "available", no_meminfo)
+    assert isinstance(recycle._meter(), recycle._PsutilMeter)
+    got = ezflow.map(die_by_sigkill, range(3), workers=1, errors="return", progress=False)
+    err = got[1].error
+    assert "last measured resident memory was" in str(err) and "available" in str(err)
+
+
 # -- max_tasks_per_worker ------------------------------------------------------------
 
 

@@ -12,11 +12,14 @@ and blamed item 0; the dedicated exit code carries the cause back.
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .errors import StageError, TaskError, WorkerDied
+
+if TYPE_CHECKING:
+    import ast  # at run time imported where used: only a failed start reads the script
 
 __all__ = ["EXIT_NO_MAIN_GUARD", "MESSAGE", "refuse_in_bootstrap", "translate", "unguarded_call"]
 
@@ -59,6 +62,8 @@ def refuse_in_bootstrap() -> None:
 
 
 def _is_main_test(node: ast.expr) -> bool:
+    import ast
+
     if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
         return False
     sides = [node.left, *node.comparators]
@@ -77,6 +82,8 @@ def unguarded_call() -> bool:
         frame = frame.f_back  # type: ignore[assignment]
     else:
         return False  # a notebook, the REPL, python -c, or a call from inside a function
+    import ast
+
     try:
         with open(frame.f_globals["__file__"], encoding="utf-8") as f:
             tree = ast.parse(f.read())
