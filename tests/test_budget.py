@@ -12,7 +12,7 @@ import pytest
 import ezflow
 from ezflow._core.env import NUM_CPUS
 from ezflow._engine.budget import Look, share, targets, waits_elsewhere
-from ezflow._executors.elastic import machine_idle_seconds, proc_cpu_seconds
+from ezflow._executors.meter import machine_idle_seconds, proc_cpu_seconds
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -217,7 +217,9 @@ def test_the_proc_meter_reads_the_figures_psutil_reads():
     import subprocess
     import sys
 
-    from ezflow._executors.recycle import _meter, _ProcMeter, _PsutilMeter
+    from ezflow._executors.meter import ProcMeter as _ProcMeter
+    from ezflow._executors.meter import PsutilMeter as _PsutilMeter
+    from ezflow._executors.meter import memory_meter as _meter
 
     proc, ps = _ProcMeter(), _PsutilMeter(psutil)
     assert isinstance(_meter(), _ProcMeter)  # Linux: no psutil import on a plain map
@@ -233,13 +235,13 @@ def test_the_proc_meter_reads_the_figures_psutil_reads():
 
 
 def test_without_procs_figures_psutil_measures_the_workers(monkeypatch):
-    from ezflow._executors import recycle
+    from ezflow._executors import meter
 
     def no_meminfo(self):
         raise ValueError("no MemAvailable in /proc/meminfo")
 
-    monkeypatch.setattr(recycle._ProcMeter, "available", no_meminfo)
-    assert isinstance(recycle._meter(), recycle._PsutilMeter)
+    monkeypatch.setattr(meter.ProcMeter, "available", no_meminfo)
+    assert isinstance(meter.memory_meter(), meter.PsutilMeter)
     got = ezflow.map(die_by_sigkill, range(3), workers=1, errors="return", progress=False)
     err = got[1].error
     assert "last measured resident memory was" in str(err) and "available" in str(err)

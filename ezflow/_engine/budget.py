@@ -44,7 +44,7 @@ from typing import Any
 from .._core.env import NUM_CPUS
 from .._core.record import record
 from .._core.stats import FlowStats
-from .._executors.elastic import machine_idle_seconds
+from .._executors.meter import machine_idle_seconds
 
 __all__ = ["Budget", "Look", "share", "targets", "waits_elsewhere"]
 

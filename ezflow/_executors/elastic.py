@@ -14,48 +14,13 @@ its workers run, and no budget touches it.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
+from .meter import proc_cpu_seconds
 from .pool import ProcessPool, WorkerProc
 
-__all__ = ["Elastic", "machine_idle_seconds", "proc_cpu_seconds"]
-
-try:
-    _TICKS = float(os.sysconf("SC_CLK_TCK"))
-except (AttributeError, ValueError, OSError):  # not a POSIX system: no /proc either
-    _TICKS = 0.0
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """Return the user + system CPU seconds process `pid` used (None: unknown, or not Linux)."""
-    if not _TICKS:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # the command name may hold spaces and parentheses: the fields start after the last ")"
-    fields = data[data.rindex(b")") + 2 :].split()
-    try:
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-    except (IndexError, ValueError):
-        return None
-
-
-def machine_idle_seconds() -> float | None:
-    """Return the CPU seconds every CPU of this machine spent idle since boot (None: not Linux)."""
-    if not _TICKS:
-        return None
-    try:
-        with open("/proc/stat", "rb") as f:
-            fields = f.readline().split()
-        return (int(fields[4]) + int(fields[5])) / _TICKS  # idle + iowait
-    except (OSError, IndexError, ValueError):
-        return None
-
+__all__ = ["Elastic"]
 
 class Elastic:
     """The part of a process executor that lets a CPU budget set how many of its workers run."""

@@ -28,7 +28,6 @@ starts.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import weakref
@@ -38,6 +37,7 @@ from typing import Any
 from .._core.errors import MemoryLimitExceeded, StageError, format_bytes, short_repr
 from .._transport.serialize import dumps
 from .base import Executor
+from .meter import available, memory_meter
 from .pool import ProcessPool, WorkerProc, stop_worker
 from .port import Piece, StagePort
 from .tally import WorkerTally
@@ -79,83 +79,6 @@ def _life(w: WorkerProc) -> _Life:
     return life
 
 
-class _ProcMeter:
-    """Worker RSS and the machine's available memory from /proc: the files psutil reads on Linux.
-
-    The same figures without importing psutil, which took several ms of a
-    cold ``ezflow.map`` (W5) while a plain map only needs two file reads:
-    RSS is /proc/<pid>/statm's second field (pages), available memory is
-    /proc/meminfo's MemAvailable (kB).
-    """
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-
-    def handle(self, pid: int) -> Any:
-        return f"/proc/{pid}/statm"
-
-    def rss(self, handle: Any) -> int:
-        """Raises OSError once the process is gone."""
-        with open(handle, "rb") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def available(self) -> int:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        raise ValueError("no MemAvailable in /proc/meminfo")
-
-
-class _PsutilMeter:
-    """The same figures through psutil, where /proc does not have them."""
-
-    def __init__(self, psutil: Any) -> None:
-        self.ps = psutil
-
-    def handle(self, pid: int) -> Any:
-        try:
-            return self.ps.Process(pid)
-        except self.ps.Error as exc:
-            raise OSError(str(exc)) from exc
-
-    def rss(self, handle: Any) -> int:
-        """Raises OSError once the process is gone."""
-        try:
-            return int(handle.memory_info().rss)
-        except self.ps.Error as exc:
-            raise OSError(str(exc)) from exc
-
-    def available(self) -> int:
-        return int(self.ps.virtual_memory().available)
-
-
-def _meter() -> _ProcMeter | _PsutilMeter | None:
-    """What measures workers here; None without /proc's figures or psutil."""
-    try:
-        proc = _ProcMeter()
-        proc.rss(proc.handle(os.getpid()))
-        proc.available()
-        return proc
-    except (OSError, ValueError, IndexError, AttributeError):
-        pass
-    try:
-        import psutil
-    except ImportError:  # a declared dependency; without it only the memory guard is unavailable
-        return None
-    return _PsutilMeter(psutil)
-
-
-def _available(meter: _ProcMeter | _PsutilMeter | None) -> int:
-    """The machine's available memory in bytes (-1: unknown)."""
-    if meter is None:
-        return -1
-    try:
-        return meter.available()
-    except Exception:
-        return -1
-
-
 class Lifespan:
     """The lifespan rules of one process stage's workers (`spec.max_tasks_per_worker`, `spec.max_memory`)."""
 
@@ -168,7 +91,7 @@ class Lifespan:
         self.stop = threading.Event()
         self.peak = 0
         self._report = report
-        self._meter = _meter()
+        self._meter = memory_meter()
         if self._meter is None and self.max_memory is not None:
             raise RuntimeError('max_memory= measures workers with psutil, which is not installed: pip install psutil')
 
@@ -242,7 +165,7 @@ class Lifespan:
         if meter is None:
             return life.rss
         if machine:
-            life.avail = _available(meter)
+            life.avail = available(meter)
         try:
             if life.proc is None:
                 life.proc = meter.handle(w.proc.pid)
@@ -262,7 +185,7 @@ class Lifespan:
         if meter is None:
             return
         while not self.stop.wait(self.interval):
-            avail = _available(meter)
+            avail = available(meter)
             for w in workers():
                 rss = self.sample(w)
                 _life(w).avail = avail
@@ -285,7 +208,7 @@ class Lifespan:
             return ""
         note = f"; its last measured resident memory was {format_bytes(life.rss)}"
         note += f" ({time.monotonic() - life.rss_at:.1f} s before it died)"
-        now = _available(self._meter)
+        now = available(self._meter)
         if life.avail >= 0:
             note += f"; the machine had {format_bytes(life.avail)} of memory available then"
             if now >= 0:
