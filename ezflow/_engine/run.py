@@ -27,6 +27,7 @@ from typing import Any
 from .._core.errors import Cancelled, StageError
 from .._core.observe import TICK_SECONDS
 from .._core.stats import FlowStats, _Counters
+from .._core.threads import Job, spawn
 from .._executors.port import Chunk
 from .._plan.spec import StageSpec
 from .batch import BatchDriver, UnbatchDriver
@@ -111,7 +112,7 @@ class Run:
             )
         # process stages left at workers=None share the CPUs (set before setup: it sizes their pools)
         self.budget = Budget.of(self.drivers, self.snapshot)
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Job] = []
         self._reader: ChunkReader | None = None
 
     # -- starting ---------------------------------------------------------
@@ -138,10 +139,11 @@ class Run:
             d.start()
         self._spawn(self._source_loop, "ezflow-source")
         if self.budget is not None:  # not joined: it ends with the run (`_done`)
-            threading.Thread(target=self.budget.run, args=(self._done,), name="ezflow-budget", daemon=True).start()
+            budget = self.budget
+            spawn(lambda: budget.run(self._done), "ezflow-budget")
         if self._observer is not None:
             # not in self._threads: it runs until the run has ended, after the joins
-            threading.Thread(target=self._tick_loop, name="ezflow-ticker", daemon=True).start()
+            spawn(self._tick_loop, "ezflow-ticker")
 
     def _setup_executors(self) -> None:
         drivers = [d for d in self.drivers if d.spec.mode != "inline"]
@@ -171,7 +173,7 @@ class Run:
         self._stop("failed", stage)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
+        t = Job(target, name)
         self._threads.append(t)
         t.start()
 
@@ -298,8 +300,7 @@ class Run:
         for d in self.drivers:
             d.executor.join(max(0.0, end - time.monotonic()))
         for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(max(0.0, end - time.monotonic()))
+            t.join(max(0.0, end - time.monotonic()))  # returns at once from inside its own loop
 
     def _finish_ok(self) -> None:
         self.wait_workers(30.0)

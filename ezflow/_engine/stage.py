@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from .._core.errors import Cancelled, Failure, MemoryLimitExceeded, TaskError, attach_traceback
 from .._core.stats import _Counters
+from .._core.threads import Job, spawn
 from .._executors import Executor, make_executor
 from .._executors.port import Chunk, ItemError, Piece
 from .._plan.spec import StageSpec
@@ -79,7 +80,7 @@ class StageDriver:
         self._out_seq = 0
         self._per_item: float | None = None
         self._ramp = 1
-        self._feeder: threading.Thread | None = None
+        self._feeder: Job | None = None
         self.executor: Executor = make_executor(spec, self)
 
     # -- sizing ---------------------------------------------------------
@@ -132,10 +133,7 @@ class StageDriver:
 
     def start(self) -> None:
         """Start the feeder thread (the executor must be set up already)."""
-        self._feeder = threading.Thread(
-            target=self._feed, name=f"ezflow-feed-{self.spec.name}", daemon=True
-        )
-        self._feeder.start()
+        self._feeder = spawn(self._feed, f"ezflow-feed-{self.spec.name}")
 
     def _feed(self) -> None:
         try:

@@ -51,7 +51,7 @@ class AsyncExecutor(Executor):
 
     def setup(self) -> None:
         self.limiter = make_limiter(self.spec, shared=False)
-        self._spawn(self._main, "async")
+        self._spawn(self._main, "async", own=True)  # the event loop runs the user's coroutines
         self._ready.wait()
         if self._start_error is not None:
             raise self._setup_error(self._start_error) from self._start_error

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._core.errors import Cancelled, StageError, attach_traceback, describe, pack_exception, short_repr
+from .._core.threads import Job
 from .port import ItemError, Piece, StagePort
 from .rules import ItemRules
 
@@ -51,7 +52,7 @@ class Executor:
         self.closing = False  # the stage's work is all done: wind down
         self.cancelled = False  # stop now
         self.broken = False  # a bug or a lost worker: pools are not reused
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread | Job] = []
         self._threads_lock = threading.Lock()
         self.rules = ItemRules.of(spec)  # decides whether a lone item that timed out or died is tried again
 
@@ -96,13 +97,23 @@ class Executor:
         """Wake this executor's threads so they see `closing` / `cancelled` (a backend adds its own)."""
         self.port.wake()
 
-    def _joinable(self, thread: threading.Thread) -> bool:
+    def _joinable(self, thread: threading.Thread | Job) -> bool:
         return True
 
-    def _spawn(self, target: Callable[[], None], role: str, after: Callable[[], None] | None = None) -> None:
-        """Start a daemon thread running `target` inside the guard; `after` runs when it ends, whatever happened."""
-        t = threading.Thread(target=self._guarded, args=(target, after), name=f"ezflow-{role}-{self.spec.name}")
-        t.daemon = True
+    def _spawn(
+        self, target: Callable[[], None], role: str, after: Callable[[], None] | None = None, *, own: bool = False
+    ) -> None:
+        """Run `target` inside the guard on a thread; `after` runs when it ends, whatever happened.
+
+        ezflow's own loops run on kept threads (`threads`); `own`: a thread of
+        its own, for a loop that runs the user's code (a thread worker, an event loop).
+        """
+        name = f"ezflow-{role}-{self.spec.name}"
+        t: threading.Thread | Job
+        if own:
+            t = threading.Thread(target=self._guarded, args=(target, after), name=name, daemon=True)
+        else:
+            t = Job(lambda: self._guarded(target, after), name)
         with self._threads_lock:
             self._threads.append(t)  # before start(): join() may run at any moment
         t.start()

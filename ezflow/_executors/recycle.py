@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._core.errors import MemoryLimitExceeded, StageError, format_bytes, short_repr
+from .._core.threads import Job
 from .._transport.serialize import dumps
 from .base import Executor
 from .meter import available, memory_meter
@@ -245,7 +246,7 @@ class RecyclingExecutor(Executor):
         self._tally = WorkerTally(port)  # worker numbers for the stage's insights
         self._refresh: set[Piece] = set()  # stopped over max_memory on a used worker: run next on a fresh one
         self._second: set[Piece] = set()  # sent to a fresh worker after that: stopped again, the item is blamed
-        self._retirements: list[threading.Thread] = []
+        self._retirements: list[Job] = []
 
     def _send_setup(self, w: WorkerProc) -> None:
         raise NotImplementedError
@@ -348,12 +349,10 @@ class RecyclingExecutor(Executor):
         # the old worker closes the stage (a class's close()) and exits off this thread
         self.port.report_workers(recycled=1)
         self.port.wake()
-        t = threading.Thread(
-            target=self._guarded,
-            args=(lambda: self._stop_retired(old, teardown), None),
-            name=f"ezflow-retire-{self.spec.name}",
-            daemon=True,
-        )
+        def stop() -> None:
+            self._stop_retired(old, teardown)
+
+        t = Job(lambda: self._guarded(stop, None), f"ezflow-retire-{self.spec.name}")
         with self._threads_lock:
             self._threads.append(t)
             self._retirements.append(t)

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .._core.threads import Job
 from .base import Executor
 from .items import build_runtime, close_runtime, run_piece
 from .limits import TokenBucket, make_limiter
@@ -59,7 +60,7 @@ class ThreadExecutor(Executor):
 
     def _start_worker(self, ready: threading.Barrier | None) -> None:
         n = next(self._names)
-        self._spawn(lambda: self._work(ready, n), f"thread{n}")
+        self._spawn(lambda: self._work(ready, n), f"thread{n}", own=True)  # runs the user's function
 
     def _work(self, ready: threading.Barrier | None, n: int) -> None:
         spec = self.spec
@@ -132,6 +133,6 @@ class ThreadExecutor(Executor):
         # threads end by themselves: take() returns None (closing) or raises Cancelled
         self._stop.set()
 
-    def _joinable(self, thread: threading.Thread) -> bool:
+    def _joinable(self, thread: threading.Thread | Job) -> bool:
         with self._lock:
             return thread.ident not in self._abandoned
