@@ -79,14 +79,21 @@ def _run(job: Job) -> None:
     try:
         job.target()
     finally:
+        # a kept thread must not keep what its loop held alive (a run, its arrays and segments)
+        job.target = _nothing
         job._done.set()
         me.name = "ezflow-idle"
+
+
+def _nothing() -> None:
+    pass
 
 
 def _serve(job: Job | None) -> None:
     global _idle
     while job is not None:
         _run(job)
+        job = None  # nothing of the last loop stays reachable while this thread waits
         with _lock:
             if _idle >= MAX_IDLE:
                 return
