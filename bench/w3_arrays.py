@@ -18,6 +18,8 @@ start-up included. Rows:
   initializer); the parent copies an array into a free input segment,
   stage 1 writes ``x * 2 + 1`` into the paired output segment, stage 2 sums
   it, and the slot is reused: the best a user would write by hand;
+- the same, pre-touched: its segments are made and written once before the
+  timer (every page exists; the pools still start in the call): the ceiling;
 - ezflow ``Flow(arrays).map(f).map(g)``: default options: arrays of 1 MiB
   or more move through shared memory (inputs copied into a segment by the
   parent, results written into one by the worker, then passed on to the
@@ -32,6 +34,7 @@ Run alone: ``python -m bench --only W3`` (or ``python -m bench.w3_arrays``).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import statistics
@@ -154,12 +157,38 @@ def _hw_stage2(job):
     return i, float(_hw[dst][1].sum())
 
 
-def handwritten_shm(inp: ArrayInput):
+def _hw_segments(like) -> list:
     from multiprocessing import shared_memory
 
+    return [shared_memory.SharedMemory(create=True, size=like.nbytes) for _ in range(2 * SLOTS)]
+
+
+class Pretouched:
+    """The hand-written version's segments, made and written once before any timed call."""
+
+    def __init__(self, like) -> None:
+        import atexit
+
+        self.segs = _hw_segments(like)
+        for seg in self.segs:
+            np.ndarray(like.shape, like.dtype, buffer=seg.buf).fill(0)  # every page exists and is mapped
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        for seg in self.segs:
+            with contextlib.suppress(Exception):
+                seg.close()
+                seg.unlink()
+        self.segs = []
+
+    def __call__(self, inp: ArrayInput):
+        return handwritten_shm(inp, self.segs)
+
+
+def handwritten_shm(inp: ArrayInput, ready=None):
     arrays = inp.arrays
-    shape, dtype, nbytes = arrays[0].shape, arrays[0].dtype, arrays[0].nbytes
-    segs = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in range(2 * SLOTS)]
+    shape, dtype = arrays[0].shape, arrays[0].dtype
+    segs = ready or _hw_segments(arrays[0])
     names = [s.name for s in segs]
     views = {s.name: np.ndarray(shape, dtype, buffer=s.buf) for s in segs}
     results: list = [None] * len(arrays)
@@ -200,9 +229,10 @@ def handwritten_shm(inp: ArrayInput):
             p2.join()
     finally:
         views.clear()
-        for s in segs:
-            s.close()
-            s.unlink()
+        if ready is None:
+            for s in segs:
+                s.close()
+                s.unlink()
     return results
 
 
@@ -239,6 +269,8 @@ def share_unavailable():
 
 
 ROW_EZFLOW = "ezflow Flow 2 stages (auto sharing)"
+ROW_HAND = "hand-written shared_memory"
+ROW_CEILING = "hand-written shared_memory, pre-touched"
 
 
 def impls(inp: ArrayInput) -> list:
@@ -248,8 +280,10 @@ def impls(inp: ArrayInput) -> list:
         Impl("mpire WorkerPool(2): 2 maps", mpire_chain, note="pickled"),
         Impl("joblib Parallel(n_jobs=2) x 2", joblib_chain, note="inputs memmapped, results pickled"),
         Impl("pypeln 2 x process.map(workers=2)", pypeln_chain, note="pickled, + sync.ordered"),
-        Impl("hand-written shared_memory", handwritten_shm, kind="peer",
-             note=f"{SLOTS} pre-allocated segment pairs, attached once per worker"),
+        Impl(ROW_HAND, handwritten_shm, kind="peer",
+             note=f"{SLOTS} segment pairs made in the call, attached once per worker"),
+        Impl(ROW_CEILING, Pretouched(inp.arrays[0]), kind="peer",
+             note=f"{SLOTS} segment pairs made and written before the timer: the ceiling"),
         Impl(ROW_EZFLOW, ezflow_flow, kind="ezflow", unavailable=share_unavailable,
              note="default share_arrays: >= 1 MiB"),
         Impl("ezflow Flow, source share()d", ezflow_flow_explicit, kind="ezflow",
@@ -298,9 +332,10 @@ def run(ctx, wl):
     table = run_throughput(ctx, wl)
     rows = {r["impl"]: r for r in table.rows}
     ours = rows.get(ROW_EZFLOW, {})
-    hand = rows.get("hand-written shared_memory", {})
+    hand = rows.get(ROW_HAND, {})
+    ceiling = rows.get(ROW_CEILING, {})
     pickling = [r for r in table.rows if r["kind"] == "peer" and r.get("status") == "ok"
-                and r["impl"] != "hand-written shared_memory" and r.get("rate")]
+                and r["impl"] not in (ROW_HAND, ROW_CEILING) and r.get("rate")]
     if ours.get("rate"):
         if pickling:
             best = max(pickling, key=lambda r: r["rate"])
@@ -309,6 +344,9 @@ def run(ctx, wl):
         if hand.get("rate"):
             table.notes.append(f"ezflow (auto sharing) vs hand-written shared_memory: "
                                f"{ours['rate'] / hand['rate']:.2f}x (target >= 1.0x)")
+        if ceiling.get("rate"):
+            table.notes.append(f"ezflow (auto sharing) vs hand-written shared_memory, pre-touched: "
+                               f"{ours['rate'] / ceiling['rate']:.2f}x (target >= 0.9x)")
     try:
         table.notes.append(f"memcpy here (np.copyto, 256 MiB): {memcpy_gib_s():.1f} GiB/s; "
                            f"pipe between two processes: {pipe_mib_s():.0f} MiB/s")

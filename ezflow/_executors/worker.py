@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from .._core.errors import RemoteError, describe, pack_exception
-from .._transport import set_worker_parent
+from .._transport import idle, set_worker_parent
 from .._transport.serialize import dumps, loads
 from .items import Runtime, build_runtime, close_runtime, run_piece
 from .port import ItemError
@@ -31,6 +31,7 @@ from .wire import Closed, Exit, Ready, Result, Setup, SetupFailed, Task, Teardow
 __all__ = ["sendable_result", "setup_payload", "worker_main"]
 
 PARENT_CHECK_SECONDS = 0.5
+IDLE_SECONDS = 1.0  # no message for this long: let go of shared-memory mappings kept for the next item
 
 
 def setup_payload(spec: Any, limiter: Any = None) -> bytes:
@@ -69,13 +70,20 @@ def _watch_parent(ppid: int) -> None:
 
 
 def _send(conn: Any, msg: Any) -> None:
+    _send_bytes(conn, _pickle(msg))
+
+
+def _pickle(msg: Any) -> bytes:
     try:
-        data = dumps(encode(msg))
+        return dumps(encode(msg))
     except Exception:
         if type(msg) is not Result:
             raise
         values, errs = sendable_result(msg.values, msg.errs)
-        data = dumps(encode(msg._replace(values=values, errs=errs)))
+        return dumps(encode(msg._replace(values=values, errs=errs)))
+
+
+def _send_bytes(conn: Any, data: bytes) -> None:
     try:
         conn.send_bytes(data)
     except (BrokenPipeError, ConnectionResetError):
@@ -123,6 +131,8 @@ def worker_main(conn: Any, owner: int) -> None:
     runtimes: dict[int, Runtime] = {}
     while True:
         try:
+            if not conn.poll(IDLE_SECONDS):
+                idle()
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
@@ -141,9 +151,14 @@ def worker_main(conn: Any, owner: int) -> None:
             if rt is None:  # its setup never arrived: the parent is tearing down (at exit); leave quietly
                 raise SystemExit(1)
             values, errs, busy, retries = run_piece(rt, msg.items, msg.special, msg.tried)
-            with _result_scope(msg.share):
-                _send(conn, Result(msg.piece_id, values, errs, busy, retries))
-            del msg, values, errs  # let go of shared inputs now: their owner reuses them
+            piece_id, share = msg.piece_id, msg.share
+            with _result_scope(share):
+                answer = _pickle(Result(piece_id, values, errs, busy, retries))
+                # let go of shared inputs before answering: their owner finds them free
+                # when the answer arrives, and reuses them at once
+                del msg, values, errs
+                _send_bytes(conn, answer)
+            del answer
             rt = None
         elif kind is Setup:  # a function stage does not wait for Ready
             try:

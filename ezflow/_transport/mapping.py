@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any
 
+from . import kept as _kept
 from .registry import _ensure_reaper, _init
 from .segments import _MV, _RO, _SHARED, S, _Mapping, _mmap, _np, _parse, _posixshmem, _Seg, _warn_once, fcntl
 
@@ -52,11 +53,13 @@ def _new_mapping(name: str, private: bool, auto: bool) -> Any:
                 "ended, or it was sent somewhere it cannot be opened (another host)"
             ) from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             if not own:
                 _lock_shared(fd)
             try:
-                addr = _mmap(fd, size, private)
+                rec = _kept.take(name, private, st.st_ino, size)
+                addr = _mmap(fd, size, private) if rec is None else rec.addr
             except OSError:
                 # out of address space or of mappings: a private copy still works
                 data = _read_copy(fd, size)
@@ -70,8 +73,8 @@ def _new_mapping(name: str, private: bool, auto: bool) -> Any:
         if own:
             os.close(fd)
             _adopt(name, size, hold=True)
-            return _Mapping(name, addr, size, private, auto, "own", -1)
-        return _Mapping(name, addr, size, private, auto, "prov" if name in S.prov else "foreign", fd)
+            return _Mapping(name, addr, size, private, auto, "own", -1, st.st_ino)
+        return _Mapping(name, addr, size, private, auto, "prov" if name in S.prov else "foreign", fd, st.st_ino)
 
 
 def _lock_shared(fd: int) -> None:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from . import kept as _kept
 from .mapping import _attach, _unshared
 from .registry import _create, _release
 from .segments import (
@@ -37,7 +38,6 @@ from .segments import (
     _Unavailable,
     _unlink,
     _warn_once,
-    _write,
 )
 from .share import _alloc_here
 
@@ -183,7 +183,7 @@ class _Reducer:
                 name, size, fd = _create(obj.nbytes)
                 self.attempt.made.append(name)
             try:
-                _write(fd, data, name)
+                _kept.give_back(name, *_kept.write(fd, name, data))  # kept for the segment's next use
             finally:
                 os.close(fd)
         except (_Unavailable, OSError) as exc:

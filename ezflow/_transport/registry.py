@@ -22,6 +22,7 @@ from typing import Any
 
 from .._core import sigterm as _sigterm
 from .._core.forks import at_fork
+from . import kept as _kept
 from . import owner as _owner
 from . import when_flushing
 from .segments import (
@@ -236,6 +237,8 @@ def flush_pool() -> None:
     S.keep_until = 0.0
     _reap()  # results that stopped workers made for us and never sent
     _flush_pool()
+    with S.map_lock:
+        _kept.settle()  # the mappings kept of what we unlinked
     _let_go()
 
 
@@ -298,6 +301,9 @@ def _reap_loop(r: int) -> None:
                 _flush_pool()
             if not S.owned:
                 _let_go()
+            if S.kept_gone:  # mappings kept of segments we unlinked: their memory goes now
+                with S.map_lock:
+                    _kept.settle()
         except Exception:  # pragma: no cover - keep freeing whatever happens
             pass
 
@@ -340,6 +346,7 @@ def _after_fork_child() -> None:
                 os.close(fd)
             except OSError:
                 pass
+    _kept.unmap_inherited()
     _owner.after_fork_child()
     S.after_fork()
 

@@ -38,6 +38,11 @@ DEFAULT_THRESHOLD = 1 << 20
 PREFIX = "ezf_"
 
 
+# kept.py: keeps a mapping whose views are gone, and drops those of unlinked segments
+keeper: Any = None
+forgetter: Any = None
+
+
 SHM_DIR = "/dev/shm"
 
 
@@ -104,6 +109,11 @@ class _State:
         self.ready = False
         self.wake_r = self.wake_w = -1
         self.reaper: threading.Thread | None = None
+        self.kept: collections.OrderedDict = collections.OrderedDict()  # mappings nothing views (kept.py)
+        self.kept_new: collections.deque = collections.deque()  # ... as finalizers leave them
+        self.kept_gone: collections.deque = collections.deque()  # names we unlinked: drop their mappings
+        self.kept_bytes = 0
+        self.kept_check = 0.0
 
 
 S = _State()
@@ -140,6 +150,8 @@ def _listdir() -> list[str]:
 
 
 def _unlink(name: str) -> None:
+    if forgetter is not None:
+        forgetter(name)
     try:
         _posixshmem.shm_unlink("/" + name)
     except (FileNotFoundError, AttributeError, TypeError):
@@ -256,6 +268,8 @@ def _c() -> Any:
         lib.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
         lib.munmap.restype = ctypes.c_int
         lib.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        lib.madvise.restype = ctypes.c_int
+        lib.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         S.libc = (lib, ctypes.get_errno, ctypes.c_void_p(-1).value)
     return S.libc
 
@@ -296,7 +310,9 @@ class _Mapping:
         "__array_interface__", "__weakref__", "addr", "auto", "epoch", "fd", "length", "name", "private", "role"
     )
 
-    def __init__(self, name: str, addr: int, length: int, private: bool, auto: bool, role: str, fd: int) -> None:
+    def __init__(
+        self, name: str, addr: int, length: int, private: bool, auto: bool, role: str, fd: int, ino: int = 0
+    ) -> None:
         self.name = name
         self.addr = addr
         self.length = length
@@ -311,24 +327,22 @@ class _Mapping:
             "typestr": "|u1",
             "version": 3,
         }
-        f = weakref.finalize(self, _unmapped, name, addr, length, fd, role, S.pid)
+        f = weakref.finalize(self, _unmapped, name, addr, length, fd, role, S.pid, private, ino)
         f.atexit = False  # views may outlive the interpreter's atexit: never unmap under them
 
     def root(self) -> Any:
         return _np().asarray(self)
 
 
-def _unmapped(name: str, addr: int, length: int, fd: int, role: str, pid: int) -> None:
+def _unmapped(name: str, addr: int, length: int, fd: int, role: str, pid: int, private: bool, ino: int) -> None:
     # A finalizer: no locks here (it may run inside any code, on any thread).
-    _munmap(addr, length)
     if pid != os.getpid():
+        _munmap(addr, length)
         return  # an inherited copy in a forked child: only the child's mapping goes
-    if role == "own":
-        S.released.append(name)
-        _wake()
-        return
+    keep = keeper is not None and ino != 0  # kept for the segment's next use here (kept.py)
     if role == "prov":
         state = S.prov.get(name)
+        keep = keep and state == "given"  # else it is unlinked now, or soon
         if state == "mine":
             S.prov.pop(name, None)
             _unlink(name)
@@ -336,7 +350,22 @@ def _unmapped(name: str, addr: int, length: int, fd: int, role: str, pid: int) -
             S.prov[name] = "dead"
         elif state == "given":
             S.prov.pop(name, None)
+    elif role == "foreign" and keep:
+        try:
+            keep = os.fstat(fd).st_nlink > 0  # not if its owner unlinked it already
+        except OSError:
+            keep = False
+    if keep:
+        keeper(name, private, addr, length, ino)
+    else:
+        _munmap(addr, length)
+    if role == "own":
+        S.released.append(name)
+        _wake()
+        return
     try:
+        if keep:  # the kept mapping holds the open file, and so the flock: unlock it
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)  # lets go of our shared flock
     except OSError:
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import kept as _kept
 from .registry import _create, _drain, _ensure_reaper, _hold_new, _init, _take_free
 from .segments import (
     S,
@@ -19,7 +20,6 @@ from .segments import (
     _Unavailable,
     _unlink,
     _warn_once,
-    _write,
     fcntl,
 )
 
@@ -93,17 +93,18 @@ def _share_array(arr: Any, readonly: bool) -> Any:
     except _Unavailable as exc:
         _warn_once(str(exc))
         return arr
+    ino = 0
     try:
         if arr.flags.c_contiguous or arr.flags.f_contiguous:
             data, strides = _contiguous_bytes(arr)
-            _write(fd, data, name)
-            addr = _mmap(fd, size, False)
+            addr, size, ino, _ = _kept.write(fd, name, data)  # once, into a mapping kept from its last use if any
         else:  # copied once, straight into the segment
             try:
                 os.posix_fallocate(fd, 0, max(arr.nbytes, 1))
             except OSError as exc:
                 raise _Unavailable(f"/dev/shm is full ({exc.strerror or exc})") from exc
             addr = _mmap(fd, size, False)
+            ino = os.fstat(fd).st_ino
             strides = None
     except BaseException as exc:
         os.close(fd)
@@ -115,7 +116,7 @@ def _share_array(arr: Any, readonly: bool) -> Any:
     if role == "own":
         os.close(fd)
         fd = -1
-    m = _Mapping(name, addr, size, False, False, role, fd)
+    m = _Mapping(name, addr, size, False, False, role, fd, ino)
     S.maps[(name, False)] = m
     if role == "own":
         _ensure_reaper()  # the registry counted this mapping's hold in _alloc_here
