@@ -63,7 +63,7 @@ class ProcMeter:
 
     The same figures without importing psutil, which took several ms of a
     cold ``ezflow.map`` (W5) while a plain map only needs two file reads:
-    RSS is /proc/<pid>/statm's second field (pages), available memory is
+    RSS is /proc/<pid>/status's VmRSS less RssShmem, available memory is
     /proc/meminfo's MemAvailable (kB).
     """
 
@@ -71,12 +71,26 @@ class ProcMeter:
         self.page = os.sysconf("SC_PAGE_SIZE")
 
     def handle(self, pid: int) -> Any:
-        return f"/proc/{pid}/statm"
+        return f"/proc/{pid}/status"
 
     def rss(self, handle: Any) -> int:
-        """Raises OSError once the process is gone."""
+        """Return the resident memory less shared-memory pages (RssShmem); raises OSError once the process is gone.
+
+        The flow's /dev/shm segments are counted once, by their owner: a worker
+        keeps mappings of them between items (up to 1 GiB), and viewing them is
+        not memory the worker grew.
+        """
+        rss = shmem = 0
         with open(handle, "rb") as f:
-            return int(f.read().split()[1]) * self.page
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith(b"RssShmem:"):
+                    shmem = int(line.split()[1]) * 1024
+                    break
+        if not rss:
+            raise OSError(f"no VmRSS in {handle}: the process is gone")
+        return rss - shmem
 
     def available(self) -> int:
         with open("/proc/meminfo", "rb") as f:
