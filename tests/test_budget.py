@@ -205,3 +205,13 @@ def test_a_stage_that_waits_gets_workers_beyond_its_cpu_share():
     assert flow.collect(progress=peaks) == list(range(400))
     # by CPU it would keep one worker; its workers are busy waiting while the CPUs idle
     assert peaks.most["nap"] == NUM_CPUS, peaks.most
+
+
+def test_the_panel_says_the_count_moves():
+    from ezflow._views.panel import render_html
+
+    flow = ezflow.Flow(range(100)).map(light).map(heavy)
+    flow.collect(progress=False)
+    html = render_html(flow.stats)
+    assert "process\u00d7" in html and " auto" in html
+    assert "running now: process stages left at workers=None share the CPUs" in html

@@ -173,6 +173,7 @@ def test_killed_kernel_rerun_computes_only_the_missing_items(tmp_path):
         kc.stop_channels()
         if km.is_alive():
             km.shutdown_kernel(now=True)
+        km.context.destroy(linger=0)  # now, not in a later test's gc.collect() (faults/_kernel.release)
     first = set(_calls(calls, "a"))
     stored = _stored(tmp_path / "runs" / "nb")
     assert stored and stored <= first

@@ -131,8 +131,8 @@ class Budget:
             for i, d in enumerate(drivers)
             if d.spec.auto_workers and d.spec.kind in ("map", "filter", "flat_map") and d.spec.mode == "process"
         ]
-        if len(members) < 2:
-            return None
+        if len(members) < 2 or machine_idle_seconds() is None:
+            return None  # nothing to share; or no /proc to measure with: one worker per CPU each, as before
         budget = cls(members, snapshot, cpus)
         for (_, d), n in zip(members, share(cpus, len(members)), strict=True):
             d.counters.auto_workers = True

@@ -227,7 +227,10 @@ def status_line(stats: FlowStats) -> str:
     return f"[{clock(stats.elapsed)}] " + " | ".join(parts) + (f" ({note})" if note else "")
 
 
-BUDGET_NOTE = "auto: process stages left at workers=None share about one worker per CPU; workers move to the busiest"
+BUDGET_NOTE = (
+    "auto: process stages left at workers=None share the CPUs, each with workers in proportion"
+    " to the CPU it uses (the count shown is the latest)"
+)
 
 
 def summary(stats: FlowStats) -> str:

@@ -433,6 +433,6 @@ def _budget_title(s: StageStats) -> str:
     if not s.auto_workers:
         return ""
     return (
-        f' title="{s.workers} running now: process stages left at workers=None share about one worker per CPU,'
-        ' and workers move to the stage that holds the flow back"'
+        f' title="{s.workers} running now: process stages left at workers=None share the CPUs,'
+        ' each with workers in proportion to the CPU it uses"'
     )

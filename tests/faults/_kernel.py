@@ -28,6 +28,18 @@ def kernel() -> Iterator[tuple[Any, Any]]:
         kc.stop_channels()
         if km.is_alive():
             km.shutdown_kernel(now=True)
+        release(km)
+
+
+def release(km: Any) -> None:
+    """Close the manager's zmq context now (linger 0).
+
+    Left to the garbage collector, ``Context.__del__`` can run inside a later
+    test's ``gc.collect()`` and block there in ``term()`` for a socket it no
+    longer tracks: that test then hangs until its timeout.
+    """
+    with contextlib.suppress(Exception):
+        km.context.destroy(linger=0)
 
 
 def start_cell(kc: Any, code: str, timeout: float = 60) -> int:
