@@ -11,6 +11,7 @@ does not have the figures.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "memory_meter",
     "proc_cpu_seconds",
 ]
+
+AVAILABLE_SECONDS = 0.05
 
 try:
     _TICKS = float(os.sysconf("SC_CLK_TCK"))
@@ -68,7 +71,8 @@ class ProcMeter:
     """
 
     def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
+        self._avail = 0
+        self._avail_at = -1e9
 
     def handle(self, pid: int) -> Any:
         return f"/proc/{pid}/status"
@@ -80,24 +84,31 @@ class ProcMeter:
         keeps mappings of them between items (up to 1 GiB), and viewing them is
         not memory the worker grew.
         """
-        rss = shmem = 0
         with open(handle, "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
-                elif line.startswith(b"RssShmem:"):
-                    shmem = int(line.split()[1]) * 1024
-                    break
-        if not rss:
+            text = f.read()
+        rss = _kib(text, b"\nVmRSS:")
+        if rss is None:
             raise OSError(f"no VmRSS in {handle}: the process is gone")
-        return rss - shmem
+        return rss - (_kib(text, b"\nRssShmem:") or 0)
 
     def available(self) -> int:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        raise ValueError("no MemAvailable in /proc/meminfo")
+        """The machine's available memory; read at most every `AVAILABLE_SECONDS` (a run's start asks per worker)."""
+        now = time.monotonic()
+        if now - self._avail_at > AVAILABLE_SECONDS:
+            with open("/proc/meminfo", "rb") as f:
+                got = _kib(f.read(), b"\nMemAvailable:")
+            if got is None:
+                raise ValueError("no MemAvailable in /proc/meminfo")
+            self._avail, self._avail_at = got, now
+        return self._avail
+
+
+def _kib(text: bytes, key: bytes) -> int | None:
+    """The ``kB`` figure after `key` in a /proc file, in bytes (None: not there)."""
+    at = text.find(key)
+    if at < 0:
+        return None
+    return int(text[at + len(key) : text.index(b"kB", at)]) * 1024
 
 
 class PsutilMeter:
