@@ -55,6 +55,7 @@ def look(workers: int, busy: float, *, cap: int = 4, cpu_per_busy: float = 1.0, 
 
 
 def test_first_split_is_even_and_gives_every_stage_a_worker():
+    # (a run's first split shares START_SHARE workers per CPU: share(2 * cpus, stages))
     assert share(8, 3) == [3, 3, 2]
     assert share(2, 2) == [1, 1]
     assert share(2, 3) == [1, 1, 1]  # more stages than CPUs: one each

@@ -1,7 +1,7 @@
 """One CPU budget for a flow's process stages: workers follow the work.
 
     Run.__init__  Budget.of(drivers)   the process stages left at workers=None (two or more)
-                  share()              the CPUs split evenly, at least one worker each
+                  share()              twice the CPUs split evenly (at most one per CPU, at least one each)
     budget thread every REBALANCE_SECONDS: look() at each stage over the last window,
                   targets() from the CPU each stage used, then executor.resize()
 
@@ -48,6 +48,7 @@ from .._executors.meter import machine_idle_seconds
 
 __all__ = ["Budget", "Look", "share", "targets", "waits_elsewhere"]
 
+START_SHARE = 2  # the first split shares this many workers per CPU
 FIRST_LOOK_SECONDS = 0.1
 REBALANCE_SECONDS = 0.25
 STEADY_LOOKS = 2
@@ -134,7 +135,10 @@ class Budget:
         if len(members) < 2 or machine_idle_seconds() is None:
             return None  # nothing to share; or no /proc to measure with: one worker per CPU each, as before
         budget = cls(members, snapshot, cpus)
-        for (_, d), n in zip(members, share(cpus, len(members)), strict=True):
+        # generous at first (twice the CPUs, split evenly): a stage has workers for its first items
+        # before anything is measured; the split then comes down to what each stage uses
+        first = share(START_SHARE * cpus, len(members))
+        for (_, d), n in zip(members, first, strict=True):
             d.counters.auto_workers = True
             _set(d, n)
         return budget
@@ -209,5 +213,6 @@ def _look(i: int, cap: int, cpu: float, cpu_used: float, now: FlowStats, before:
 
 
 def _set(driver: Any, n: int) -> None:
+    n = max(1, min(n, driver.spec.workers))
     driver.executor.resize(n)
     driver.counters.set_workers(n)
