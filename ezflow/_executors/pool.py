@@ -34,11 +34,14 @@ _ids = itertools.count()
 class WorkerProc:
     """One worker process and the pieces it holds."""
 
-    __slots__ = ("__weakref__", "born", "conn", "outstanding", "proc", "sent_at")
+    __slots__ = ("__weakref__", "born", "conn", "outstanding", "proc", "send_lock", "sent_at")
 
     def __init__(self, proc: Any, conn: Connection) -> None:
         self.proc = proc
         self.conn = conn
+        # held while a task is written and while the pipe is closed: a descriptor closed
+        # under a write could be reused at once by a new worker's pipe, and the write land there
+        self.send_lock = threading.Lock()
         self.outstanding: collections.deque = collections.deque()
         self.sent_at = 0.0  # when the oldest outstanding piece was sent (timeouts)
         self.born = time.perf_counter()  # when it was started (a stage's insights time its start-up)
@@ -145,7 +148,8 @@ def _stop_proc(worker: WorkerProc, kill: bool) -> None:
     except ValueError:
         return  # already stopped and closed by another thread (a run's end racing the exit clean-up)
     try:
-        close_end(worker.conn)
+        with worker.send_lock:  # the sender may be writing to it: the process is gone, so that write ends
+            close_end(worker.conn)
     except Exception:
         pass
     try:

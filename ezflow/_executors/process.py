@@ -222,7 +222,8 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
                 self._unsendable(piece, exc)
                 continue
             try:
-                w.conn.send_bytes(data)
+                with w.send_lock:  # not closed (and its descriptor reused) under this write
+                    w.conn.send_bytes(data)
             except OSError:
                 pass  # the worker died: the collector accounts for the piece
 
