@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 # The ezq-compatible layer and shared memory load on first use: `import ezflow` stays light.
 _EZQ = frozenset({"Msg", "Q", "run", "run_thread"})
 _SHM = frozenset({"share", "SharedMemoryWarning"})
+_FEED = frozenset({"FlowStopped"})  # raised by handle.process / submit futures: loads with the feed
 
 
 def __getattr__(name: str) -> object:
@@ -29,6 +30,10 @@ def __getattr__(name: str) -> object:
         from ._transport import shm
 
         value = getattr(shm, name)
+    elif name in _FEED:
+        from ._engine import feed
+
+        value = getattr(feed, name)
     else:
         raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
     globals()[name] = value
@@ -37,7 +42,7 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     """The module's names, the lazily loaded ones too (dir() and Tab completion list them)."""
-    return sorted(set(globals()) | _EZQ | _SHM)
+    return sorted(set(globals()) | _EZQ | _SHM | _FEED)
 
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "Failure",
     "Flow",
     "FlowStats",
+    "FlowStopped",
     "ItemTimeout",
     "MemoryLimitExceeded",
     "Msg",

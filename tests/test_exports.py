@@ -14,6 +14,7 @@ PUBLIC = {
     "Failure",
     "Flow",
     "FlowStats",
+    "FlowStopped",
     "ItemTimeout",
     "MemoryLimitExceeded",
     "Msg",

@@ -96,7 +96,7 @@ def test_nothing_left_pending_after_the_flow_stops():
     time.sleep(0.2)
     handle.cancel()
     for f in futs:
-        with pytest.raises(Exception, match="cancelled before this item"):
+        with pytest.raises(ezflow.FlowStopped, match="cancelled before this item"):
             f.result(timeout=5)
 
 
