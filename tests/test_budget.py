@@ -214,5 +214,5 @@ def test_the_panel_says_the_count_moves():
     flow = ezflow.Flow(range(100)).map(light).map(heavy)
     flow.collect(progress=False)
     html = render_html(flow.stats)
-    assert "process\u00d7" in html and " auto" in html
-    assert "running now: process stages left at workers=None share the CPUs" in html
+    assert "process\u00d7" in html and "underline dotted" in html  # the count is marked, the tooltip says why
+    assert "running now. Process stages left at workers=None share the CPUs" in html

@@ -48,7 +48,6 @@ from .figures import (
     eta,
     fraction,
     human,
-    losses,
     memory_notes,
     outcome,
     progress_count,
@@ -61,6 +60,7 @@ from .figures import (
     worker_label,
 )
 from .panel_details import Insights, anchor_of, new_anchor, render_details
+from .panel_notes import BUDGET_MARK, budget_title, footer
 from .stop_button import StopButton
 from .theme import AMBER as _AMBER
 from .theme import FAILED as _FAILED
@@ -227,7 +227,7 @@ def render_html(
         f'<table style="border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;'
         f'table-layout:auto;margin-top:6px;">'
         f"<thead>{_head_row()}</thead><tbody>{rows}</tbody></table>"
-        f"{_footer(stats, slow, result.word)}{details}"
+        f"{footer(stats, slow, result.word)}{details}"
         f"</div>"
     )
 
@@ -323,7 +323,8 @@ def _row(s: StageStats, is_slow: bool, spark: str = "", failures_id: str | None 
         f'<tr data-stage="{_e(s.name)}" data-done="{s.done}" data-total="{total}" '
         f'data-state="{_e(s.state)}" data-errors="{s.errors}" data-out="{s.items_out}" style="{row_bg}">'
         f'<td style="{cell}">{name}</td>'
-        f'<td style="{cell}color:{_MUTED};"{_budget_title(s)}>{_e(worker_label(s))}</td>'
+        f"<td{budget_title(s)} style=\"{cell}color:{_MUTED};{BUDGET_MARK if s.auto_workers else ''}\">"
+        f"{_e(worker_label(s).removesuffix(' auto'))}</td>"
         f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
         f'<td style="{right}">{done}</td>'
         f'<td style="{right}">{spark}{human(s.throughput)}</td>'
@@ -380,36 +381,6 @@ def _bar(frac: float, colour: str, *, width: int, height: int, extra: str = "") 
     )
 
 
-def _footer(stats: FlowStats, slow: StageStats | None, word: str) -> str:
-    lines = []
-    if stats.state == "failed":
-        failed = [s for s in stats.stages if s.state == "failed"]
-        where = f"stage <b>{_e(failed[0].name)}</b> failed" if failed else "the run failed"
-        why = stats.error or (failed[0].error if failed else None) or ""
-        lines.append(
-            f'<div style="color:{_FAILED};margin-top:6px;">✖ {where}'
-            f"{': ' + _e(why) if why and not failed else ''}</div>"
-        )
-        if failed and stats.error and failed[0].error and failed[0].error not in stats.error:
-            lines.append(f'<div style="color:{_FAILED};">{_e(stats.error)}</div>')
-    elif stats.state == "cancelled":
-        what = "stopped with the Stop button" if word == "stopped" else "cancelled"
-        lines.append(f'<div style="color:{_TONE_COLOURS["cancelled"]};margin-top:6px;">■ {what}</div>')
-    elif stats.state == "done":
-        for name, words in losses(stats):
-            lines.append(
-                f'<div style="color:{_TONE_COLOURS["warn"]};margin-top:6px;">▲ <b>{_e(name)}</b>: {_e(words)}</div>'
-            )
-    if slow is not None and stats.state in ("running", "done", "cancelled"):
-        queue = ", input queue full" if slow.queue_fill >= 0.8 else ""
-        lines.append(
-            f'<div style="color:{_MUTED};margin-top:6px;font-size:12px;">'
-            f'<span style="color:{_AMBER};">▲</span> bottleneck: <b>{_e(slow.name)}</b> '
-            f"(busy {slow.busy:.0%}{queue}) — more workers there may speed up the flow</div>"
-        )
-    return "".join(lines)
-
-
 _SAMPLES = 64  # most samples a sparkline keeps per stage
 
 
@@ -425,14 +396,4 @@ def _sparkline(values: list[float], *, width: int = 48, height: int = 14) -> str
         f'style="vertical-align:middle;margin-right:5px;" aria-label="items/s over the run">'
         f'<polyline points="{points}" fill="none" stroke="var(--jp-brand-color1, #2f80ed)" '
         f'stroke-width="1.2"/></svg>'
-    )
-
-
-def _budget_title(s: StageStats) -> str:
-    """A tooltip for a stage whose workers follow the flow's CPU budget ("" for the others)."""
-    if not s.auto_workers:
-        return ""
-    return (
-        f' title="{s.workers} running now: process stages left at workers=None share the CPUs,'
-        ' each with workers in proportion to the CPU it uses"'
     )

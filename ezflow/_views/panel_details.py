@@ -199,7 +199,11 @@ def _failure(f: Any) -> str:
 def _title(s: StageStats) -> str:
     bits = [s.name]
     if s.worker_stats:
-        bits.append(f"{sum(w.alive for w in s.worker_stats)} workers")
+        alive = sum(w.alive for w in s.worker_stats)
+        if s.auto_workers and alive > s.workers:  # the CPU budget parked some: warm, not running
+            bits.append(f"{s.workers} of {alive} workers running (CPU budget)")
+        else:
+            bits.append(f"{alive} workers")
     if s.slowest:
         bits.append(f"slowest {_secs(s.slowest[0].seconds)}")
     n = len(s.failures) + s.failures_omitted
