@@ -216,3 +216,15 @@ def test_the_panel_says_the_count_moves():
     html = render_html(flow.stats)
     assert "process\u00d7" in html and "underline dotted" in html  # the count is marked, the tooltip says why
     assert "running now. Process stages left at workers=None share the CPUs" in html
+
+
+def test_the_bars_say_how_many_workers_run_now():
+    from ezflow._views.figures import stage_notes
+
+    flow = ezflow.Flow(range(100)).map(light).map(heavy)
+    flow.collect(progress=False)
+    first, second = flow.stats.stages
+    assert f"{second.workers} worker" in ", ".join(stage_notes(second, False))
+    plain = ezflow.Flow(range(10)).map(light, workers=2).map(heavy, workers=2)
+    plain.collect(progress=False)
+    assert not any("auto" in n for n in stage_notes(plain.stats.stages[0], False))

@@ -197,6 +197,8 @@ def stage_notes(s: StageStats, is_bottleneck: bool) -> list[str]:
     notes += [f"busy {s.busy:.0%}", f"queue {s.queue_fill:.0%}"]
     if is_bottleneck:
         notes[-1] += " << bottleneck"
+    if s.auto_workers:  # the count moves with the CPU budget: say what it is now
+        notes.append(f"{s.workers} {'worker' if s.workers == 1 else 'workers'} auto")
     if not counted:
         notes += _losses(s.errors, s.skipped)
     if s.retries:
