@@ -5,8 +5,9 @@
 
     load    :  45%|#####     | 450/1000 [00:03<00:04, 130it/s, busy 40%, queue 10%]
     resize  :  44%|####4     | 440/1000 [00:03<00:04, 128it/s, busy 98%, queue 100%, bottleneck]
-    (a stage under the CPU budget adds how many workers run now: "2 workers auto")
     save    :  44%|####4     | 439/1000 [00:03<00:04, 128it/s, busy 5%, queue 0%]
+
+A stage under the CPU budget adds how many workers run now ("2 workers auto").
 
 Every count, word and note comes from `figures`; this module only draws.
 An ``unbatch`` stage's bar counts the items it emitted, as the table does.
