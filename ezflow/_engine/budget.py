@@ -155,7 +155,7 @@ class Budget:
             return
 
     def step(self) -> None:
-        """Look at the last window; apply the split once it has held for `STEADY_LOOKS` looks."""
+        """Look at the last window and move each stage toward its share (fewer only after `STEADY_LOOKS` looks)."""
         now = time.perf_counter()
         stats = self.snapshot()
         cpu = [d.executor.cpu_seconds() for _, d in self.members]

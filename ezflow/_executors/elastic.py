@@ -18,9 +18,10 @@ import threading
 from typing import Any
 
 from .meter import proc_cpu_seconds
-from .pool import ProcessPool, WorkerProc
+from .pool import ProcessPool, WorkerProc, stop_worker
 
 __all__ = ["Elastic"]
+
 
 class Elastic:
     """The part of a process executor that lets a CPU budget set how many of its workers run."""
@@ -47,12 +48,21 @@ class Elastic:
             pool = self.pool
             if pool is None or self.cancelled or self.closing:
                 return  # setup() starts the pool at this size
-            while len(pool.workers) < n:
-                w = pool.spawn()
+            missing = n - len(pool.workers)
+        # started outside the lock: a spawned worker takes ~0.1 s to start, and the
+        # sender and collector must not wait for it
+        fresh = [pool.spawn() for _ in range(max(0, missing))]
+        with self._lock:
+            late = self.cancelled or self.closing or self.pool is not pool
+            for w in fresh if not late else ():
                 pool.workers.append(w)
                 pool.size = len(pool.workers)
                 self._send_setup(w)  # before the sender can see it: its first message must be the setup
                 self._tally.up(w, fresh=True)
+        if late:
+            for w in fresh:
+                stop_worker(w, timeout=0.0)  # the stage ended meanwhile: these never joined it
+            return
         self._wake()  # the collector waits on the pipes it knew: it must list the new ones
         self.port.wake()  # the sender may have room now
 
@@ -63,15 +73,17 @@ class Elastic:
             return None
         with self._lock:
             pids = [w.proc.pid for w in pool.workers]
+        seen: dict[int, float] = {}  # only the workers there now: a recycled one's pid is not kept
         for pid in pids:
             now = proc_cpu_seconds(pid)
             if now is None:
                 continue
             last = self._cpu_last.get(pid)
-            self._cpu_last[pid] = now
+            seen[pid] = now
             if last is not None:
                 self._cpu_used += max(0.0, now - last)
-        return self._cpu_used if self._cpu_last else None
+        self._cpu_last = seen
+        return self._cpu_used if seen else None
 
     # provided by the executor
     cancelled: bool
