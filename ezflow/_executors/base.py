@@ -81,7 +81,7 @@ class Executor:
                 t.join(max(0.0, end - time.monotonic()))
 
     def resize(self, workers: int) -> None:
-        """Run at most `workers` pieces' worth of workers at once from now on (the flow's CPU budget).
+        """Run `workers` workers from now on (the flow's CPU budget moved some).
 
         Only a backend whose workers can follow a budget acts on it (process
         stages, `elastic.Elastic`); the others keep their fixed `spec.workers`.
@@ -101,12 +101,19 @@ class Executor:
         return True
 
     def _spawn(
-        self, target: Callable[[], None], role: str, after: Callable[[], None] | None = None, *, own: bool = False
+        self,
+        target: Callable[[], None],
+        role: str,
+        after: Callable[[], None] | None = None,
+        *,
+        own: bool = False,
+        also: list[threading.Thread | Job] | None = None,
     ) -> None:
         """Run `target` inside the guard on a thread; `after` runs when it ends, whatever happened.
 
         ezflow's own loops run on kept threads (`threads`); `own`: a thread of
         its own, for a loop that runs the user's code (a thread worker, an event loop).
+        `also`: another list of this executor's threads to put it in, with the same lock.
         """
         name = f"ezflow-{role}-{self.spec.name}"
         t: threading.Thread | Job
@@ -116,6 +123,8 @@ class Executor:
             t = Job(lambda: self._guarded(target, after), name)
         with self._threads_lock:
             self._threads.append(t)  # before start(): join() may run at any moment
+            if also is not None:
+                also.append(t)
         t.start()
 
     def _guarded(self, target: Callable[[], None], after: Callable[[], None] | None) -> None:

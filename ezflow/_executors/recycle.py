@@ -246,7 +246,7 @@ class RecyclingExecutor(Executor):
         self._tally = WorkerTally(port)  # worker numbers for the stage's insights
         self._refresh: set[Piece] = set()  # stopped over max_memory on a used worker: run next on a fresh one
         self._second: set[Piece] = set()  # sent to a fresh worker after that: stopped again, the item is blamed
-        self._retirements: list[Job] = []
+        self._retirements: list[threading.Thread | Job] = []
 
     def _send_setup(self, w: WorkerProc) -> None:
         raise NotImplementedError
@@ -349,20 +349,14 @@ class RecyclingExecutor(Executor):
         # the old worker closes the stage (a class's close()) and exits off this thread
         self.port.report_workers(recycled=1)
         self.port.wake()
-        def stop() -> None:
-            self._stop_retired(old, teardown)
-
-        t = Job(lambda: self._guarded(stop, None), f"ezflow-retire-{self.spec.name}")
-        with self._threads_lock:
-            self._threads.append(t)
-            self._retirements.append(t)
-        t.start()
+        self._spawn(lambda: self._stop_retired(old, teardown), "retire", also=self._retirements)
 
     def _join_retired(self, timeout: float = 30.0) -> None:
         """Wait for retired workers to close the stage: its close() calls are over when the stage ends."""
         end = time.monotonic() + timeout
         with self._threads_lock:
-            threads, self._retirements = self._retirements, []
+            threads = list(self._retirements)
+            self._retirements.clear()  # the same list: `_spawn(also=...)` appends to it under this lock
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
 
