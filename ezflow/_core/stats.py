@@ -259,12 +259,13 @@ def checkpoint_note(stats: FlowStats) -> str:
 _TIMES = "\u00d7"  # the multiplication sign: one word in a table, and it reads "times"
 
 
-def worker_label(s: StageStats) -> str:
+def worker_label(s: StageStats, *, auto: bool = True) -> str:
     """Name a stage's executor and worker count: ``process`` times ``2``.
 
-    Workers that follow the flow's CPU budget read ``process`` times ``2 auto``: two now, moving as the run goes.
+    Workers that follow the flow's CPU budget read ``process`` times ``2 auto``: two now, moving
+    as the run goes (`auto` False: without the word, for a view that marks it otherwise).
     """
-    return f"{s.mode}{_TIMES}{s.workers}{' auto' if s.auto_workers else ''}"
+    return f"{s.mode}{_TIMES}{s.workers}{' auto' if auto and s.auto_workers else ''}"
 
 
 def format_table(rows: Sequence[Sequence[str]], *, left: int = 2) -> list[str]:

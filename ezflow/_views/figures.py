@@ -28,6 +28,8 @@ from .._core.stats import (
 )
 
 __all__ = [
+    "BUDGET_NOTE",
+    "BUDGET_WORDS",
     "Outcome",
     "bottleneck",
     "checkpoint_note",
@@ -229,10 +231,9 @@ def status_line(stats: FlowStats) -> str:
     return f"[{clock(stats.elapsed)}] " + " | ".join(parts) + (f" ({note})" if note else "")
 
 
-BUDGET_NOTE = (
-    "auto: process stages left at workers=None share the CPUs, each with workers in proportion"
-    " to the CPU it uses (the count shown is the latest)"
-)
+# what "auto" means, said by the summary (BUDGET_NOTE) and the panel's tooltip
+BUDGET_WORDS = "process stages left at workers=None share the CPUs, each with workers in proportion to the CPU it uses"
+BUDGET_NOTE = f"auto: {BUDGET_WORDS} (the count shown is the latest)"
 
 
 def summary(stats: FlowStats) -> str:

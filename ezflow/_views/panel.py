@@ -324,7 +324,7 @@ def _row(s: StageStats, is_slow: bool, spark: str = "", failures_id: str | None 
         f'data-state="{_e(s.state)}" data-errors="{s.errors}" data-out="{s.items_out}" style="{row_bg}">'
         f'<td style="{cell}">{name}</td>'
         f"<td{budget_title(s)} style=\"{cell}color:{_MUTED};{BUDGET_MARK if s.auto_workers else ''}\">"
-        f"{_e(worker_label(s).removesuffix(' auto'))}</td>"
+        f"{_e(worker_label(s, auto=False))}</td>"
         f'<td style="{cell}">{_progress_bar(s, colour)}</td>'
         f'<td style="{right}">{done}</td>'
         f'<td style="{right}">{spark}{human(s.throughput)}</td>'

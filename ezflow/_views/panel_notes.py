@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._core.stats import FlowStats, StageStats
-from .figures import losses
+from .figures import BUDGET_WORDS, losses
 from .theme import AMBER as _AMBER
 from .theme import FAILED as _FAILED
 from .theme import MUTED as _MUTED
@@ -58,7 +58,4 @@ def budget_title(s: StageStats) -> str:
     """A tooltip for a stage whose workers follow the flow's CPU budget ("" for the others)."""
     if not s.auto_workers:
         return ""
-    return (
-        f' title="auto: {s.workers} running now. Process stages left at workers=None share the CPUs,'
-        ' each with workers in proportion to the CPU it uses"'
-    )
+    return f' title="auto: {s.workers} running now. {BUDGET_WORDS[:1].upper()}{BUDGET_WORDS[1:]}"'
