@@ -118,7 +118,6 @@ class Budget:
         self.members = members  # (stage index in the flow, its StageDriver)
         self.snapshot = snapshot
         self.cpus = cpus
-        self.moves = 0  # workers moved or added after the first split
         self.rates: list[float | None] = [None] * len(members)
         self.extra = [0] * len(members)
         self._last: tuple[float, FlowStats, list[float], float | None] | None = None
@@ -193,7 +192,6 @@ class Budget:
             self._fewer[k] = self._fewer[k] + 1 if n < s.workers else 0
             if n > s.workers or self._fewer[k] >= STEADY_LOOKS:
                 _set(d, n)
-                self.moves += abs(n - s.workers)
                 self._fewer[k] = 0
 
 
