@@ -35,8 +35,6 @@ def heavy(x: int) -> int:
 
 
 class Heavy:
-    built = 0
-
     def __init__(self) -> None:
         self.calls = 0
 
