@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from ._core.mainguard import refuse_in_bootstrap, translate
 from ._core.trim import full_traceback
 from ._flow import Flow
+from ._plan.signature import refuse_keywords
 
 __all__ = ["imap", "map"]
 
@@ -19,7 +20,7 @@ _CHECKPOINT = ("checkpoint", "checkpoint_match", "checkpoint_failures")
 
 
 def _options(scope: dict) -> dict:
-    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress", "__tracebackhide__")}
+    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress", "unknown", "__tracebackhide__")}
 
 
 def _flow(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: dict) -> Flow:
@@ -40,7 +41,7 @@ def map(
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
-    timeout: float | None = None,
+    item_timeout: float | None = None,
     rate: float | None = None,
     burst: int = 1,
     name: str | None = None,
@@ -53,6 +54,7 @@ def map(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_match: str | None = None,
     checkpoint_failures: bool | None = None,
+    **unknown: NoReturn,
 ) -> list:
     """Apply `fn` to every item in parallel and return the results in order.
 
@@ -72,6 +74,9 @@ def map(
         checkpoint_match: "value" (default: items by position and value, fn by
             its code and captured values) or "position" (by position only).
         checkpoint_failures: store failures too (``errors="return"``).
+        item_timeout: seconds per attempt of one item (an item that runs
+            longer fails with `ItemTimeout`); ``timeout=`` is refused: it only
+            ever means how long a caller waits.
         Other options: as `Flow.map`.
 
     Returns:
@@ -83,6 +88,7 @@ def map(
             index and value, and its ``__cause__`` is the original exception.
     """
     __tracebackhide__ = True  # IPython and pytest hide this frame
+    refuse_keywords("ezflow.map", unknown, _KNOWN)  # timeout= is item_timeout= now
     refuse_in_bootstrap()  # a worker re-importing a script without the main guard
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
@@ -109,7 +115,7 @@ def imap(
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
-    timeout: float | None = None,
+    item_timeout: float | None = None,
     rate: float | None = None,
     burst: int = 1,
     name: str | None = None,
@@ -122,12 +128,17 @@ def imap(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_match: str | None = None,
     checkpoint_failures: bool | None = None,
+    **unknown: NoReturn,
 ) -> Iterator[Any]:
     """Like `map`, but return a lazy iterator with a bounded number of items in flight.
 
     Stopping early (``break``, ``itertools.islice``) stops the workers.
     Takes the same arguments as `map`.
     """
+    refuse_keywords("ezflow.imap", unknown, _KNOWN)
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
     return _flow(fn, iterable, opts).iter(progress=progress, **ck)
+
+
+_KNOWN = tuple(map.__kwdefaults__ or ())  # for "did you mean" on a misspelt option

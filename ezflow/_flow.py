@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from ._core.mainguard import refuse_in_bootstrap, translate
 from ._core.record import replace
 from ._core.stats import FlowStats
 from ._core.trim import full_traceback
 from ._engine.run import Run
+from ._plan.signature import refuse_keywords
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
 
 __all__ = ["Flow"]
@@ -102,7 +103,7 @@ class Flow:
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.0,
-        timeout: float | None = None,
+        item_timeout: float | None = None,
         rate: float | None = None,
         burst: int = 1,
         chunksize: int | None = None,
@@ -111,6 +112,7 @@ class Flow:
         share_arrays: bool | int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory: int | str | None = None,
+        **unknown: NoReturn,
     ) -> Flow:
         """Add a stage that replaces each item with ``fn(item)``.
 
@@ -129,8 +131,10 @@ class Flow:
             ordered: keep source order (default) or yield as ready.
             retries, retry_on, backoff: retry failing items whose error is
                 one of ``retry_on``, waiting ``backoff * 2**n`` seconds.
-            timeout: seconds per item; a process worker stuck longer is
-                replaced and the item fails with `ItemTimeout`.
+            item_timeout: seconds per attempt of one item; an item that runs
+                longer fails with `ItemTimeout` (a process worker stuck on it
+                is replaced). ``timeout=`` is refused here: it only ever means
+                how long a caller waits (``batch``, ``start``, ``handle.wait``).
             rate, burst: at most ``rate`` calls per second across workers.
             chunksize: items per message to a worker (default: adaptive).
             start_method: "fork", "spawn" or "forkserver" (default: the
@@ -151,6 +155,7 @@ class Flow:
         Raises:
             TypeError, ValueError: an option is invalid (the message says which).
         """
+        refuse_keywords("Flow.map", unknown, _KNOWN)  # timeout= is item_timeout= now
         return self._with(make_stage("map", fn, **_opts(locals())))
 
     def filter(
@@ -167,7 +172,7 @@ class Flow:
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.0,
-        timeout: float | None = None,
+        item_timeout: float | None = None,
         rate: float | None = None,
         burst: int = 1,
         chunksize: int | None = None,
@@ -176,11 +181,13 @@ class Flow:
         share_arrays: bool | int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory: int | str | None = None,
+        **unknown: NoReturn,
     ) -> Flow:
         """Add a stage that keeps the items for which ``pred(item)`` is true.
 
         Takes the same options as `map`.
         """
+        refuse_keywords("Flow.filter", unknown, _KNOWN)  # timeout= is item_timeout= now
         return self._with(make_stage("filter", pred, **_opts(locals(), "pred")))
 
     def flat_map(
@@ -197,7 +204,7 @@ class Flow:
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.0,
-        timeout: float | None = None,
+        item_timeout: float | None = None,
         rate: float | None = None,
         burst: int = 1,
         chunksize: int | None = None,
@@ -206,11 +213,13 @@ class Flow:
         share_arrays: bool | int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory: int | str | None = None,
+        **unknown: NoReturn,
     ) -> Flow:
         """Add a stage that replaces each item with the items of ``fn(item)``.
 
         Takes the same options as `map`.
         """
+        refuse_keywords("Flow.flat_map", unknown, _KNOWN)  # timeout= is item_timeout= now
         return self._with(make_stage("flat_map", fn, **_opts(locals())))
 
     def batch(self, size: int, *, timeout: float | None = None, name: str | None = None) -> Flow:
@@ -403,8 +412,11 @@ def _messages(source: Any) -> Any:
 
 
 def _opts(scope: dict, fn_arg: str = "fn") -> dict:
-    return {k: v for k, v in scope.items() if k not in ("self", fn_arg)}
+    return {k: v for k, v in scope.items() if k not in ("self", fn_arg, "unknown")}
 
 
 def _rename(spec: StageSpec, name: str) -> StageSpec:
     return replace(spec, name=name)
+
+
+_KNOWN = tuple(Flow.map.__kwdefaults__ or ())  # for "did you mean" on a misspelt option

@@ -54,7 +54,7 @@ def test_async_timeout_fails_only_slow_item():
         await asyncio.sleep(5 if x == 2 else 0.01)
         return x
 
-    got = ezflow.map(maybe_slow, range(5), timeout=0.3, errors="return", progress=False)
+    got = ezflow.map(maybe_slow, range(5), item_timeout=0.3, errors="return", progress=False)
     assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4]
     assert isinstance(got[2].error, ezflow.ItemTimeout)
 

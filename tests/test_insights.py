@@ -162,7 +162,7 @@ def sleeps_forever_on_one(x):
 @pytest.mark.timeout(60)
 def test_a_thread_worker_replaced_after_a_timeout_is_kept_as_gone():
     flow = ezflow.Flow(range(6)).map(
-        sleeps_forever_on_one, mode="thread", workers=2, timeout=0.3, errors="skip"
+        sleeps_forever_on_one, mode="thread", workers=2, item_timeout=0.3, errors="skip"
     )
     flow.collect()
     s = flow.stats.stages[0]

@@ -66,18 +66,18 @@ class AlwaysDiesOn2:
         return x
 
 
-@pytest.mark.no_dask("dask stages take no timeout")
+@pytest.mark.no_dask("dask stages take no item_timeout")
 def test_timed_out_item_is_retried_in_every_mode(mode, tmp_path):
     fn = SlowOnceOn2(str(tmp_path))
-    flow = ezflow.Flow(range(5)).map(mode.fn(fn), name="slow", timeout=1.0, retries=1, **mode)
+    flow = ezflow.Flow(range(5)).map(mode.fn(fn), name="slow", item_timeout=1.0, retries=1, **mode)
     assert flow.collect(progress=False) == [0, 1, 2, 3, 4]
     assert flow.stats.stages[0].retries == 1
 
 
-@pytest.mark.no_dask("dask stages take no timeout")
+@pytest.mark.no_dask("dask stages take no item_timeout")
 def test_timed_out_item_is_not_retried_when_retry_on_excludes_it(mode, tmp_path):
     fn = SlowOnceOn2(str(tmp_path))
-    got = ezflow.map(mode.fn(fn), range(4), timeout=1.0, retries=2, retry_on=ValueError, errors="return", progress=False, **mode)
+    got = ezflow.map(mode.fn(fn), range(4), item_timeout=1.0, retries=2, retry_on=ValueError, errors="return", progress=False, **mode)
     assert isinstance(got[2], ezflow.Failure) and isinstance(got[2].error, ezflow.ItemTimeout)
     assert got[2].attempts == 1
 
@@ -90,10 +90,10 @@ def test_async_timed_out_item_is_retried(tmp_path):
         await asyncio.sleep(5 if tries.count(x) == 1 and x == 2 else 0)
         return x
 
-    got = ezflow.map(slow_once, range(4), timeout=0.3, retries=1, progress=False)
+    got = ezflow.map(slow_once, range(4), item_timeout=0.3, retries=1, progress=False)
     assert got == [0, 1, 2, 3] and tries.count(2) == 2
     tries.clear()
-    got = ezflow.map(slow_once, range(4), timeout=0.3, retries=0, errors="return", progress=False)
+    got = ezflow.map(slow_once, range(4), item_timeout=0.3, retries=0, errors="return", progress=False)
     assert isinstance(got[2].error, ezflow.ItemTimeout) and got[2].attempts == 1
 
 
@@ -133,10 +133,10 @@ def test_rules_decide_once():
 @pytest.mark.parametrize(
     ("option", "value", "rule"),
     [
-        ("timeout", float("nan"), "timeout must be a number of seconds > 0, got NaN"),
-        ("timeout", -1, "timeout must be > 0 seconds"),
-        ("timeout", 0, "timeout must be > 0 seconds"),
-        ("timeout", 3e6, "timeout must be at most 1e\\+06 seconds"),
+        ("item_timeout", float("nan"), "item_timeout must be a number of seconds > 0, got NaN"),
+        ("item_timeout", -1, "item_timeout must be > 0 seconds"),
+        ("item_timeout", 0, "item_timeout must be > 0 seconds"),
+        ("item_timeout", 3e6, "item_timeout must be at most 1e\\+06 seconds"),
         ("rate", float("nan"), "rate must be a number of calls per second"),
         ("rate", -2, "rate must be >= 1e-06 calls per second"),
         ("rate", 1e-9, "rate must be >= 1e-06 calls per second"),
@@ -152,7 +152,7 @@ def test_nonsense_numbers_fail_at_build_time_with_the_rule(option, value, rule):
 
 
 def test_wrong_types_fail_at_build_time():
-    for option in ("timeout", "rate", "backoff"):
+    for option in ("item_timeout", "rate", "backoff"):
         with pytest.raises(TypeError, match=option):
             ezflow.Flow(range(3)).map(abs, **{option: "1"})
         with pytest.raises(TypeError, match=option):
@@ -162,15 +162,15 @@ def test_wrong_types_fail_at_build_time():
 
 
 def test_infinite_timeout_and_rate_mean_none():
-    flow = ezflow.Flow(range(3)).map(abs, timeout=float("inf"), rate=float("inf"), mode="thread")
-    assert flow.stages[0].timeout is None and flow.stages[0].rate is None
+    flow = ezflow.Flow(range(3)).map(abs, item_timeout=float("inf"), rate=float("inf"), mode="thread")
+    assert flow.stages[0].item_timeout is None and flow.stages[0].rate is None
     assert flow.collect(progress=False) == [0, 1, 2]
     assert ezflow.Flow(range(3)).batch(2, timeout=float("inf")).collect(progress=False) == [[0, 1], [2]]
 
 
-@pytest.mark.no_dask("dask stages take no timeout")
+@pytest.mark.no_dask("dask stages take no item_timeout")
 def test_large_finite_timeout_runs(mode):
-    got = ezflow.map(mode.fn(abs), range(-3, 3), timeout=1e6, progress=False, **mode)
+    got = ezflow.map(mode.fn(abs), range(-3, 3), item_timeout=1e6, progress=False, **mode)
     assert got == list(map(abs, range(-3, 3)))
 
 
@@ -183,7 +183,7 @@ async def _coro(x):
 
 @pytest.mark.parametrize(
     ("opts", "option"),
-    [({"timeout": 1}, "timeout="), ({"rate": 5}, "rate="), ({}, "a coroutine function")],
+    [({"item_timeout": 1}, "item_timeout="), ({"rate": 5}, "rate="), ({}, "a coroutine function")],
 )
 def test_dask_stage_refuses_unsupported_options_when_built(opts, option):
     fn = _coro if not opts else abs

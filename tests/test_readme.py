@@ -144,6 +144,8 @@ def _real(fn) -> list[tuple[str, inspect._ParameterKind, object]]:
     params = list(inspect.signature(fn).parameters.values())
     if params and params[0].name == "self":
         params = params[1:]
+    if params and params[-1].kind == inspect.Parameter.VAR_KEYWORD and params[-1].name == "unknown":
+        params = params[:-1]  # **unknown: NoReturn only turns a wrong keyword into a clear TypeError
     return [(p.name, p.kind, p.default) for p in params]
 
 

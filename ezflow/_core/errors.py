@@ -114,7 +114,7 @@ class WorkerDied(RuntimeError):
 
 
 class ItemTimeout(TimeoutError):
-    """An item ran longer than its stage's ``timeout``."""
+    """An item ran longer than its stage's ``item_timeout``."""
 
 
 class MemoryLimitExceeded(MemoryError):

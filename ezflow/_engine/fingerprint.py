@@ -15,7 +15,7 @@ not seen; editing a function, a helper it calls, a class defined in
 ``__main__`` or a global value it reads is.
 
 Options that change how a stage runs but not what it returns (workers,
-mode, errors, retries, timeout, rate, ordered, chunksize) are not part of
+mode, errors, retries, item_timeout, rate, ordered, chunksize) are not part of
 the key: raising ``workers`` or switching ``errors="raise"`` to
 ``"return"`` between runs keeps the stored results.
 """

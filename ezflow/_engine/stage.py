@@ -94,7 +94,7 @@ class StageDriver:
             return 1  # concurrency comes from awaiting many single items at once
         if spec.rate is not None:
             return 1  # the limit counts calls: pace them one by one
-        if spec.timeout is not None:
+        if spec.item_timeout is not None:
             return 1  # a stuck item is stopped by replacing its worker: keep it alone
         if self._per_item is None:
             return 1  # measure before batching: a slow item must not be hoarded by one worker

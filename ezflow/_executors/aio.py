@@ -8,7 +8,7 @@ The loop runs in a thread of its own, so a stage works the same from a
 plain script and from a notebook whose loop is already running. `workers`
 is how many items are awaited at once. A class stage is instantiated once
 (one loop, one instance). The per-item rules are `items.steps`, as in every
-mode; this runner supplies the call (an await, within `timeout`: the item's
+mode; this runner supplies the call (an await, within `item_timeout`: the item's
 coroutine is cancelled and left behind) and the sleep (`asyncio.sleep`). A
 coroutine that never awaits cannot be interrupted. A `CancelledError` the
 item raised (or got from awaiting something cancelled) is the item's
@@ -74,7 +74,7 @@ class AsyncExecutor(Executor):
         try:
             self.rt = build_runtime(
                 spec.kind, spec.fn, spec.is_class, spec.when, spec.retries,
-                spec.retry_on, spec.backoff, pack=False, limiter=self.limiter, timeout=spec.timeout,
+                spec.retry_on, spec.backoff, pack=False, limiter=self.limiter, item_timeout=spec.item_timeout,
             )
         except BaseException as exc:
             self._start_error = exc
@@ -156,10 +156,10 @@ class AsyncExecutor(Executor):
                     f"{type(aw).__name__}, not an awaitable: define it with `async def`, "
                     "or use mode='thread' for blocking code"
                 )
-            if rt.rules.timeout is None:
+            if rt.rules.item_timeout is None:
                 out = await aw
             else:
-                out = await self._within(aw, rt.rules.timeout)
+                out = await self._within(aw, rt.rules.item_timeout)
             return True, shape(rt.kind, out)
         except asyncio.CancelledError as exc:
             if self.cancelled:

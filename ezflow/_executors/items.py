@@ -95,14 +95,14 @@ def build_runtime(
     backoff: float,
     pack: bool,
     limiter: TokenBucket | None = None,
-    timeout: float | None = None,
+    item_timeout: float | None = None,
 ) -> Runtime:
     """Make a worker's runtime; a class stage is instantiated here, in the worker."""
     instance = fn() if is_class else None
     call = instance if is_class else fn
     if not callable(call):
         raise TypeError(f"instances of {fn.__name__} are not callable: define __call__(self, item)")
-    rules = ItemRules(retries, retry_on, backoff, timeout)
+    rules = ItemRules(retries, retry_on, backoff, item_timeout)
     return Runtime(kind, call, instance=instance, when=when, rules=rules, pack=pack, limiter=limiter)
 
 

@@ -79,7 +79,7 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         RecyclingExecutor.__init__(self, spec, port)
         Elastic.__init__(self)
         # a timed or rate-limited item must start when it is sent: no queue in the worker
-        self.prefetch = 1 if spec.timeout is not None or spec.rate is not None else 2
+        self.prefetch = 1 if spec.item_timeout is not None or spec.rate is not None else 2
         self.bucket = TokenBucket(spec.rate, spec.burst) if spec.rate is not None else None
         self.token = next(_tokens)
         self.pool: ProcessPool | None = None
@@ -344,7 +344,7 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         self._worker_died(pieces, err)
 
     def _next_deadline(self, workers: list[WorkerProc]) -> float | None:
-        timeout = self.spec.timeout
+        timeout = self.spec.item_timeout
         if timeout is None:
             return None
         starts = [w.sent_at for w in workers if w.outstanding]
@@ -353,7 +353,7 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         return max(0.0, min(starts) + timeout - time.monotonic()) + 0.001
 
     def _check_timeouts(self, workers: list[WorkerProc]) -> None:
-        timeout = self.spec.timeout
+        timeout = self.spec.item_timeout
         if timeout is None:
             return
         now = time.monotonic()

@@ -13,7 +13,7 @@ the worker, a worker that died). The same rule applies to all of them:
   with an error that is an instance of one of ``retry_on`` (default
   ``(Exception,)``) is tried again while tries remain, after
   ``backoff * 2**(n-1)`` seconds (n = the tries so far).
-* `ItemTimeout` (the item overran ``timeout``) and `WorkerDied` (its worker
+* `ItemTimeout` (the item overran ``item_timeout``) and `WorkerDied` (its worker
   process ended while running it, e.g. a segfault, ``os._exit`` or a kill by
   the OS) are errors like any other: both are `Exception` subclasses, so the
   default ``retry_on`` retries them, and ``retry_on=(ConnectionError,)``
@@ -58,24 +58,24 @@ class LostPiece(Protocol):
 class ItemRules:
     """A stage's retry and timeout rules; the one place they are decided."""
 
-    __slots__ = ("backoff", "retries", "retry_on", "timeout")
+    __slots__ = ("backoff", "item_timeout", "retries", "retry_on")
 
     def __init__(
         self,
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.0,
-        timeout: float | None = None,
+        item_timeout: float | None = None,
     ) -> None:
         self.retries = retries
         self.retry_on = retry_on
         self.backoff = backoff
-        self.timeout = timeout
+        self.item_timeout = item_timeout
 
     @classmethod
     def of(cls, spec: Any) -> ItemRules:
         """Return the rules of a stage spec."""
-        return cls(spec.retries, spec.retry_on, spec.backoff, spec.timeout)
+        return cls(spec.retries, spec.retry_on, spec.backoff, spec.item_timeout)
 
     def should_retry(self, exc: BaseException, attempt: int) -> float | None:
         """Return the seconds to wait before trying again, or None to fail the item.
@@ -90,7 +90,7 @@ class ItemRules:
 
     def timeout_error(self, what_happened: str) -> ItemTimeout:
         """Return the error of an item that overran the stage's timeout."""
-        return ItemTimeout(f"item took longer than the stage's timeout of {self.timeout:g}s; {what_happened}")
+        return ItemTimeout(f"item took longer than the stage's item_timeout of {self.item_timeout:g}s; {what_happened}")
 
     def on_lost(self, piece: LostPiece, exc: BaseException, redo: Callable[[list], Any]) -> ItemError | None:
         """Decide for a lone item the parent saw fail (timeout, worker death).

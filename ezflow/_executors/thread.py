@@ -1,13 +1,13 @@
 """Thread executor: `workers` threads in this process take pieces and run them.
 
     port.take() --> thread 1..N: run_piece(runtime, items) --> port.done()
-                    watchdog (only with `timeout`): fails an item that
+                    watchdog (only with `item_timeout`): fails an item that
                     overstays and starts a fresh thread in its place
 
 Each thread builds its own runtime (a class stage is instantiated once per
 thread, inside it). Threads cannot be killed: on cancel, a thread stops
 after the item it is running; it is a daemon, so it never holds up exit.
-With a `timeout`, an item that runs too long fails with `ItemTimeout` at
+With an `item_timeout`, an item that runs too long fails with `ItemTimeout` at
 once and a new thread takes its worker's place; the stuck call goes on in
 the background until it returns, and its result is dropped.
 """
@@ -55,7 +55,7 @@ class ThreadExecutor(Executor):
             pass
         if self._start_error is not None:
             raise self._setup_error(self._start_error) from self._start_error
-        if self.spec.timeout is not None:
+        if self.spec.item_timeout is not None:
             self._spawn(self._watch, "watch")
 
     def _start_worker(self, ready: threading.Barrier | None) -> None:
@@ -106,7 +106,7 @@ class ThreadExecutor(Executor):
                 self._close_failed(exc)
 
     def _watch(self) -> None:
-        timeout = self.spec.timeout
+        timeout = self.spec.item_timeout
         assert timeout is not None
         while not self._stop.is_set():
             now = time.monotonic()

@@ -48,11 +48,11 @@ SUPPORT: dict[str, dict[str, tuple[str, str]]] = {
     "when": {m: (YES, "") for m in MODE_NAMES[:4]},
     "retries, retry_on, backoff": {m: (YES, "") for m in MODE_NAMES[:4]},
     "errors, ordered, workers, chunksize": {m: (YES, "") for m in MODE_NAMES[:4]},
-    "timeout": {
+    "item_timeout": {
         "thread": (YES, "the call is abandoned (a thread cannot be stopped) and a fresh thread takes its place"),
         "process": (YES, "the worker process is killed and replaced"),
         "async": (YES, "the item's coroutine is cancelled"),
-        "dask": (NO, "dask cannot stop a running task: drop timeout= or run the stage locally (mode='process')"),
+        "dask": (NO, "dask cannot stop a running task: drop item_timeout= or run the stage locally (mode='process')"),
     },
     "rate, burst": {
         "thread": (YES, "one token bucket shared by the stage's threads"),

@@ -39,7 +39,7 @@ class StageSpec:
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: float = 0.0
-    timeout: float | None = None
+    item_timeout: float | None = None  # seconds per attempt of one item
     rate: float | None = None
     burst: int = 1
     chunksize: int | None = None
@@ -95,7 +95,7 @@ def make_stage(
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
-    timeout: float | None = None,
+    item_timeout: float | None = None,
     rate: float | None = None,
     burst: int = 1,
     chunksize: int | None = None,
@@ -140,7 +140,7 @@ def make_stage(
     if backoff is None:
         raise TypeError("backoff must be a number of seconds >= 0, got None")
     backoff = check_number("backoff", backoff, low=0.0, low_ok=True, unit="seconds") or 0.0
-    timeout = _check_timeout("timeout", timeout)
+    item_timeout = _check_timeout("item_timeout", item_timeout)
     # float("inf") means no limit; the slowest rate is one call per MAX_SECONDS
     rate = check_number(
         "rate", rate, low=1 / MAX_SECONDS, low_ok=True, unit="calls per second", high=None, inf_is_none=True
@@ -171,7 +171,7 @@ def make_stage(
         name,
         "dask" if backend is not None else mode,
         {
-            "timeout": timeout is not None,
+            "item_timeout": item_timeout is not None,
             "rate, burst": rate is not None,
             "coroutine function": is_coro,
             "max_tasks_per_worker": max_tasks_per_worker is not None,
@@ -190,7 +190,7 @@ def make_stage(
         retries=retries,
         retry_on=retry_on,
         backoff=float(backoff),
-        timeout=timeout,
+        item_timeout=item_timeout,
         rate=rate,
         burst=burst,
         chunksize=chunksize,
