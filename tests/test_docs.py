@@ -56,3 +56,11 @@ def test_site_builds_in_strict_mode(tmp_path: Path):
     for name in ("ezflow.map", "ezflow.Flow", "ezflow._ezq.q.Q"):
         assert f'id="{name}"' in api, name
     assert (tmp_path / "site" / "notebooks" / "quickstart" / "index.html").exists()
+
+
+def test_readme_fits_on_a_few_screens():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move the detail into a docs/ page and link it"
+    text = "\n".join(lines[:40])
+    assert "python -m ezflow demo" in text and "bash scripts/test" in text, "the two commands belong on the first screen"
+    assert "python -m mkdocs serve" in "\n".join(lines)
