@@ -12,6 +12,7 @@ the server's API, the server by its PID.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -40,17 +41,17 @@ CHROMIUM_ARGS = [
 
 def require_browser(*apps: str) -> None:
     """Skip when Chromium, Playwright or JupyterLab (or `apps`) is missing; under CI=true, fail instead."""
-    missing = []
+    missing, fixes = [], []
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        missing.append("chromium (apt-get install chromium chromium-driver)")
-    for module in ("playwright", "jupyterlab", *apps):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(f"{module} (pip install {module})")
+        missing.append("Chromium")
+        fixes.append("sudo bash .ci/install-browser")
+    modules = [m for m in ("playwright", "jupyterlab", *apps) if importlib.util.find_spec(m) is None]
+    if modules:
+        missing += modules
+        fixes.append('pip install -e ".[test]"')
     if not missing:
         return
-    reason = "browser test needs " + ", ".join(missing) + "; run `bash .ci/install-browser`"
+    reason = f"{' and '.join(missing)} not found: {'; '.join(fixes)}"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(reason + " (CI is set: a missing browser is a failure, not a skip)", pytrace=False)
     pytest.skip(reason)

@@ -1,15 +1,15 @@
-"""README.md tells the truth: its examples run as pasted, its signatures are the code's.
+"""README.md and the site's pages tell the truth: their examples run as pasted, their signatures are the code's.
 
-    README.md --pytest-examples' find_examples--> every ```python block
+    README.md, docs/*.md --pytest-examples' find_examples--> every ```python block
         - a block whose first line is `# fragment` is not run (a sketch); nothing else is skipped
         - every other block runs alone in a fresh interpreter, as pasted into a notebook
           cell or the Python prompt (`__main__` without a file), and must exit cleanly
-        - a block fenced ```python notebook``` holds a top-level `await`: it runs inside a
+        - a block fenced ```{.python .notebook}``` holds a top-level `await`: it runs inside a
           running event loop, as a Jupyter cell does
-    README.md ```text blocks --ast--> the signatures shown for ezflow.map / imap and Flow's
+    ```text blocks --ast--> the signatures shown for ezflow.map / imap and Flow's
         methods, compared with inspect.signature: names, order, kinds and defaults
 
-Each block runs with its README line numbers, so a failure points at README.md:LINE.
+Each block runs with its page's line numbers, so a failure points at PAGE.md:LINE.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from pytest_examples import CodeExample, find_examples
 
 import ezflow
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-EXAMPLES = list(find_examples(README))
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+EXAMPLES = list(find_examples(*PAGES))
 
 # Runs one block as a notebook cell or a pasted script would: in __main__, which has no
 # file (so spawn and forkserver children do not re-import it), with the README's line
@@ -49,9 +51,9 @@ else:
 """
 
 
-def _run(source: str, first_line: int, kind: str, cwd: Path) -> subprocess.CompletedProcess:
+def _run(source: str, first_line: int, kind: str, cwd: Path, page: Path = README) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", RUNNER, str(README), str(first_line), kind],
+        [sys.executable, "-c", RUNNER, str(page), str(first_line), kind],
         input=source,
         capture_output=True,
         text=True,
@@ -65,34 +67,39 @@ def _is_fragment(ex: CodeExample) -> bool:
 
 
 def _kind(ex: CodeExample) -> str:
-    return "notebook" if "notebook" in ex.prefix.split() else "script"
+    return "notebook" if re.search(r"\bnotebook\b", ex.prefix) else "script"
+
+
+def _where(ex: CodeExample) -> str:
+    return f"{ex.path.relative_to(ROOT)}:{ex.start_line + 1}"
 
 
 RUNNABLE = [ex for ex in EXAMPLES if not _is_fragment(ex)]
 
 
 def test_readme_has_examples_and_says_what_is_not_run():
-    assert len(RUNNABLE) >= 6, [str(ex) for ex in EXAMPLES]
+    assert len([ex for ex in RUNNABLE if ex.path == README]) >= 2, [str(ex) for ex in EXAMPLES]
+    assert len(RUNNABLE) >= 12, [str(ex) for ex in EXAMPLES]
     for ex in EXAMPLES:
         if _is_fragment(ex):
             # a fragment says why it cannot run
             first = ex.source.lstrip().splitlines()[0]
             assert len(first) > len("# fragment") + 5, f"{ex}: say why it is a fragment"
         if "await " in ex.source and _kind(ex) != "notebook" and not _is_fragment(ex):
-            pytest.fail(f"{ex}: a top-level await needs ```python notebook (or # fragment)")
+            pytest.fail(f"{ex}: a top-level await needs ```{{.python .notebook}} (or # fragment)")
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("ex", RUNNABLE, ids=[f"line{ex.start_line}" for ex in RUNNABLE])
+@pytest.mark.parametrize("ex", RUNNABLE, ids=[f"{ex.path.stem}:{ex.start_line}" for ex in RUNNABLE])
 def test_readme_example_runs_as_pasted(ex: CodeExample, tmp_path: Path):
     first_line = ex.start_line + 1  # find_examples gives the fence's line; the code starts below it
-    done = _run(ex.source, first_line, _kind(ex), tmp_path)
-    assert done.returncode == 0, f"README.md:{first_line} failed:\n{done.stdout}\n{done.stderr}"
-    assert "Traceback (most recent call last)" not in done.stderr, f"README.md:{first_line}:\n{done.stderr}"
+    done = _run(ex.source, first_line, _kind(ex), tmp_path, ex.path)
+    assert done.returncode == 0, f"{_where(ex)} failed:\n{done.stdout}\n{done.stderr}"
+    assert "Traceback (most recent call last)" not in done.stderr, f"{_where(ex)}:\n{done.stderr}"
 
 
 def test_a_failing_block_points_at_its_readme_line(tmp_path: Path):
-    ex = next(ex for ex in RUNNABLE if _kind(ex) == "script")
+    ex = next(ex for ex in RUNNABLE if _kind(ex) == "script" and ex.path == README)
     lines = README.read_text().splitlines()
     assert lines[ex.start_line].strip() == ex.source.splitlines()[0].strip()  # the code's first line
     done = _run("x = 1\nraise ValueError('here')\n", ex.start_line + 1, "script", tmp_path)
@@ -105,8 +112,17 @@ def test_a_failing_block_points_at_its_readme_line(tmp_path: Path):
 # -- signatures --------------------------------------------------------------
 
 
+def _all_text() -> str:
+    return "\n".join(page.read_text() for page in PAGES)
+
+
+# the pages that show the signatures of ezflow.map / imap and Flow's methods
+SIGNATURE_PAGES = [README, ROOT / "docs" / "map.md", ROOT / "docs" / "flow.md"]
+
+
 def _text_blocks() -> list[str]:
-    return re.findall(r"^ *```text\n(.*?)^ *```", README.read_text(), flags=re.M | re.S)
+    text = "\n".join(page.read_text() for page in SIGNATURE_PAGES)
+    return re.findall(r"^ *```text\n(.*?)^ *```", text, flags=re.M | re.S)
 
 
 def _calls(block: str) -> list[tuple[str, str, str]]:
@@ -150,7 +166,7 @@ def _real(fn) -> list[tuple[str, inspect._ParameterKind, object]]:
 
 
 def _stage_options() -> set[str]:
-    text = README.read_text()
+    text = _all_text()
     para = text[text.index("Stage options (on `map`, `filter`, `flat_map`):") :].split("\n\n")[0]
     para = re.sub(r"\([^)]*\)", "", para.split(":", 1)[1])  # drop the explanations in brackets
     return set(re.findall(r"`(\w+)`", para))

@@ -1,7 +1,7 @@
 """The notebook panel as a person sees it: live JupyterLab, headless Chromium, the real DOM.
 
 Needs Debian's chromium plus the playwright and jupyterlab packages
-(``bash .ci/install-browser``); skipped without them, except under CI=true
+(``sudo bash .ci/install-browser`` for Chromium, the test extra for the rest); skipped without them, except under CI=true
 where a missing browser fails the test. Screenshots go to
 tests/screenshots/ (``*.png`` is git-ignored) or $EZFLOW_SCREENSHOTS.
 """

@@ -203,7 +203,7 @@ def _title(s: StageStats) -> str:
         if s.auto_workers and alive > s.workers:  # the CPU budget parked some: warm, not running
             bits.append(f"{s.workers} of {alive} workers running (CPU budget)")
         else:
-            bits.append(f"{alive} workers")
+            bits.append(f"{alive} worker" + ("" if alive == 1 else "s"))
     if s.slowest:
         bits.append(f"slowest {_secs(s.slowest[0].seconds)}")
     n = len(s.failures) + s.failures_omitted
