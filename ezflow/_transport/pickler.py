@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import kept as _kept
+from .byvalue import dill_pickler
 from .mapping import _attach, _unshared
 from .registry import _create, _release
 from .segments import (
@@ -229,8 +230,6 @@ def _run_attempt(obj: Any, dill: bool = False) -> bytes:
     ctx = getattr(S.tls, "ctx", None)
     buf = io.BytesIO()
     if dill:
-        from .serialize import dill_pickler
-
         reducer = _Reducer()
         reducer._setup(ctx)
         p = dill_pickler(buf, reducer.reducer_override)
