@@ -14,10 +14,12 @@ in a forked child, this module leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .._core import sigterm as _sigterm
@@ -26,6 +28,7 @@ from . import kept as _kept
 from . import owner as _owner
 from . import when_flushing
 from .segments import (
+    POOL_LINGER,
     POOL_MAX,
     PREFIX,
     SHM_DIR,
@@ -44,6 +47,8 @@ from .segments import (
     _unlink,
     _wake,
 )
+
+_local = threading.local()  # per thread: where `adopt` counts what comes back (`counting_adopted`)
 
 
 def sweep_stale() -> list[str]:
@@ -162,6 +167,104 @@ def _release(names: Any) -> None:
         _wake()
 
 
+def stage_started() -> None:
+    """A process stage began: free segments are pooled while any runs."""
+    with S.lock:
+        S.active += 1
+
+
+def stage_ended() -> None:
+    """A process stage ended: after the last one, free segments stay POOL_LINGER s more."""
+    with S.lock:
+        S.active -= 1
+        last = S.active == 0
+        if last:
+            S.keep_until = time.monotonic() + POOL_LINGER
+    if last:  # the reaper ends the lingering
+        _ensure_reaper()
+        _wake()
+
+
+def lend(size: int, count: int) -> list[str]:
+    """Take up to `count` free segments of `size` to lend to a worker for its results."""
+    out = []
+    with S.lock:
+        for _ in range(count):
+            name = _take_free(size)
+            if name is None:
+                break
+            S.owned[name].state = "lent"
+            out.append(name)
+    return out
+
+
+def settle_lent(names: Any) -> None:
+    """A piece is answered: lent segments it did not use for a result go back to the pool."""
+    with S.lock:
+        for name in names:
+            seg = S.owned.get(name)
+            if seg is not None and seg.state == "lent":  # else used for a result: adopted
+                _pool_or_unlink(name, seg)
+
+
+def take_for_use(size: int) -> str | None:
+    """A free segment of `size` to use here, held once; None if the pool has none."""
+    with S.lock:
+        name = _take_free(size)
+        if name is not None:
+            S.owned[name].state = "used"
+            S.owned[name].holds = 1
+        return name
+
+
+def forget_owned(name: str) -> None:
+    """The caller unlinks this owned segment: stop tracking it."""
+    with S.lock:
+        S.owned.pop(name, None)
+
+
+def drain_released() -> None:
+    """Account for the holds that finalizers ended (cheap when there are none)."""
+    if S.released:
+        _drain()
+
+
+@contextlib.contextmanager
+def counting_adopted(sink: list[int]) -> Iterator[None]:
+    """Within this block (this thread), the size of each segment adopted back is appended to `sink`."""
+    _local.sink = sink
+    try:
+        yield
+    finally:
+        _local.sink = None
+
+
+def adopt(name: str, size: int, hold: bool) -> None:
+    """A segment of ours arrived (a worker's result, or one we lent): count this hold."""
+    with S.lock:
+        seg = S.owned.get(name)
+        sink = getattr(_local, "sink", None)
+        if seg is None:
+            seg = S.owned[name] = _Seg(size, "used", 0)
+            if sink is not None:
+                sink.append(size)
+        elif seg.state == "lent":
+            seg.state = "used"
+            if sink is not None:
+                sink.append(seg.size)
+        elif seg.state == "free":  # pragma: no cover - a reference outlived its holds
+            if name in S.free.get(seg.size, ()):
+                S.free[seg.size].remove(name)
+                S.free_bytes -= seg.size
+            seg.state = "used"
+        S.idle.pop(name, None)
+        if hold:
+            seg.holds += 1
+        elif seg.holds <= 0:
+            S.idle[name] = (0.0, 0.0)
+    _ensure_reaper()
+
+
 def _take_free(size: int) -> str | None:
     names = S.free.get(size)
     while names:
@@ -245,7 +348,7 @@ def flush_pool() -> None:
 def _let_go() -> None:
     """Owning nothing any more: drop the liveness lock file and the watcher process."""
     with S.lock:
-        holding = bool(S.owned) or any(s in ("mine", "pending") for s in S.prov.values())
+        holding = bool(S.owned) or S.prov.holding()
     if not holding:
         _owner.release_liveness(SHM_DIR)
         _owner.stop_watcher()
@@ -301,7 +404,9 @@ def _reap_loop(r: int) -> None:
                 _flush_pool()
             if not S.owned:
                 _let_go()
-            if S.kept_gone:  # mappings kept of segments we unlinked: their memory goes now
+            for name in S.prov.take_unlinks():  # what finalizers could not unlink themselves
+                _unlink(name)
+            if _kept.has_gone():  # mappings kept of segments we unlinked: their memory goes now
                 with S.map_lock:
                     _kept.settle()
         except Exception:  # pragma: no cover - keep freeing whatever happens
@@ -314,8 +419,7 @@ def _at_exit() -> None:
         names = list(S.owned)
         S.owned.clear()
         S.free.clear()
-        prov = [n for n, s in S.prov.items() if s in ("mine", "dead", "pending")]
-        S.prov.clear()
+        prov = S.prov.take_all()
     for name in names + prov:
         _unlink(name)
     _reap(all_mine=True)
