@@ -9,11 +9,11 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .cleanup import _reap
 from .pickler import _sending
 from .registry import (
     _drain,
     _init,
-    _reap,
     _release,
     counting_adopted,
     drain_released,

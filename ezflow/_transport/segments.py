@@ -85,7 +85,7 @@ class _State:
 
     Who may touch what (each part has one owner module; the others call it):
     - ``owned``, ``free``, ``free_bytes``, ``idle``, ``active``, ``keep_until``, ``reaper``,
-      ``wake_*``, ``ready``, ``counter``: registry.py only, under ``lock`` (the reaper
+      ``wake_*``, ``ready``, ``counter``: registry.py (and its cleanup.py) only, under ``lock`` (the reaper
       thread reads ``idle``/``free`` sizes to pick its timeout: a stale read costs one wake-up).
       Other modules call its functions (`lend`, `adopt`, `stage_started`, ...).
     - ``released``: finalizers append (a deque append is atomic, no lock); registry drains it.
