@@ -35,7 +35,7 @@ def test_flow_and_q_hooks_are_in_the_one_list():
         """
     )
     out = _run(code)
-    for owner in ("ezflow._core.procs.", "ezflow._core.sigterm.", "ezflow._transport.registry.", "ezflow._ezq.state."):
+    for owner in ("ezflow._core.procs.", "ezflow._core.sigterm.", "ezflow._transport.cleanup.", "ezflow._ezq.state."):
         assert owner in out, out
 
 

@@ -38,6 +38,49 @@ def test_layer_contracts_are_kept():
     assert "BROKEN" not in out, out
 
 
+def _contracts() -> list[dict]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+
+
+def test_no_cycle_anywhere_is_a_contract():
+    # acyclic_siblings on the root: the modules of each package (at any depth) form no cycle,
+    # and neither do the packages themselves; a TYPE_CHECKING import counts too.
+    acyclic = [c for c in _contracts() if c["type"] == "acyclic_siblings"]
+    assert any("ezflow" in c["ancestors"] and not c.get("ignore_imports") for c in acyclic), acyclic
+
+
+def test_the_no_cycle_contract_catches_a_cycle(tmp_path):
+    # The contract type as pyproject.toml writes it, on a package with the two cycles ezflow had:
+    # one through a lazy import inside a function, one through a TYPE_CHECKING import.
+    exe = shutil.which("lint-imports")
+    if exe is None:
+        pytest.fail('lint-imports is not installed: pip install import-linter (it is in the "test" extra)')
+    pkg = tmp_path / "cyc"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "serialize.py").write_text("def f():\n    from . import pickler\n")
+    (pkg / "sub" / "pickler.py").write_text("from .serialize import f\n")
+    (pkg / "state.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .broker import C\n")
+    (pkg / "broker.py").write_text("from .state import TYPE_CHECKING\nclass C: pass\n")
+    (tmp_path / ".importlinter").write_text(
+        "[importlinter]\nroot_package = cyc\n\n[importlinter:contract:1]\nname = no cycle\n"
+        "type = acyclic_siblings\nancestors = cyc\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [exe, "--no-cache"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "BROKEN" in out, out
+    assert "cyc.sub" in out and "cyc." in out, out
+    assert ".state -> .broker" in out or ".broker -> .state" in out, out
+    assert ".serialize -> .pickler" in out or ".pickler -> .serialize" in out, out
+
+
 def _own(name: str) -> bool:
     return name == "ezflow" or name.startswith(("ezflow.", "."))
 

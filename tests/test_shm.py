@@ -23,7 +23,7 @@ import pytest
 
 import ezflow
 from ezflow._executors.wire import Task, encode
-from ezflow._transport import link as _link
+from ezflow._transport import registry as _registry
 from ezflow._transport import segments as _segments
 from ezflow._transport import shm as _shm
 
@@ -378,7 +378,7 @@ def slow_big(i):
 
 
 def test_free_segments_are_kept_a_while_for_the_next_run(monkeypatch):
-    monkeypatch.setattr(_link, "POOL_LINGER", 0.5)
+    monkeypatch.setattr(_registry, "POOL_LINGER", 0.5)
     arrays = [np.full(MIB // 8, float(i)) for i in range(6)]
     flow = ezflow.Flow(arrays).map(scale, workers=2).map(total, workers=2)
     assert flow.collect(progress=False) == [float((a * 2 + 1).sum()) for a in arrays]

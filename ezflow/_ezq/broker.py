@@ -7,27 +7,14 @@ import itertools
 import os
 import threading
 import time
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from .._core.forks import at_fork
 from .._core.procs import close_end
+from .channel import _Channel
 from .msg import _DONE, _EMPTY, _ERROR, _GET, _HEAD, _ITEM, _PUT, _TIMEOUT, _frame
 from .state import R, _purge_orphans, _QState, _Waiter
-
-
-class _Channel:
-    """The owner's end of one worker process's pipe."""
-
-    def __init__(self, conn: Connection, proc: Any) -> None:
-        self.conn = conn
-        self.proc = proc
-        self.sentinel: int = proc.sentinel
-        self.eof = False  # nothing more to read
-        self.closed = False  # nothing more to send (DONE came, or the pipe broke)
-        self.done = False  # DONE came
-        self.error: bytes = b""  # DONE's body: the packed exception, if any
-        self.finished = threading.Event()  # the process exited and all it sent is in
 
 
 class _Broker:

@@ -9,12 +9,10 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._core.forks import at_fork
-
-if TYPE_CHECKING:  # the broker imports this module
-    from .broker import _Channel
+from .channel import _Channel
 
 
 class _Waiter:

@@ -13,7 +13,8 @@ from .._core.env import default_start_method
 from .._core.errors import WorkerDied, attach_traceback
 from .._core.procs import check_start_method, start_child
 from .._transport.serialize import loads
-from .broker import _Broker, _Channel
+from .broker import _Broker
+from .channel import _Channel
 from .child import _bootstrap, _Call
 
 

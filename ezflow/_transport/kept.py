@@ -73,6 +73,11 @@ def put(name: str, private: bool, addr: int, length: int, ino: int, ready: bool 
     _trim()
 
 
+def has_gone() -> bool:
+    """True if segments we unlinked still have kept mappings to drop (`settle`)."""
+    return bool(S.kept_gone)
+
+
 def forget(name: str) -> None:
     """The owner unlinked this segment: drop its kept mappings at the next `settle` (takes no lock)."""
     S.kept_gone.append(name)

@@ -5,14 +5,24 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .cleanup import _reap
 from .pickler import _sending
-from .registry import _drain, _ensure_reaper, _init, _pool_or_unlink, _reap, _release, _take_free
-from .segments import DEFAULT_THRESHOLD, PIECE_BYTES, POOL_LINGER, S, _wake
+from .registry import (
+    _drain,
+    _init,
+    _release,
+    counting_adopted,
+    drain_released,
+    lend,
+    settle_lent,
+    stage_ended,
+    stage_started,
+)
+from .segments import DEFAULT_THRESHOLD, PIECE_BYTES, S
 from .serialize import dumps, loads
 
 
@@ -57,8 +67,7 @@ class StageLink:
         """
         if not self._started:
             self._started = True
-            with S.lock:
-                S.active += 1
+            stage_started()
         opts: tuple | None = None if self.threshold is None else (self.threshold, ())
         if "numpy" not in sys.modules:  # no arrays here: only the worker's results may share
             return dumps(message(opts), to_worker=True)
@@ -116,11 +125,8 @@ class StageLink:
         ``answers(msg)`` is the piece a result answers (None for any other message).
         """
         sink: list[int] = []
-        S.tls.sink = sink
-        try:
+        with counting_adopted(sink):
             msg = loads(data)
-        finally:
-            S.tls.sink = None
         pid = answers(msg)
         if pid is not None:
             with self._lock:
@@ -140,8 +146,7 @@ class StageLink:
             if rec is not None:
                 _release(rec[1])
                 self._settle(rec[2])
-        if S.released:
-            _drain()
+        drain_released()
 
     def reap(self) -> None:
         """A worker died: remove segments it made for us and never sent."""
@@ -158,13 +163,7 @@ class StageLink:
         _reap()
         if self._started:
             self._started = False
-            with S.lock:
-                S.active -= 1
-                last = S.active == 0
-            if last:  # keep the free segments a while for the next run; the reaper ends that
-                S.keep_until = time.monotonic() + POOL_LINGER
-                _ensure_reaper()
-                _wake()
+            stage_ended()
         _drain()
 
     def _lend(self, n_items: int) -> tuple[tuple[str, int], ...]:
@@ -172,22 +171,9 @@ class StageLink:
         if k <= 0 or not self._size:
             return ()
         _drain()
-        out = []
-        with S.lock:
-            for _ in range(k):
-                name = _take_free(self._size)
-                if name is None:
-                    break
-                S.owned[name].state = "lent"
-                out.append((name, self._size))
-        return tuple(out)
+        return tuple((name, self._size) for name in lend(self._size, k))
 
     def _settle(self, spares: Any) -> None:
         if not spares:
             return
-        with S.lock:
-            for name, size in spares:
-                seg = S.owned.get(name)
-                if seg is None or seg.state != "lent":
-                    continue  # used for a result: adopted
-                _pool_or_unlink(name, seg)
+        settle_lent([name for name, _size in spares])

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from . import kept as _kept
-from .registry import _ensure_reaper, _init
-from .segments import _MV, _RO, _SHARED, S, _Mapping, _mmap, _np, _parse, _posixshmem, _Seg, _warn_once, fcntl
+from .registry import _init, adopt
+from .segments import _MV, _RO, _SHARED, S, _Mapping, _mmap, _np, _parse, _posixshmem, _warn_once, fcntl
 
 
 def _map_segment(name: str, private: bool, auto: bool) -> Any:
@@ -65,14 +65,14 @@ def _new_mapping(name: str, private: bool, auto: bool) -> Any:
                 data = _read_copy(fd, size)
                 os.close(fd)
                 if own:
-                    _adopt(name, size, hold=False)
+                    adopt(name, size, hold=False)
                 return data
         except BaseException:
             os.close(fd)
             raise
         if own:
             os.close(fd)
-            _adopt(name, size, hold=True)
+            adopt(name, size, hold=True)
             return _Mapping(name, addr, size, private, auto, "own", -1, st.st_ino)
         return _Mapping(name, addr, size, private, auto, "prov" if name in S.prov else "foreign", fd, st.st_ino)
 
@@ -98,32 +98,6 @@ def _read_copy(fd: int, size: int) -> Any:
             break
         done += n
     return buf
-
-
-def _adopt(name: str, size: int, hold: bool) -> None:
-    """A segment of ours arrived (a worker's result, or one we lent): count this hold."""
-    with S.lock:
-        seg = S.owned.get(name)
-        sink = getattr(S.tls, "sink", None)
-        if seg is None:
-            seg = S.owned[name] = _Seg(size, "used", 0)
-            if sink is not None:
-                sink.append(size)
-        elif seg.state == "lent":
-            seg.state = "used"
-            if sink is not None:
-                sink.append(seg.size)
-        elif seg.state == "free":  # pragma: no cover - a reference outlived its holds
-            if name in S.free.get(seg.size, ()):
-                S.free[seg.size].remove(name)
-                S.free_bytes -= seg.size
-            seg.state = "used"
-        S.idle.pop(name, None)
-        if hold:
-            seg.holds += 1
-        elif seg.holds <= 0:
-            S.idle[name] = (0.0, 0.0)
-    _ensure_reaper()
 
 
 def _attach(name: str, offset: int, dtype: Any, shape: tuple, strides: tuple, flags: int) -> Any:

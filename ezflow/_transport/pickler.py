@@ -18,10 +18,13 @@ import io
 import os
 import pickle
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .._core.forks import at_fork
 from . import kept as _kept
+from .byvalue import dill_pickler
 from .mapping import _attach, _unshared
 from .registry import _create, _release
 from .segments import (
@@ -42,6 +45,15 @@ from .segments import (
 from .share import _alloc_here
 
 _by_value: contextvars.ContextVar[bool] = contextvars.ContextVar("ezflow_shm_by_value", default=False)
+_local = threading.local()  # per thread: the pickling scope in force (`_sending`, `result_scope`)
+
+
+def _after_fork_in_child() -> None:
+    global _local
+    _local = threading.local()  # a scope of the parent's is not this process's
+
+
+at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Attempt:
@@ -80,12 +92,8 @@ class _Ctx:
             for name in attempt.made:
                 _unlink(name)
             self.spares = sorted(self.spares + attempt.spares)
-            for name in attempt.prov:
-                if S.prov.get(name) == "dead":
-                    S.prov.pop(name, None)
-                    _unlink(name)
-                elif S.prov.get(name) == "pending":
-                    S.prov[name] = "mine"
+            for name in S.prov.dropped(attempt.prov):
+                _unlink(name)
 
     def keep(self, attempt: _Attempt) -> None:
         if self.kept is not None and not self.owner:
@@ -97,11 +105,8 @@ class _Ctx:
         kept, self.kept = self.kept, None
         if kept is None or self.owner:
             return
-        for name in kept.prov:
-            if S.prov.get(name) == "dead":
-                S.prov.pop(name, None)
-            elif name in S.prov:
-                S.prov[name] = "given"
+        for name in S.prov.sent(kept.prov):
+            _unlink(name)
 
     def discard(self) -> None:
         kept, self.kept = self.kept, None
@@ -158,8 +163,7 @@ class _Reducer:
             if not obj.flags.writeable:
                 flags |= _RO
         if m.role == "prov" and self.ctx is not None and not self.ctx.owner:
-            if S.prov.get(m.name) == "mine":
-                S.prov[m.name] = "pending"
+            if S.prov.sending(m.name):
                 self.attempt.prov.append(m.name)
         self.attempt.nbytes += obj.nbytes
         return (_attach, (m.name, offset, dtype, shape, strides, flags))
@@ -211,26 +215,24 @@ def engaged() -> bool:
     ezflow runs (a worker, or the parent); everywhere else a shared array is
     pickled with its data.
     """
-    return getattr(S.tls, "ctx", None) is not None and not _by_value.get()
+    return getattr(_local, "ctx", None) is not None and not _by_value.get()
 
 
 @contextlib.contextmanager
 def _sending(threshold: int | None) -> Iterator[_Ctx]:
     ctx = _Ctx(threshold, owner=True)
-    prev = getattr(S.tls, "ctx", None)
-    S.tls.ctx = ctx
+    prev = getattr(_local, "ctx", None)
+    _local.ctx = ctx
     try:
         yield ctx
     finally:
-        S.tls.ctx = prev
+        _local.ctx = prev
 
 
 def _run_attempt(obj: Any, dill: bool = False) -> bytes:
-    ctx = getattr(S.tls, "ctx", None)
+    ctx = getattr(_local, "ctx", None)
     buf = io.BytesIO()
     if dill:
-        from .serialize import dill_pickler
-
         reducer = _Reducer()
         reducer._setup(ctx)
         p = dill_pickler(buf, reducer.reducer_override)
@@ -250,13 +252,13 @@ def _run_attempt(obj: Any, dill: bool = False) -> bytes:
 
 def last_attempt() -> Any:
     """What the latest pickling in this scope made (for `drop_attempt`)."""
-    ctx = getattr(S.tls, "ctx", None)
+    ctx = getattr(_local, "ctx", None)
     return ctx.kept if ctx is not None else None
 
 
 def drop_attempt(attempt: Any) -> None:
     """A pickling was superseded by another of the same object: let go of what it made."""
-    ctx = getattr(S.tls, "ctx", None)
+    ctx = getattr(_local, "ctx", None)
     if ctx is not None and attempt is not None and attempt is not ctx.kept:
         ctx.undo(attempt)
 
@@ -302,7 +304,7 @@ def result_scope(opts: tuple | None) -> Iterator[None]:
     """
     threshold, spares = opts if opts else (None, ())
     ctx = _Ctx(threshold, spares)
-    S.tls.ctx = ctx
+    _local.ctx = ctx
     try:
         yield
     except BaseException:
@@ -311,8 +313,8 @@ def result_scope(opts: tuple | None) -> Iterator[None]:
     else:
         ctx.commit()
     finally:
-        S.tls.ctx = None
-        S.epoch += 1
+        _local.ctx = None
+        S.next_epoch()
 
 
 

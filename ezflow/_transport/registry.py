@@ -1,4 +1,4 @@
-"""The owner's registry: which segments are used, lent or free; pooling, reaping, clean-up at exit.
+"""The owner's registry: which segments are used, lent or free; pooling and reaping.
 
     _create -> hold (used) --views gone, nobody else flocks it--> free (pooled while runs go on,
                                                                    POOL_LINGER s after) or unlinked
@@ -6,36 +6,35 @@
 
 A reaper thread frees segments whose last view died outside ezflow's calls
 (finalizers only append to ``S.released`` and wake it: they take no lock).
-What a crash leaves behind is found by name: the owner removes what a dead
-worker made but never sent, and the first use in any process removes the
-segments of owners that are dead (`sweep_stale`). At exit, on SIGTERM and
-in a forked child, this module leaves nothing behind.
+Other modules change the registry only through its functions (`lend`,
+`settle_lent`, `take_for_use`, `forget_owned`, `adopt`, `stage_started`,
+`stage_ended`, `drain_released`), all under ``S.lock``. What a crash leaves
+behind, and leaving nothing at exit, SIGTERM and fork, is cleanup.py's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .._core import sigterm as _sigterm
-from .._core.forks import at_fork
 from . import kept as _kept
 from . import owner as _owner
 from . import when_flushing
+from .cleanup import _at_exit, _reap, sweep_stale
 from .segments import (
+    POOL_LINGER,
     POOL_MAX,
-    PREFIX,
     SHM_DIR,
     S,
-    _alive,
     _check_space,
     _disable,
-    _listdir,
     _owner_pid,
-    _parse,
     _posixshmem,
     _raise_fd_limit,
     _Seg,
@@ -45,59 +44,7 @@ from .segments import (
     _wake,
 )
 
-
-def sweep_stale() -> list[str]:
-    """Remove segments whose owner process is dead (a killed process group); return their names.
-
-    An owner in another PID namespace (a container sharing /dev/shm) is
-    judged by its liveness lock, never by a pid that means nothing here.
-    """
-    gone = []
-    dead: dict[tuple[int, int | None], bool] = {}
-    lives = []
-    for name in _listdir():
-        if name.endswith("_" + _owner.LIVE):
-            lives.append(name)
-            continue
-        ids = _owner.parse(name)
-        if ids is None:
-            continue
-        owner, _creator, ns = ids
-        here = ns is None or ns == _owner.NAMESPACE
-        if here and owner == S.pid:
-            # this pid's earlier life (nothing of ours exists yet), else ours
-            if not S.owned and not S.ready:
-                _unlink(name)
-                gone.append(name)
-            continue
-        key = (owner, ns)
-        if key not in dead:
-            dead[key] = _owner.judge(SHM_DIR, owner, ns) is False
-        if dead[key]:
-            _unlink(name)
-            gone.append(name)
-    for name in lives:  # a dead owner's lock file, once its lock is free
-        parts = name[len(PREFIX) :].split("_")
-        if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) != S.pid:
-            if _owner.judge(SHM_DIR, int(parts[0]), int(parts[1])) is False and _owner._lock_free(
-                os.path.join(SHM_DIR, name)
-            ):
-                _unlink(name)
-    return gone
-
-
-def _reap(all_mine: bool = False) -> None:
-    """Unlink segments named for this process that it never received: their creator died."""
-    for name in _listdir():
-        ids = _parse(name)
-        if ids is None or ids[0] != S.pid:
-            continue
-        with S.lock:
-            known = name in S.owned
-        if known and not all_mine:
-            continue
-        if all_mine or (ids[1] != S.pid and not _alive(ids[1])):
-            _unlink(name)
+_local = threading.local()  # per thread: where `adopt` counts what comes back (`counting_adopted`)
 
 
 def _init() -> None:
@@ -160,6 +107,104 @@ def _release(names: Any) -> None:
     if names:
         S.released.extend(names)
         _wake()
+
+
+def stage_started() -> None:
+    """A process stage began: free segments are pooled while any runs."""
+    with S.lock:
+        S.active += 1
+
+
+def stage_ended() -> None:
+    """A process stage ended: after the last one, free segments stay POOL_LINGER s more."""
+    with S.lock:
+        S.active -= 1
+        last = S.active == 0
+        if last:
+            S.keep_until = time.monotonic() + POOL_LINGER
+    if last:  # the reaper ends the lingering
+        _ensure_reaper()
+        _wake()
+
+
+def lend(size: int, count: int) -> list[str]:
+    """Take up to `count` free segments of `size` to lend to a worker for its results."""
+    out = []
+    with S.lock:
+        for _ in range(count):
+            name = _take_free(size)
+            if name is None:
+                break
+            S.owned[name].state = "lent"
+            out.append(name)
+    return out
+
+
+def settle_lent(names: Any) -> None:
+    """A piece is answered: lent segments it did not use for a result go back to the pool."""
+    with S.lock:
+        for name in names:
+            seg = S.owned.get(name)
+            if seg is not None and seg.state == "lent":  # else used for a result: adopted
+                _pool_or_unlink(name, seg)
+
+
+def take_for_use(size: int) -> str | None:
+    """A free segment of `size` to use here, held once; None if the pool has none."""
+    with S.lock:
+        name = _take_free(size)
+        if name is not None:
+            S.owned[name].state = "used"
+            S.owned[name].holds = 1
+        return name
+
+
+def forget_owned(name: str) -> None:
+    """The caller unlinks this owned segment: stop tracking it."""
+    with S.lock:
+        S.owned.pop(name, None)
+
+
+def drain_released() -> None:
+    """Account for the holds that finalizers ended (cheap when there are none)."""
+    if S.released:
+        _drain()
+
+
+@contextlib.contextmanager
+def counting_adopted(sink: list[int]) -> Iterator[None]:
+    """Within this block (this thread), the size of each segment adopted back is appended to `sink`."""
+    _local.sink = sink
+    try:
+        yield
+    finally:
+        _local.sink = None
+
+
+def adopt(name: str, size: int, hold: bool) -> None:
+    """A segment of ours arrived (a worker's result, or one we lent): count this hold."""
+    with S.lock:
+        seg = S.owned.get(name)
+        sink = getattr(_local, "sink", None)
+        if seg is None:
+            seg = S.owned[name] = _Seg(size, "used", 0)
+            if sink is not None:
+                sink.append(size)
+        elif seg.state == "lent":
+            seg.state = "used"
+            if sink is not None:
+                sink.append(seg.size)
+        elif seg.state == "free":  # pragma: no cover - a reference outlived its holds
+            if name in S.free.get(seg.size, ()):
+                S.free[seg.size].remove(name)
+                S.free_bytes -= seg.size
+            seg.state = "used"
+        S.idle.pop(name, None)
+        if hold:
+            seg.holds += 1
+        elif seg.holds <= 0:
+            S.idle[name] = (0.0, 0.0)
+    _ensure_reaper()
 
 
 def _take_free(size: int) -> str | None:
@@ -245,7 +290,7 @@ def flush_pool() -> None:
 def _let_go() -> None:
     """Owning nothing any more: drop the liveness lock file and the watcher process."""
     with S.lock:
-        holding = bool(S.owned) or any(s in ("mine", "pending") for s in S.prov.values())
+        holding = bool(S.owned) or S.prov.holding()
     if not holding:
         _owner.release_liveness(SHM_DIR)
         _owner.stop_watcher()
@@ -301,65 +346,13 @@ def _reap_loop(r: int) -> None:
                 _flush_pool()
             if not S.owned:
                 _let_go()
-            if S.kept_gone:  # mappings kept of segments we unlinked: their memory goes now
+            for name in S.prov.take_unlinks():  # what finalizers could not unlink themselves
+                _unlink(name)
+            if _kept.has_gone():  # mappings kept of segments we unlinked: their memory goes now
                 with S.map_lock:
                     _kept.settle()
         except Exception:  # pragma: no cover - keep freeing whatever happens
             pass
 
 
-def _at_exit() -> None:
-    """Leave nothing in /dev/shm: our segments, and what we made for our owner and kept."""
-    with S.lock:
-        names = list(S.owned)
-        S.owned.clear()
-        S.free.clear()
-        prov = [n for n, s in S.prov.items() if s in ("mine", "dead", "pending")]
-        S.prov.clear()
-    for name in names + prov:
-        _unlink(name)
-    _reap(all_mine=True)
-    _owner.release_liveness(SHM_DIR)
-    _owner.stop_watcher()
-
-
-def _on_sigterm() -> None:
-    """Unlink every segment named for this owner now, taking no lock (the main thread may hold one)."""
-    S.disabled = "the process is ending (SIGTERM)"  # other threads make no new segment from now on
-    for name in _listdir():
-        ids = _parse(name)
-        if ids is not None and ids[0] == S.pid:
-            _unlink(name)
-    _owner.let_go_now(SHM_DIR, S.pid)
-
-
-def _after_fork_child() -> None:
-    for m in list(S.maps.values()):
-        if m.fd >= 0:
-            try:
-                os.close(m.fd)  # the parent's descriptor and its flock stay the parent's
-            except OSError:
-                pass
-    for fd in (S.wake_r, S.wake_w):
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    _kept.unmap_inherited()
-    _owner.after_fork_child()
-    S.after_fork()
-
-
-def _before_fork() -> None:
-    S.fork_guard.acquire()
-
-
-def _after_fork_parent() -> None:
-    S.fork_guard.release()
-
-
-
-_sigterm.register(lambda: bool(S.owned), _on_sigterm)
 when_flushing(flush_pool)
-at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)

@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - Windows
 
 from . import owner as _owner
 from . import worker_parent
+from .provisional import Provisional
 
 DEFAULT_THRESHOLD = 1 << 20
 """Automatic sharing moves result arrays of at least this many bytes (1 MiB)."""
@@ -80,7 +81,22 @@ class _Unavailable(Exception):
 
 
 class _State:
-    """This process's shared-memory state, in one object: a forked child starts it afresh."""
+    """This process's shared-memory state, in one object: a forked child starts it afresh.
+
+    Who may touch what (each part has one owner module; the others call it):
+    - ``owned``, ``free``, ``free_bytes``, ``idle``, ``active``, ``keep_until``, ``reaper``,
+      ``wake_*``, ``ready``, ``counter``: registry.py (and its cleanup.py) only, under ``lock`` (the reaper
+      thread reads ``idle``/``free`` sizes to pick its timeout: a stale read costs one wake-up).
+      Other modules call its functions (`lend`, `adopt`, `stage_started`, ...).
+    - ``released``: finalizers append (a deque append is atomic, no lock); registry drains it.
+    - ``prov``: a `Provisional`, with its own leaf lock; finalizers never wait on it.
+    - ``maps``: mapping.py, under ``map_lock`` when it makes one (`remember` for a new one).
+    - ``kept*``: kept.py only, under ``map_lock``; finalizers append to ``kept_new``/``kept_gone``.
+    - ``pid``, ``disabled``, ``epoch``: plain values other modules read; ``disabled`` is set
+      by `_disable` (and SIGTERM), ``epoch`` by a worker's result scope (`next_epoch`).
+    Lock order: ``map_lock`` before ``lock`` or ``fork_guard``; ``lock`` before ``fork_guard``;
+    the provisional lock inside any of them, and nothing inside it.
+    """
 
     def __init__(self) -> None:
         self.counter = itertools.count()
@@ -101,11 +117,10 @@ class _State:
         self.free_bytes = 0
         self.idle: dict[str, tuple[float, float]] = {}  # owned, no holds: (next check, delay) until others let go
         self.released: collections.deque = collections.deque()  # names whose hold ended (finalizers append)
-        self.prov: dict[str, str] = {}  # made here for another owner: "mine" | "pending" | "given" | "dead"
+        self.prov = Provisional()  # made here for another owner (its own lock; provisional.py)
         self.active = 0  # running StageLinks: free segments are pooled while > 0 ...
         self.keep_until = 0.0  # ... and until this time (monotonic) after the last one ended
         self.epoch = 0  # a worker's result message count: which foreign views are current
-        self.tls = threading.local()
         self.ready = False
         self.wake_r = self.wake_w = -1
         self.reaper: threading.Thread | None = None
@@ -114,6 +129,15 @@ class _State:
         self.kept_gone: collections.deque = collections.deque()  # names we unlinked: drop their mappings
         self.kept_bytes = 0
         self.kept_check = 0.0
+
+    def remember(self, m: Any) -> None:
+        """A new mapping made outside mapping.py (share()): the one views of its segment use."""
+        with self.map_lock:
+            self.maps[(m.name, m.private)] = m
+
+    def next_epoch(self) -> None:
+        """A worker sent a result message: views of foreign segments made before it are stale."""
+        self.epoch += 1
 
 
 S = _State()
@@ -341,15 +365,10 @@ def _unmapped(name: str, addr: int, length: int, fd: int, role: str, pid: int, p
         return  # an inherited copy in a forked child: only the child's mapping goes
     keep = keeper is not None and ino != 0  # kept for the segment's next use here (kept.py)
     if role == "prov":
-        state = S.prov.get(name)
-        keep = keep and state == "given"  # else it is unlinked now, or soon
-        if state == "mine":
-            S.prov.pop(name, None)
+        unlink, given = S.prov.unmapped(name)
+        keep = keep and given  # else it is unlinked now, or soon
+        if unlink:
             _unlink(name)
-        elif state == "pending":
-            S.prov[name] = "dead"
-        elif state == "given":
-            S.prov.pop(name, None)
     elif role == "foreign" and keep:
         try:
             keep = os.fstat(fd).st_nlink > 0  # not if its owner unlinked it already

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pickle
 import sys
-from importlib import import_module
-from types import ModuleType
 from typing import Any
+
+from .byvalue import dill_pickler
 
 __all__ = ["dumps", "dumps_by_value", "dumps_fn", "loads"]
 
@@ -98,37 +98,6 @@ def _dill_dumps(obj: Any, shm: Any) -> bytes:
     buf = io.BytesIO()
     dill_pickler(buf).dump(obj)
     return buf.getvalue()
-
-
-def dill_pickler(file: Any, reducer: Any = None) -> Any:
-    """A dill pickler by value (recurse=True) that takes modules by name.
-
-    dill would copy the namespace of any module outside site-packages (an
-    editable install, a helper module next to the notebook) into the
-    pickle, and fail on what it holds (locks, thread-locals); a worker
-    imports such a module instead, as it imports any other. ``reducer``
-    is a further ``reducer_override`` to consult.
-    """
-    import dill
-
-    def override(obj: Any) -> Any:
-        if type(obj) is ModuleType and _importable(obj):
-            return (import_module, (obj.__name__,))
-        return NotImplemented if reducer is None else reducer(obj)
-
-    # an instance attribute, not a subclass: dill tells its own picklers by module name
-    p = dill.Pickler(file, 5, recurse=True)
-    p.reducer_override = override
-    return p
-
-
-def _importable(module: ModuleType) -> bool:
-    name = module.__name__
-    return (
-        name not in ("__main__", "__mp_main__")
-        and sys.modules.get(name) is module
-        and getattr(module, "__spec__", None) is not None
-    )
 
 
 def loads(data: bytes | memoryview) -> Any:

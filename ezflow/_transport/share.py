@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from . import kept as _kept
-from .registry import _create, _drain, _ensure_reaper, _hold_new, _init, _take_free
+from .registry import _create, _drain, _ensure_reaper, _hold_new, _init, forget_owned, take_for_use
 from .segments import (
     S,
     _contiguous_bytes,
@@ -117,7 +117,7 @@ def _share_array(arr: Any, readonly: bool) -> Any:
         os.close(fd)
         fd = -1
     m = _Mapping(name, addr, size, False, False, role, fd, ino)
-    S.maps[(name, False)] = m
+    S.remember(m)
     if role == "own":
         _ensure_reaper()  # the registry counted this mapping's hold in _alloc_here
     out = np.ndarray(arr.shape, arr.dtype, buffer=m.root(), offset=0, strides=strides)
@@ -134,24 +134,19 @@ def _alloc_here(nbytes: int) -> tuple[str, int, int, str]:
     if _owner_pid() == S.pid:
         _drain()
         size = _size_class(nbytes)
-        with S.lock:
-            name = _take_free(size)
-            if name is not None:
-                S.owned[name].state = "used"
-                S.owned[name].holds = 1
+        name = take_for_use(size)
         if name is not None:
             try:
                 fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0o600)
                 return name, size, fd, "own"
             except OSError:
-                with S.lock:
-                    S.owned.pop(name, None)
+                forget_owned(name)
         name, size, fd = _create(nbytes)
         _hold_new(name, size)
         return name, size, fd, "own"
     # a worker: the parent will own it once it is sent there; until then it is ours to clean
     name, size, fd = _create(nbytes)
-    S.prov[name] = "mine"
+    S.prov.made(name)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError:
@@ -161,8 +156,7 @@ def _alloc_here(nbytes: int) -> tuple[str, int, int, str]:
 
 def _forget_alloc(name: str, role: str) -> None:
     if role == "own":
-        with S.lock:
-            S.owned.pop(name, None)
+        forget_owned(name)
     else:
-        S.prov.pop(name, None)
+        S.prov.forget(name)
     _unlink(name)

@@ -17,7 +17,8 @@ This module is the front of shared memory for the rest of ezflow; the
 work is done in rooms of one job each:
 
     segments.py  names, making, writing, mapping; this process's state (S)
-    registry.py  the owner's registry: used / lent / free, pooling, reaper, exit, fork, SIGTERM
+    registry.py  the owner's registry: used / lent / free, pooling, reaper
+    cleanup.py   what dead owners left (by name); nothing left at exit, fork, SIGTERM
     mapping.py   views here: map a segment once, rebuild arrays from references
     share.py     share()
     pickler.py   the pickler that writes references (serialize builds on it)
@@ -30,9 +31,10 @@ result) hands its segment over by sending it.
 
 from __future__ import annotations
 
+from .cleanup import sweep_stale
 from .link import StageLink, stage_threshold
 from .pickler import by_value, engaged, result_scope
-from .registry import flush_pool, sweep_stale
+from .registry import flush_pool
 from .segments import DEFAULT_THRESHOLD, PREFIX, SHM_DIR, SharedMemoryWarning
 from .share import share
 
