@@ -207,6 +207,12 @@ def demo(n: int, progress: object) -> int:
         .map(score, mode="thread", workers=1)
         .unbatch()
     )
+    if progress and not sys.stderr.isatty():
+        # A pipe or a file (`demo 2>&1 | cat`, `> demo.txt 2>&1`): a status line a second,
+        # no bars and no control codes; the summary below is printed once, on stdout.
+        from ._views.text import TextObserver
+
+        progress = TextObserver(interval=1.0, final_summary=False)
     watch_flow.start()
     t0 = time.perf_counter()
     got = flow.collect(progress=progress)

@@ -95,3 +95,34 @@ def test_demo_says_what_it_does_and_how_it_compares(tmp_path):
     figure = next(line for line in lines if line.startswith("ezflow:") and " s  ->  " in line)
     assert any(w in figure for w in ("faster than serial", "slower than serial", "as fast as serial")), figure
     assert not re.search(r"\b0\.\d+x faster", figure), figure
+
+
+def test_demo_into_a_pipe_writes_plain_lines(tmp_path):
+    # `python -m ezflow demo 2>&1 | cat` and `> demo.txt 2>&1`: no bars, no control codes,
+    # a status line while it runs and the summary once
+    out = subprocess.run(
+        [sys.executable, "-m", "ezflow", "demo", "-n", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    text = out.stdout.decode()
+    assert out.returncode == 0, text
+    assert "\x1b" not in text and "\r" not in text, repr(text)
+    assert "ezflow: running decode -> featurize" in text, text
+    assert re.search(r"^\[\d+\.\ds\] decode \d+/300", text, flags=re.M), text
+    assert text.count("ezflow done in") == 1, text
+
+
+def test_progress_true_into_a_pipe_writes_plain_lines(tmp_path):
+    code = (
+        "import ezflow, time\n"
+        "ezflow.map(time.sleep, [0.01] * 50, mode='thread', workers=2, progress=True)\n"
+        "ezflow.Flow(range(20)).map(lambda x: x + 1, mode='thread').collect(progress='tqdm')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, cwd=tmp_path)
+    text = (out.stdout + out.stderr).decode()
+    assert out.returncode == 0, text
+    assert "\x1b" not in text and "\r" not in text, repr(text)
+    assert text.count("ezflow: running") == 2 and "done in" in text, text

@@ -59,11 +59,19 @@ def test_auto_is_silent_off_a_terminal():
     assert make_observer(None) is None
 
 
-def test_false_is_none_and_true_gives_tqdm_outside_a_notebook():
+def test_false_is_none_and_true_gives_tqdm_in_a_terminal(monkeypatch):
     assert make_observer(False) is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert isinstance(make_observer(True), TqdmObserver)
     assert isinstance(make_observer("tqdm"), TqdmObserver)
     assert isinstance(make_observer("TQDM"), TqdmObserver)
+
+
+def test_bars_off_a_terminal_are_plain_lines():
+    # pytest captures stderr: a pipe, as `python script.py 2>&1 | cat` or `> log.txt`
+    assert not sys.stderr.isatty()
+    for asked in (True, "tqdm"):
+        assert isinstance(make_observer(asked), TextObserver), asked
 
 
 def test_text_and_widget_outside_a_notebook_fall_back_to_text():

@@ -6,8 +6,9 @@
                         +-- stderr is a tty -> tqdm bars     (after ~1 s)
                         +-- else (CI, logs) -> None: print nothing
         True -----------+-- Jupyter kernel  -> widget panel  (from the start)
-                        +-- elsewhere       -> tqdm bars     (from the start)
-        "tqdm"          -> tqdm bars                         (bars.py)
+                        +-- stderr is a tty -> tqdm bars     (from the start)
+                        +-- else (pipe, file) -> TextObserver: plain lines, no control codes
+        "tqdm"          -> tqdm bars; plain lines when stderr is a pipe or a file (bars.py)
         "notebook"      -> widget panel, or text without one (panel.py)
         "text"          -> TextObserver: lines on stderr and a summary at the end (text.py)
         an Observer     -> used as it is
@@ -74,6 +75,14 @@ def _stderr_is_tty() -> bool:
 
 
 def _tqdm_view() -> Observer:
+    """Return tqdm bars where they can be drawn: a terminal, or a notebook (tqdm's widget bars).
+
+    Into a pipe or a file, bars are carriage returns and escape codes (`demo > out.txt`
+    filled a file with them): write plain status lines there instead, as `tqdm(disable=None)`
+    users expect a non-terminal to get no bars.
+    """
+    if not (in_notebook() or _stderr_is_tty()):
+        return TextObserver()
     from .bars import TqdmObserver
 
     return TqdmObserver()

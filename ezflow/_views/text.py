@@ -20,9 +20,10 @@ __all__ = ["TextObserver"]
 class TextObserver:
     """Write a status line every ``interval`` seconds and a summary table at the end."""
 
-    def __init__(self, stream: TextIO | None = None, *, interval: float = 5.0) -> None:
+    def __init__(self, stream: TextIO | None = None, *, interval: float = 5.0, final_summary: bool = True) -> None:
         self.stream = stream
         self.interval = interval
+        self.final_summary = final_summary  # False: the last status line only (the caller prints a summary)
         self._next = 0.0
 
     def _write(self, text: str) -> None:
@@ -42,7 +43,7 @@ class TextObserver:
             self._write(status_line(stats))
 
     def close(self, stats: FlowStats) -> None:
-        self._write(summary(stats))
+        self._write(summary(stats) if self.final_summary else status_line(stats))
 
     def __repr__(self) -> str:
         return f"TextObserver(interval={self.interval})"
