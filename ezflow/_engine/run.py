@@ -110,7 +110,7 @@ class Run:
             self.drivers.append(
                 cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], total=self.counters[i].total)
             )
-        # process stages left at workers=None share the CPUs (set before setup: it sizes their pools)
+        # process stages left at workers=None follow one CPU budget (set before setup: it sizes their pools)
         self.budget = Budget.of(self.drivers, self.snapshot)
         self._threads: list[Job] = []
         self._reader: ChunkReader | None = None
