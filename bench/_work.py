@@ -93,3 +93,9 @@ def calibrate_step(fn, target_s: float, seed: int = 12345, probes: int = 9) -> i
     samples.sort()
     per_iter = samples[len(samples) // 2] / n
     return max(1, round(target_s / per_iter))
+
+
+def step_wait(x, seconds):
+    """W10 middle step: waits as a download or a disk read would (no CPU), then passes the item on."""
+    time.sleep(seconds)
+    return x

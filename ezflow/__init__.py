@@ -8,7 +8,6 @@ from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
 from ._core.insights import FailedItem, SlowItem, WorkerStats
 from ._core.stats import FlowStats, StageStats
-from ._engine.checkpoint_store import CheckpointError
 from ._executors import StageError
 from ._executors.pool import shutdown
 from ._flow import Flow
@@ -19,6 +18,7 @@ __version__ = "0.1.0"
 _EZQ = frozenset({"Msg", "Q", "run", "run_thread"})
 _SHM = frozenset({"share", "SharedMemoryWarning"})
 _FEED = frozenset({"FlowStopped"})  # raised by handle.process / submit futures: loads with the feed
+_CHECKPOINT = frozenset({"CheckpointError"})  # loads with the checkpoint store (a flow with checkpoint=)
 
 
 def __getattr__(name: str) -> object:
@@ -34,6 +34,10 @@ def __getattr__(name: str) -> object:
         from ._engine import feed
 
         value = getattr(feed, name)
+    elif name in _CHECKPOINT:
+        from ._engine import checkpoint_store
+
+        value = getattr(checkpoint_store, name)
     else:
         raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
     globals()[name] = value
@@ -42,7 +46,7 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     """The module's names, the lazily loaded ones too (dir() and Tab completion list them)."""
-    return sorted(set(globals()) | _EZQ | _SHM | _FEED)
+    return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT)
 
 
 __all__ = [

@@ -22,7 +22,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.errors import Cancelled, StageError
 from .._core.observe import TICK_SECONDS
@@ -30,11 +30,13 @@ from .._core.stats import FlowStats, _Counters
 from .._core.threads import Job, spawn
 from .._executors.port import Chunk
 from .._plan.spec import StageSpec
-from .batch import BatchDriver, UnbatchDriver
-from .budget import Budget
 from .channel import Channel, EndOfStream
 from .source import ChunkReader
 from .stage import StageDriver
+
+if TYPE_CHECKING:  # loaded on use: a plain map has no batch stage and no budget (`import ezflow` stays light)
+    from .batch import BatchDriver, UnbatchDriver
+    from .budget import Budget
 
 __all__ = ["Run", "gather"]
 
@@ -103,15 +105,19 @@ class Run:
         self.drivers: list[StageDriver | BatchDriver | UnbatchDriver] = []
         for i, spec in enumerate(specs):
             cls: type[StageDriver] | type[BatchDriver] | type[UnbatchDriver] = StageDriver
-            if spec.kind == "batch":
-                cls = BatchDriver
-            elif spec.kind == "unbatch":
-                cls = UnbatchDriver
+            if spec.kind in ("batch", "unbatch"):
+                from .batch import BatchDriver, UnbatchDriver
+
+                cls = BatchDriver if spec.kind == "batch" else UnbatchDriver
             self.drivers.append(
                 cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], total=self.counters[i].total)
             )
-        # process stages left at workers=None share the CPUs (set before setup: it sizes their pools)
-        self.budget = Budget.of(self.drivers, self.snapshot)
+        # process stages left at workers=None follow one CPU budget (set before setup: it sizes their pools)
+        self.budget: Budget | None = None
+        if sum(s.auto_workers for s in specs) >= 2:
+            from .budget import Budget
+
+            self.budget = Budget.of(self.drivers, self.snapshot)
         self._threads: list[Job] = []
         self._reader: ChunkReader | None = None
 

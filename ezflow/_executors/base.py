@@ -87,8 +87,11 @@ class Executor:
         stages, `elastic.Elastic`); the others keep their fixed `spec.workers`.
         """
 
-    def cpu_seconds(self) -> float | None:
-        """Return the CPU seconds this stage's workers used so far (None: this backend does not measure it)."""
+    def sched_seconds(self) -> tuple[float, float | None] | None:
+        """Return the CPU seconds this stage's workers used so far and the seconds they waited for a core.
+
+        None: this backend does not measure it; a wait of None: only the CPU time is known.
+        """
         return None
 
     # -- for backends ------------------------------------------------------------

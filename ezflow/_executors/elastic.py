@@ -2,7 +2,7 @@
 
     budget thread --resize(n)------> active = n; past the pool's size: start workers now
     sender thread --candidates()---> pool.workers[:active]: only these are sent pieces
-    budget thread --cpu_seconds()--> user + system CPU time the stage's workers used (/proc)
+    budget thread --sched_seconds()-> CPU time the stage's workers used, and time they waited for a core (/proc)
 
 With fewer workers the others finish what they hold and wait, parked and
 warm: moving a worker back later costs nothing, and the stage's teardown
@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .meter import proc_cpu_seconds
+from .meter import proc_cpu_seconds, proc_sched_seconds
 from .pool import ProcessPool, WorkerProc, stop_worker
 
 __all__ = ["Elastic"]
@@ -33,16 +33,19 @@ class Elastic:
 
     def __init__(self) -> None:
         self.active: int | None = None  # None: every worker of the pool runs (workers= chosen by the user)
-        self._cpu_last: dict[int, float] = {}  # pid -> CPU seconds at the last look
-        self._cpu_used = 0.0
+        self._sched_last: dict[int, tuple[float, float | None]] = {}  # pid -> (CPU, core wait) at the last look
+        self._sched_used: tuple[float, float | None] = (0.0, 0.0)
 
     def candidates(self, pool: ProcessPool) -> list[WorkerProc]:
         """Return the workers that may be sent new pieces now."""
         return pool.workers if self.active is None else pool.workers[: self.active]
 
     def resize(self, workers: int) -> None:
-        """Run `workers` of the pool's workers from now on; start more if the pool has fewer."""
-        n = max(1, min(int(workers), self.spec.workers))
+        """Run `workers` of the pool's workers from now on; start more if the pool has fewer.
+
+        The budget may go past `spec.workers` (a stage that waits on I/O): the pool grows.
+        """
+        n = max(1, int(workers))
         with self._lock:
             self.active = n
             pool = self.pool
@@ -66,24 +69,53 @@ class Elastic:
         self._wake()  # the collector waits on the pipes it knew: it must list the new ones
         self.port.wake()  # the sender may have room now
 
-    def cpu_seconds(self) -> float | None:
-        """Return the CPU seconds this stage's workers used since the stage first looked at each."""
+    def shed_growth(self, pool: ProcessPool) -> None:
+        """Stop the workers the budget added past `spec.workers` (a stage that waited on I/O) before the pool goes back.
+
+        A warm pool keeps the size a stage starts with: the next run grows it
+        again if it waits too, and idle extra processes hold no memory meanwhile.
+        """
+        if self.active is None:
+            return
+        with self._lock:
+            extra = pool.workers[self.spec.workers :]
+            del pool.workers[self.spec.workers :]
+            pool.size = len(pool.workers)
+        for w in extra:
+            stop_worker(w, timeout=1.0)
+
+    def sched_seconds(self) -> tuple[float, float | None] | None:
+        """Return the CPU seconds this stage's workers used, and the seconds they waited for a core.
+
+        Counted since the stage first looked at each worker; the wait is None
+        where /proc/<pid>/schedstat is missing (CPU from /proc/<pid>/stat then).
+        None: nothing measured (no pool yet, or no /proc).
+        """
         pool = self.pool
         if pool is None:
             return None
         with self._lock:
             pids = [w.proc.pid for w in pool.workers]
-        seen: dict[int, float] = {}  # only the workers there now: a recycled one's pid is not kept
+        seen: dict[int, tuple[float, float | None]] = {}  # only the workers there now: a recycled one's pid is not kept
+        cpu, wait = self._sched_used
         for pid in pids:
-            now = proc_cpu_seconds(pid)
+            now: tuple[float, float | None] | None = proc_sched_seconds(pid)
             if now is None:
-                continue
-            last = self._cpu_last.get(pid)
+                ran = proc_cpu_seconds(pid)
+                if ran is None:
+                    continue
+                now = (ran, None)
+            last = self._sched_last.get(pid)
             seen[pid] = now
             if last is not None:
-                self._cpu_used += max(0.0, now - last)
-        self._cpu_last = seen
-        return self._cpu_used if seen else None
+                cpu += max(0.0, now[0] - last[0])
+                if wait is not None and now[1] is not None and last[1] is not None:
+                    wait += max(0.0, now[1] - last[1])
+                else:
+                    wait = None  # one worker without the figure: the stage's wait is unknown
+        self._sched_last = seen
+        self._sched_used = (cpu, wait)
+        return self._sched_used if seen else None
 
     # provided by the executor
     cancelled: bool

@@ -1,7 +1,8 @@
 """What the parent reads about processes and the machine: /proc on Linux, psutil elsewhere.
 
     recycle (memory guard, stats)  memory_meter(): a worker's RSS, the machine's available memory
-    elastic / budget (CPU budget)  proc_cpu_seconds(pid), machine_idle_seconds()
+    elastic / budget (CPU budget)  proc_sched_seconds(pid): CPU time and time waiting for a core;
+                                   proc_cpu_seconds(pid), machine_idle_seconds() where that is missing
 
 Reading /proc takes a small file read where importing psutil took several
 ms of a cold ``ezflow.map`` (W5); psutil stays the fallback where /proc
@@ -22,6 +23,7 @@ __all__ = [
     "machine_idle_seconds",
     "memory_meter",
     "proc_cpu_seconds",
+    "proc_sched_seconds",
 ]
 
 AVAILABLE_SECONDS = 0.05
@@ -46,6 +48,21 @@ def proc_cpu_seconds(pid: int) -> float | None:
     try:
         return (int(fields[11]) + int(fields[12])) / _TICKS
     except (IndexError, ValueError):
+        return None
+
+
+def proc_sched_seconds(pid: int) -> tuple[float, float] | None:
+    """Return the seconds process `pid` ran on a CPU and waited for one (None: no /proc/<pid>/schedstat).
+
+    The scheduler's own counts (ns): a worker inside an item that neither ran
+    nor waited for a core was waiting on something else (a file, a socket,
+    a sleep), whatever the machine's load.
+    """
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            ran, waited = f.read().split()[:2]
+        return int(ran) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
         return None
 
 

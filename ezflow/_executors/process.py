@@ -389,6 +389,7 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
             for w in pool.workers:
                 if healthy and not self._await_closed(w, wait_close=self.spec.is_class):
                     healthy = False
+            self.shed_growth(pool)
         release(pool, healthy)
         self._shm.close()
         self._close_wake()

@@ -232,7 +232,10 @@ def status_line(stats: FlowStats) -> str:
 
 
 # what "auto" means, said by the summary (BUDGET_NOTE) and the panel's tooltip
-BUDGET_WORDS = "process stages left at workers=None share the CPUs, each with workers in proportion to the CPU it uses"
+BUDGET_WORDS = (
+    "process stages left at workers=None start with one worker per CPU each; "
+    "a stage that waits on I/O gets more, one that leaves workers idle gives them back"
+)
 BUDGET_NOTE = f"auto: {BUDGET_WORDS} (the count shown is the latest)"
 
 
