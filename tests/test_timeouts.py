@@ -87,3 +87,61 @@ def test_timeout_still_means_how_long_a_caller_waits():
     flow = ezflow.Flow(range(5)).map(abs, mode="thread", item_timeout=5).batch(2, timeout=0.1)
     assert flow.stages[0].item_timeout == 5.0 and flow.stages[1].batch_timeout == 0.1
     assert flow.start(timeout=30, progress=False).wait(timeout=30) == [[0, 1], [2, 3], [4]]
+
+
+def sleeps_on_seven(x):
+    if x == 7:
+        time.sleep(10)  # far past the limit: only a limit enforced on every attempt ends it in time
+    return x
+
+
+@pytest.mark.no_dask("dask stages take no timeout")
+def test_every_attempt_has_the_limit(mode):
+    got = ezflow.map(
+        mode.fn(sleeps_on_seven), range(10), item_timeout=0.3, retries=2, errors="return", workers=2, progress=False, **mode
+    )
+    assert [g for i, g in enumerate(got) if i != 7] == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    f = got[7]
+    assert isinstance(f, ezflow.Failure) and isinstance(f.error, ezflow.ItemTimeout), f
+    assert f.attempts == 3 and f.index == 7
+
+
+class _RaisesThenSleeps:
+    """The first try raises, later ones overrun: each try is counted in a file (tries run in several processes)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, x):
+        if x != 3:
+            return x
+        with open(self.path, "a") as f:
+            f.write("x")
+        with open(self.path) as f:
+            tries = len(f.read())
+        if tries == 1:
+            raise ValueError("first try")
+        time.sleep(10)
+        return x
+
+
+def test_a_retry_inside_the_worker_has_the_limit_too(tmp_path):
+    fn = _RaisesThenSleeps(str(tmp_path / "tries"))
+    got = ezflow.map(fn, range(40), item_timeout=0.5, retries=2, errors="return", workers=2, chunksize=8, progress=False)
+    assert [g for i, g in enumerate(got) if i != 3] == [i for i in range(40) if i != 3]
+    f = got[3]
+    assert isinstance(f, ezflow.Failure) and isinstance(f.error, ezflow.ItemTimeout), f
+    assert f.attempts == 3  # raised, overran (the worker retried it), overran again (the parent did)
+    assert (tmp_path / "tries").read_text() == "xxx"
+
+
+def test_a_limit_does_not_cut_tiny_items_one_per_message(monkeypatch):
+    from ezflow._executors import process
+
+    sent = []
+    task = process._task
+    monkeypatch.setattr(process, "_task", lambda piece, *rest: sent.append(len(piece.items)) or task(piece, *rest))
+    n = 20_000
+    assert ezflow.map(abs, range(-n, 0), item_timeout=60, workers=2, progress=False) == list(range(n, 0, -1))
+    assert sum(sent) == n
+    assert len(sent) < n // 20, f"{len(sent)} messages for {n} items"

@@ -94,8 +94,10 @@ class StageDriver:
             return 1  # concurrency comes from awaiting many single items at once
         if spec.rate is not None:
             return 1  # the limit counts calls: pace them one by one
-        if spec.item_timeout is not None:
-            return 1  # a stuck item is stopped by replacing its worker: keep it alone
+        if spec.item_timeout is not None and spec.mode != "process":
+            # a stuck thread cannot be stopped, only left behind: alone. (A process worker
+            # marks each item it starts, and is stopped only for the one that overran.)
+            return 1
         if self._per_item is None:
             return 1  # measure before batching: a slow item must not be hoarded by one worker
         target = TARGET_PIECE_SECONDS.get(spec.mode, 0.02)

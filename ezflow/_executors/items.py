@@ -59,7 +59,7 @@ Outcome = tuple[list, list, int]  # values, errs, retried
 class Runtime:
     """A stage as a worker holds it: the ready callable and its rules."""
 
-    __slots__ = ("call", "instance", "kind", "limiter", "pack", "rules", "when")
+    __slots__ = ("call", "instance", "kind", "limiter", "marker", "pack", "rules", "when")
 
     def __init__(
         self,
@@ -79,6 +79,7 @@ class Runtime:
         self.rules = rules
         self.pack = pack  # exceptions must be made picklable (process and dask workers)
         self.limiter = limiter
+        self.marker: Any = None  # a process worker's deadline.Marker when the stage has a time limit
 
     @property
     def retries(self) -> int:
@@ -163,6 +164,7 @@ def steps(rt: Runtime, items: list, tried: int = 0) -> Generator[Step, Any, Outc
     when = rt.when
     rules = rt.rules
     limiter = rt.limiter
+    marker = rt.marker  # a time limit: say which attempt runs from when (deadline.py)
     for pos, item in enumerate(items):
         if item.__class__ is Failure:
             values.append(_passthrough(kind, item))
@@ -186,7 +188,11 @@ def steps(rt: Runtime, items: list, tried: int = 0) -> Generator[Step, Any, Outc
             if limiter is not None:
                 wait = limiter.reserve()
                 if wait > 0:
+                    if marker is not None:
+                        marker.idle()  # waiting for the rate is not the item's time
                     yield (SLEEP, wait)
+            if marker is not None:
+                marker.mark(pos, attempt)
             ok, out = yield (CALL, item)
             if ok:
                 values.append(out)
@@ -198,6 +204,8 @@ def steps(rt: Runtime, items: list, tried: int = 0) -> Generator[Step, Any, Outc
                 break
             retried += 1
             if delay > 0:
+                if marker is not None:
+                    marker.idle()  # nor is the backoff
                 yield (SLEEP, delay)
             attempt += 1
     return values, errs, retried
@@ -221,21 +229,25 @@ def run_piece(rt: Runtime, items: list, special: bool, tried: int = 0) -> tuple[
     """
     t0 = time.perf_counter()
     plain = rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None
-    if plain and not special and not tried:
-        values, errs = _fast_map(rt, items)
-        return values, errs, time.perf_counter() - t0, 0
-    gen = steps(rt, items, tried)
     try:
-        step = next(gen)
-        while True:
-            if step[0] == CALL:
-                step = gen.send(call_item(rt, step[1]))
-            else:
-                time.sleep(step[1])
-                step = gen.send(None)
-    except StopIteration as stop:
-        values, errs, retried = stop.value
-    return values, errs, time.perf_counter() - t0, retried
+        if plain and not special and not tried:
+            values, errs = _fast_map(rt, items) if rt.marker is None else _fast_map_marked(rt, items)
+            return values, errs, time.perf_counter() - t0, 0
+        gen = steps(rt, items, tried)
+        try:
+            step = next(gen)
+            while True:
+                if step[0] == CALL:
+                    step = gen.send(call_item(rt, step[1]))
+                else:
+                    time.sleep(step[1])
+                    step = gen.send(None)
+        except StopIteration as stop:
+            values, errs, retried = stop.value
+        return values, errs, time.perf_counter() - t0, retried
+    finally:
+        if rt.marker is not None:
+            rt.marker.idle()
 
 
 def _fast_map(rt: Runtime, items: list) -> tuple[list, list]:
@@ -249,6 +261,29 @@ def _fast_map(rt: Runtime, items: list) -> tuple[list, list]:
     while True:
         try:
             for item in it:
+                append(call(item))
+            return values, errs
+        except BaseException as exc:
+            if not item_failed(exc):
+                raise
+            errs.append(_error(rt, exc, 1, len(values)))
+            append(None)
+
+
+def _fast_map_marked(rt: Runtime, items: list) -> tuple[list, list]:
+    # _fast_map with a time limit: each item's position goes to the worker's slot
+    # (deadline.py), one store of a small int an item, inlined.
+    values: list = []
+    errs: list = []
+    append = values.append
+    call = rt.call
+    rt.marker.mark(0, 1)  # attempt 1 (a plain map does not retry)
+    view = rt.marker.view
+    it = enumerate(items)
+    while True:
+        try:
+            for pos, item in it:
+                view[1] = pos
                 append(call(item))
             return values, errs
         except BaseException as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from .._core import sigterm
 from .._core.procs import close_end, start_child
 from .._transport import flush_kept
+from .deadline import new_slot
 from .wire import Exit, encode
 from .worker import worker_main
 
@@ -34,16 +35,17 @@ _ids = itertools.count()
 class WorkerProc:
     """One worker process and the pieces it holds."""
 
-    __slots__ = ("__weakref__", "born", "conn", "outstanding", "proc", "send_lock", "sent_at")
+    __slots__ = ("__weakref__", "born", "conn", "outstanding", "proc", "send_lock", "sent_at", "slot")
 
-    def __init__(self, proc: Any, conn: Connection) -> None:
+    def __init__(self, proc: Any, conn: Connection, slot: Any = None) -> None:
         self.proc = proc
         self.conn = conn
+        self.slot = slot  # which item it runs since when (deadline.py): per-item time limits
         # held while a task is written and while the pipe is closed: a descriptor closed
         # under a write could be reused at once by a new worker's pipe, and the write land there
         self.send_lock = threading.Lock()
         self.outstanding: collections.deque = collections.deque()
-        self.sent_at = 0.0  # when the oldest outstanding piece was sent (timeouts)
+        self.sent_at = 0.0  # when the oldest outstanding piece was sent
         self.born = time.perf_counter()  # when it was started (a stage's insights time its start-up)
 
 
@@ -71,13 +73,15 @@ class ProcessPool:
 
     def spawn(self) -> WorkerProc:
         """Start one worker process."""
+        slot = new_slot()
         proc, conn = start_child(
             worker_main,
             start_method=self.start_method,
             name=f"ezflow-worker-{next(_ids)}",
             daemon=False,  # a daemonic worker could not start processes of its own
+            args=(slot,),
         )
-        return WorkerProc(proc, conn)
+        return WorkerProc(proc, conn, slot)
 
     def replace(self, worker: WorkerProc) -> WorkerProc:
         """Reap a dead (or stuck) worker and start a fresh one in its place."""

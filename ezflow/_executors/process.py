@@ -6,7 +6,8 @@
                                                                  v
     collector thread <---Result(...)----- pipe[w] <--------------+
          |  also waits on each worker's sentinel (death) and on the
-         |  oldest piece's deadline (per-item timeout)
+         |  deadline of the oldest item running (per-item time limit:
+         |  each worker marks the attempt it starts, see `deadline`)
          v
     port.done(piece, values, errs, busy)
 
@@ -24,6 +25,12 @@ a worker that used its items up or grew past the memory limit takes no
 more pieces and is replaced once it holds none: nothing it ran is lost or
 run again. A third thread samples each worker's RSS and stops one that
 crosses the limit mid-item.
+
+Per-item time limits (`timeout`): pieces are as large as without one. The
+worker marks each attempt it starts in a slot the parent reads (`deadline`);
+the parent kills a worker only when an attempt overruns. That attempt fails
+with `ItemTimeout` or is tried again (every attempt has the limit), and the
+other items of its piece run again.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
+from .deadline import Running, Watch, split_overrun
 from .elastic import Elastic
 from .freshness import before_acquire
 from .limits import TokenBucket, make_limiter
@@ -78,15 +86,16 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
     def __init__(self, spec: StageSpec, port: StagePort) -> None:
         RecyclingExecutor.__init__(self, spec, port)
         Elastic.__init__(self)
-        # a timed or rate-limited item must start when it is sent: no queue in the worker
-        self.prefetch = 1 if spec.item_timeout is not None or spec.rate is not None else 2
+        # a rate-limited item must start when it is sent: no queue in the worker
+        self.prefetch = 1 if spec.rate is not None else 2
         self.bucket = TokenBucket(spec.rate, spec.burst) if spec.rate is not None else None
         self.token = next(_tokens)
         self.pool: ProcessPool | None = None
         self._ids = itertools.count()
         # guards the pool's worker list and each worker's outstanding pieces (sender vs collector)
         self._lock = threading.Lock()
-        self._timed_out: set[int] = set()
+        self._timed_out: dict[int, Running] = {}  # id(worker) -> the attempt it was stopped for
+        self._watch = Watch(spec.item_timeout) if spec.item_timeout is not None else None
         self._wake_r, self._wake_w = os.pipe()
         self._setup_msg = b""
         self._shm: StageLink = None  # type: ignore[assignment]  # set in setup()
@@ -104,7 +113,8 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
                 payload = setup_payload(spec, make_limiter(spec, shared=True))
         except Exception as exc:
             raise StageError(spec.name, str(exc)) from exc
-        self._setup_msg = dumps(encode(Setup(self.token, payload, want_ready=spec.is_class)))
+        timed = spec.item_timeout is not None
+        self._setup_msg = dumps(encode(Setup(self.token, payload, want_ready=spec.is_class, timed=timed)))
         before_acquire(spec.fn)  # a module reloaded by the caller: no warm worker keeps the old one
         # under a CPU budget any warm pool with room for `active` will do: the rest wait, parked
         method = spec.start_method or default_start_method()
@@ -204,8 +214,9 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
                     piece.id = next(self._ids)
                     w.outstanding.append(piece)
                     if len(w.outstanding) == 1:
-                        w.sent_at = time.monotonic()
                         self._tally.began(w, piece)
+                        if self.spec.item_timeout is not None:
+                            self._wake()  # the collector must look at this worker's items' deadlines
             if old is not None:
                 self._retired(old)
             if w is None:
@@ -258,7 +269,6 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
             piece = w.outstanding.popleft()
             self._life.finished(w, len(piece.items))  # before its slot is free: it may have to retire
             if w.outstanding:
-                w.sent_at = time.monotonic()
                 self._tally.began(w, w.outstanding[0])
         self.port.wake()  # the worker has a free slot
         return piece
@@ -318,8 +328,9 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         code = w.proc.exitcode
         peak = self._life.killed(w)  # the memory guard stopped it at this RSS
         first = not self._life.used(w)  # the piece it was running was its first
-        timed_out = id(w) in self._timed_out
-        self._timed_out.discard(id(w))
+        run = self._timed_out.pop(id(w), None)
+        if self._watch is not None:
+            self._watch.forget(id(w))
         with self._lock:
             pieces = list(w.outstanding)
             w.outstanding.clear()
@@ -331,39 +342,49 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         self._shm.done(*(p.id for p in pieces))
         self._shm.reap()  # segments the dead worker made and never sent
         err: BaseException
-        if peak and not timed_out:
+        if peak and run is None:
             self.port.report_workers(recycled=1)
             self._memory_stopped(pieces, peak, first)
             return
-        if timed_out:
-            err = self.rules.timeout_error("its worker process was stopped")
-        else:
-            err = WorkerDied(code, self.spec.name)
-            if code == -signal.SIGKILL:  # perhaps the OOM killer: say how big it was, and the machine's memory
-                err.args = (str(err) + self._life.death_note(w),)
+        if run is not None:
+            self._overran(pieces, run)
+            return
+        err = WorkerDied(code, self.spec.name)
+        if code == -signal.SIGKILL:  # perhaps the OOM killer: say how big it was, and the machine's memory
+            err.args = (str(err) + self._life.death_note(w),)
         self._worker_died(pieces, err)
 
     def _next_deadline(self, workers: list[WorkerProc]) -> float | None:
-        timeout = self.spec.item_timeout
-        if timeout is None:
+        if self._watch is None:
             return None
-        starts = [w.sent_at for w in workers if w.outstanding]
-        if not starts:
-            return None
-        return max(0.0, min(starts) + timeout - time.monotonic()) + 0.001
+        return self._watch.wait(any(w.outstanding for w in workers))
 
     def _check_timeouts(self, workers: list[WorkerProc]) -> None:
-        timeout = self.spec.item_timeout
-        if timeout is None:
+        if self._watch is None:
             return
-        now = time.monotonic()
-        for w in workers:
-            if w.outstanding and now - w.sent_at > timeout and id(w) not in self._timed_out:
-                self._timed_out.add(id(w))
-                try:
-                    w.proc.kill()  # SIGKILL: works even on C code that ignores signals
-                except Exception:
-                    pass
+        held = {id(w): w for w in workers if w.outstanding and id(w) not in self._timed_out}
+        for key, run in self._watch.overdue({k: w.slot for k, w in held.items()}, time.monotonic()):
+            self._timed_out[key] = run
+            try:
+                held[key].proc.kill()  # SIGKILL: works even on C code that ignores signals
+            except Exception:
+                pass
+
+    def _overran(self, pieces: list[Piece], run: Running) -> None:
+        """A worker was stopped because attempt `run` overran: it fails or runs again (the rules),
+        every other item the worker held runs again."""
+        cut = split_overrun(pieces, run)
+        if cut is None:
+            if pieces:
+                self.port.give_back(pieces)  # its answer came first: nothing overran
+            return
+        bad, again = cut
+        err = self.rules.timeout_error("its worker process was stopped")
+        failed = self.rules.on_lost(bad, err, self.port.give_back)
+        if failed is not None:
+            self.port.done(bad, [None], [failed], 0.0)
+        if again:
+            self.port.give_back(again)
 
     # -- ending -------------------------------------------------------------
 

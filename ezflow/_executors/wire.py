@@ -1,7 +1,7 @@
 """The worker protocol: one named record per message between a process stage and its workers.
 
     parent (process.py, recycle.py, pool.py)          worker process (worker.py)
-    Setup(token, payload, want_ready)        ----->   build the stage (a class: instantiated here)
+    Setup(token, payload, want_ready, timed) ----->   build the stage (a class: instantiated here)
                                              <-----   Ready(token) if want_ready | SetupFailed(token, error, tb)
     Task(piece_id, token, items, special,    ----->   run_piece()
          tried, share)                       <-----   Result(piece_id, values, errs, busy, retries)
@@ -51,6 +51,7 @@ class Setup(NamedTuple):
     token: int
     payload: bytes
     want_ready: bool  # a class is built before input is read: the parent waits for it
+    timed: bool = False  # the stage has a time limit per item: mark each attempt in the slot (deadline.py)
 
 
 class Ready(NamedTuple):

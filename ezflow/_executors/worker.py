@@ -24,6 +24,7 @@ from typing import Any
 from .._core.errors import RemoteError, describe, pack_exception
 from .._transport import idle, set_worker_parent
 from .._transport.serialize import dumps, loads
+from .deadline import Marker
 from .items import Runtime, build_runtime, close_runtime, run_piece
 from .port import ItemError
 from .wire import Closed, Exit, Ready, Result, Setup, SetupFailed, Task, Teardown, Unloadable, decode, encode
@@ -121,8 +122,12 @@ def _result_scope(share: tuple | None) -> Any:
     return _shm.result_scope(share)
 
 
-def worker_main(conn: Any, owner: int) -> None:
-    """Serve setup/task/teardown messages until told to exit or the pipe closes."""
+def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
+    """Serve setup/task/teardown messages until told to exit or the pipe closes.
+
+    `slot`: where this worker says which item it runs since when (`deadline`), for stages with a time limit.
+    """
+    marker = Marker(slot) if slot is not None else None
     set_worker_parent(owner)  # the parent owns the shared-memory segments made here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(
@@ -150,6 +155,8 @@ def worker_main(conn: Any, owner: int) -> None:
             rt = runtimes.get(msg.token)
             if rt is None:  # its setup never arrived: the parent is tearing down (at exit); leave quietly
                 raise SystemExit(1)
+            if rt.marker is not None:
+                rt.marker.begin(msg.piece_id)
             values, errs, busy, retries = run_piece(rt, msg.items, msg.special, msg.tried)
             piece_id, share = msg.piece_id, msg.share
             with _result_scope(share):
@@ -166,6 +173,8 @@ def worker_main(conn: Any, owner: int) -> None:
                 runtimes[msg.token] = build_runtime(
                     stage, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter
                 )
+                if msg.timed:
+                    runtimes[msg.token].marker = marker
             except BaseException as exc:
                 _send(conn, SetupFailed(msg.token, *pack_exception(exc)))
             else:

@@ -150,6 +150,8 @@ class _Reducer:
     def _may_reference(self, m: _Mapping) -> bool:
         if m.private:
             return False  # our copy-on-write view may differ from the segment
+        if m.role == "own" and m.name not in S.owned:
+            return False  # its name was taken out of /dev/shm (shutdown()): nobody can open it
         ctx = self.ctx
         if ctx is not None and not ctx.owner and m.role == "foreign" and m.epoch != S.epoch:
             # a view kept from an earlier item: its owner may have let it go; send the data

@@ -282,9 +282,37 @@ def flush_pool() -> None:
     S.keep_until = 0.0
     _reap()  # results that stopped workers made for us and never sent
     _flush_pool()
+    _unname_held()
     with S.map_lock:
         _kept.settle()  # the mappings kept of what we unlinked
     _let_go()
+
+
+def _unname_held() -> None:
+    """Take out of /dev/shm the names of segments only views here still hold (``shutdown()``).
+
+    Results the caller keeps (a loop variable after an interrupted cell, say)
+    stay valid: a mapping outlives its name, and the memory goes with the
+    last view. Without a name nothing can reference them any more, so a
+    later run sends their data again (`pickler._may_reference`). Not while
+    a run is active (a reference may be on its way to a worker), and not for
+    ``share()``d arrays: those are one memory in every process on purpose.
+    """
+    if S.active:
+        return
+    for (name, _private), m in list(S.maps.items()):
+        if m.role != "own" or not m.auto:
+            continue
+        with S.lock:
+            seg = S.owned.get(name)
+            if seg is None or seg.state != "used":
+                continue
+        if _exclusive(name) is False:
+            continue  # another process views it: its owner's usual clean-up decides
+        with S.lock:
+            S.owned.pop(name, None)
+            S.idle.pop(name, None)
+        _unlink(name)
 
 
 def _let_go() -> None:

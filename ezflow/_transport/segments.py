@@ -364,6 +364,8 @@ def _unmapped(name: str, addr: int, length: int, fd: int, role: str, pid: int, p
         _munmap(addr, length)
         return  # an inherited copy in a forked child: only the child's mapping goes
     keep = keeper is not None and ino != 0  # kept for the segment's next use here (kept.py)
+    if role == "own" and name not in S.owned:
+        keep = False  # unnamed already (shutdown()): nothing will use it again
     if role == "prov":
         unlink, given = S.prov.unmapped(name)
         keep = keep and given  # else it is unlinked now, or soon

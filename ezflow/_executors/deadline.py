@@ -1,0 +1,140 @@
+"""Per-item time limits in process stages: the worker marks each attempt it starts, the parent watches the marks.
+
+    worker process (worker.py, items.py)             parent (process.py, collector thread, `Watch`)
+    Marker.begin(piece_id)   before a piece          every limit/20 while a worker holds a piece:
+    Marker.mark(pos, attempt) before each attempt:       a tag not seen before started at most now
+        slot <- (piece, attempt), position               a tag seen for longer than the limit: SIGKILL
+    Marker.idle()  sleeping (backoff, rate), done    that attempt fails or is retried (rules.ItemRules);
+                                                     the piece's other items run again on a worker
+
+Each worker process has a slot in shared memory, made with it (`new_slot`):
+the tag of the attempt it runs, in two words: its piece and try (0: none
+runs), and its position in the piece. A plain map marks an item with one
+store of a small int (about 40 ns; reading the clock there would cost three
+times that, a large int twice), and
+nothing crosses the pipe, so a stage with a time limit batches its items
+like any other: the limit is on each attempt of each item, not on a
+message. The parent dates an attempt by the first time it sees its tag, so
+it never stops one early, and late by at most its polling interval
+(limit/20, at least 2 ms): a generous limit costs a glance every few seconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from multiprocessing.sharedctypes import RawArray
+from typing import Any, NamedTuple
+
+__all__ = ["Marker", "Running", "Watch", "new_slot", "piece_field", "split_overrun"]
+
+_PIECE_BITS = 40  # a piece id is kept modulo 2**40 in the tag: enough to tell the pieces a worker holds apart
+_ATTEMPT_MASK = 0xFF
+
+
+def new_slot() -> Any:
+    """Make a worker's slot: shared memory its process inherits or receives at start (every start method)."""
+    return RawArray(ctypes.c_int64, 2)
+
+
+def piece_field(piece_id: int) -> int:
+    """What of a piece id its tag carries (never 0: 0 is "no attempt running")."""
+    return (piece_id & ((1 << _PIECE_BITS) - 1)) + 1
+
+
+class Running(NamedTuple):
+    """The attempt a worker runs, as its tag says."""
+
+    piece: int  # piece_field of its piece's id
+    pos: int  # its item's position in the piece
+    attempt: int  # the item's tries so far, this one included (modulo 256)
+
+
+def _decode(tag: tuple[int, int]) -> Running:
+    return Running(tag[0] >> 8, tag[1], tag[0] & _ATTEMPT_MASK)
+
+
+class Marker:
+    """A worker's side of its slot."""
+
+    __slots__ = ("base", "view")
+
+    def __init__(self, slot: Any) -> None:
+        self.view = memoryview(slot).cast("B").cast("q")  # a memoryview store is the cheapest write there is
+        self.base = 0
+
+    def begin(self, piece_id: int) -> None:
+        """A piece starts: its attempts are tagged with its id."""
+        self.base = piece_field(piece_id) << 8
+
+    def mark(self, pos: int, attempt: int) -> None:
+        """Attempt `attempt` of the item at `pos` starts now."""
+        view = self.view
+        view[0] = self.base | (attempt & _ATTEMPT_MASK)
+        view[1] = pos
+
+    def idle(self) -> None:
+        """No attempt runs (a sleep between attempts, or the piece is done): no limit applies."""
+        self.view[0] = 0
+
+
+class Watch:
+    """The parent's side: when each worker's current attempt was first seen, and which ran too long."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.poll = max(0.002, limit / 20)
+        self._seen: dict[int, tuple[tuple[int, int], float]] = {}  # id(worker) -> (tag, first seen)
+
+    def overdue(self, slots: dict[int, Any], now: float) -> list[tuple[int, Running]]:
+        """Look at the slots of the workers holding pieces (id(worker) -> slot); return those past the limit."""
+        late = []
+        seen = self._seen
+        for key, slot in slots.items():
+            head = slot[0]
+            if head == 0:
+                seen.pop(key, None)
+                continue
+            tag = (head, slot[1])
+            if slot[0] != head:
+                continue  # moving on to another attempt right now: look again next time
+            first = seen.get(key)
+            if first is None or first[0] != tag:
+                seen[key] = (tag, now)
+            elif now - first[1] > self.limit:
+                late.append((key, _decode(tag)))
+        return late
+
+    def wait(self, holding: bool) -> float | None:
+        """How long the collector may wait before looking again (None: no worker holds a piece)."""
+        return self.poll if holding else None
+
+    def forget(self, key: int) -> None:
+        """A worker is gone."""
+        self._seen.pop(key, None)
+
+
+def split_overrun(pieces: list[Any], run: Running) -> tuple[Any, list[Any]] | None:
+    """Cut what a worker stopped for overrunning held: (the lone item that overran, the pieces to run again).
+
+    ``pieces[0]`` was running. Its items before the one that overran ran
+    to the end, but their results died with the worker: they run again with
+    its items after it, and the pieces queued behind it. None if the attempt
+    is not in ``pieces[0]`` (the piece's answer beat the kill: nothing overran).
+    """
+    if not pieces:
+        return None
+    first, rest = pieces[0], list(pieces[1:])
+    if piece_field(first.id) != run.piece or run.pos >= len(first.items):
+        return None
+    again = []
+    tail = first
+    if run.pos:
+        head, tail = first.split(run.pos)
+        again.append(head)
+    bad = tail
+    if len(tail.items) > 1:
+        bad, after = tail.split(1)
+        again.append(after)
+    # its tries before this one: the worker counts from the tries the piece had (a lone item given back)
+    bad.attempts = max(first.attempts, run.attempt - 1)
+    return bad, again + rest
