@@ -10,6 +10,8 @@ from ._core.mainguard import refuse_in_bootstrap, translate
 from ._core.trim import full_traceback
 from ._flow import Flow
 from ._plan.signature import refuse_keywords
+from ._plan.spec import make_stage
+from ._plan.star import Zipped, starred
 
 __all__ = ["imap", "map"]
 
@@ -20,18 +22,27 @@ _CHECKPOINT = ("checkpoint", "checkpoint_match", "checkpoint_failures")
 
 
 def _options(scope: dict) -> dict:
-    return {k: v for k, v in scope.items() if k not in ("fn", "iterable", "progress", "unknown", "__tracebackhide__")}
+    return {k: v for k, v in scope.items() if k not in ("fn", "iterables", "progress", "unknown", "__tracebackhide__")}
 
 
-def _flow(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: dict) -> Flow:
-    return Flow(iterable).map(fn, **opts)
+def _flow(where: str, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], opts: dict) -> Flow:
+    """The one-stage flow of a call; several iterables are zipped and spread into `fn` (as builtin map)."""
+    if len(iterables) == 1:
+        return Flow(iterables[0]).map(fn, **opts)
+    if not iterables:
+        raise TypeError(
+            f"{where}() needs at least one iterable, as builtin map does: {where}(fn, data) or {where}(fn, xs, ys)"
+        )
+    for i, it in enumerate(iterables):
+        if isinstance(it, (str, bytes)) or not hasattr(it, "__iter__"):
+            raise TypeError(f"{where}() argument {i + 2} must be an iterable, got {type(it).__name__}")
+    return Flow(Zipped(iterables))._with(starred(make_stage("map", fn, **opts)))
 
 
 def map(
-    fn: Callable[[Any], Any],
-    iterable: Iterable[Any],
+    fn: Callable[..., Any],
     /,
-    *,
+    *iterables: Iterable[Any],
     workers: int | None = None,
     mode: str | None = None,
     ordered: bool = True,
@@ -56,12 +67,15 @@ def map(
     checkpoint_failures: bool | None = None,
     **unknown: NoReturn,
 ) -> list:
-    """Apply `fn` to every item in parallel and return the results in order.
+    """Apply `fn` to every item (of several iterables: every tuple) in parallel; return the results in order.
 
     Args:
         fn: the function (a lambda or a notebook function is fine), a class
             (one instance per worker) or a coroutine function (async mode).
-        iterable: the inputs; a generator is consumed lazily.
+        *iterables: the inputs; a generator is consumed lazily. With several,
+            ``fn(a, b, ...)`` gets one item of each, as with builtin `map`,
+            stopping at the shortest; a `Failure` or error then names the
+            tuple of inputs.
         workers: parallel workers (default: one per CPU for processes).
         mode: "process" (default), "thread" or "async".
         ordered: results in input order (default) or as they finish.
@@ -93,7 +107,7 @@ def map(
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
     try:
-        return _flow(fn, iterable, opts).collect(progress=progress, **ck)
+        return _flow("ezflow.map", fn, iterables, opts).collect(progress=progress, **ck)
     except BaseException as exc:
         err = translate(exc)  # a worker that died re-importing the script: StageError
         if full_traceback() and err is exc:
@@ -102,10 +116,9 @@ def map(
 
 
 def imap(
-    fn: Callable[[Any], Any],
-    iterable: Iterable[Any],
+    fn: Callable[..., Any],
     /,
-    *,
+    *iterables: Iterable[Any],
     workers: int | None = None,
     mode: str | None = None,
     ordered: bool = True,
@@ -138,7 +151,7 @@ def imap(
     refuse_keywords("ezflow.imap", unknown, _KNOWN)
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
-    return _flow(fn, iterable, opts).iter(progress=progress, **ck)
+    return _flow("ezflow.imap", fn, iterables, opts).iter(progress=progress, **ck)
 
 
 _KNOWN = tuple(map.__kwdefaults__ or ())  # for "did you mean" on a misspelt option

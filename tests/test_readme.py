@@ -146,6 +146,8 @@ def _shown(args: str) -> list[tuple[str, inspect._ParameterKind, object]]:
     defaults = [inspect.Parameter.empty] * (len(positional) - len(fn.defaults)) + list(fn.defaults)
     for (a, kind), d in zip(positional, defaults):
         out.append((a.arg, kind, d))
+    if fn.vararg is not None:
+        out.append((fn.vararg.arg, inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.empty))
     for a, d in zip(fn.kwonlyargs, fn.kw_defaults):
         out.append((a.arg, inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty if d is None else d))
     if fn.kwarg is not None:

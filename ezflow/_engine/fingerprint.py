@@ -27,6 +27,8 @@ import pickle
 import types
 from typing import Any
 
+from .._plan.star import Star, StarClass
+
 __all__ = ["KEY_BYTES", "call_key", "function_key", "segment_key"]
 
 KEY_BYTES = 16
@@ -97,6 +99,10 @@ def _feed(h: Any, obj: Any, seen: set[int], depth: int, own: bool = False) -> No
         h.update(b"partial:")
         _feed(h, func, seen, depth + 1)
         _feed_value(h, (obj.args, obj.keywords))
+        return
+    if isinstance(obj, (Star, StarClass)):  # several iterables: the function they spread into
+        h.update(f"star:{type(obj).__name__}:".encode())
+        _feed(h, obj.__wrapped__, seen, depth + 1, own=own)
         return
     if callable(obj) and not isinstance(obj, type) and type(obj).__module__ == "__main__":
         seen.add(id(obj))
