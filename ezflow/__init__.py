@@ -3,6 +3,8 @@
 The public surface is this module; everything else is private.
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from ._api import imap, map
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
@@ -11,6 +13,12 @@ from ._core.stats import FlowStats, StageStats
 from ._executors import StageError
 from ._executors.pool import shutdown
 from ._flow import Flow
+
+if _TYPE_CHECKING:  # what loads on first use, named here for type checkers and the API reference
+    from ._engine.checkpoint_store import CheckpointError
+    from ._engine.feed import FlowStopped
+    from ._ezq.q import Msg, Q, run, run_thread
+    from ._transport.shm import SharedMemoryWarning, share
 
 __version__ = "0.1.0"
 

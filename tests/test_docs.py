@@ -53,7 +53,7 @@ def test_site_builds_in_strict_mode(tmp_path: Path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    for name in ("ezflow.map", "ezflow.Flow", "ezflow._ezq.q.Q"):
+    for name in ("ezflow.map", "ezflow.Flow", "ezflow.Q"):
         assert f'id="{name}"' in api, name
     assert (tmp_path / "site" / "notebooks" / "quickstart" / "index.html").exists()
 
