@@ -6,10 +6,10 @@ Rows, every output checked against serial:
 
 - serial: the three composed, one item at a time;
 - ezflow ``Flow(xs).map(f1).map(f2).map(f3).collect(progress=False)``
-  (process stages, default workers: they share one CPU budget, one worker
-  per stage here, moved to the bottleneck as the run goes);
-- the same with ``workers=2`` on each stage: one worker per CPU per stage,
-  what default workers ran before the budget;
+  (process stages, default workers: the CPU budget starts them at one worker
+  per CPU each and keeps that for CPU-bound stages; W10 is the case where it
+  adds workers);
+- the same with ``workers=2`` on each stage: the static split, no budget;
 - the same with a progress view forced on although stdout is not a tty: a
   real ``TqdmObserver`` writing to /dev/null, and the notebook panel
   (``WidgetObserver``) built headless (no kernel: ipywidgets uses a dummy
@@ -252,7 +252,7 @@ def impls(inp: PipeInput) -> list:
         Impl(ROW_OFF, ezflow_flow, kind="ezflow", unavailable=ezflow_unavailable,
              note="process stages, default workers, progress=False"),
         Impl(ROW_FIXED, ezflow_flow_fixed, kind="ezflow", unavailable=ezflow_unavailable,
-             note="workers=2 per stage: no CPU budget (6 processes)"),
+             note="workers=2 per stage: the static split, no CPU budget"),
         Impl(ROW_TQDM, ezflow_flow_tqdm, kind="ezflow", unavailable=ezflow_unavailable,
              note="TqdmObserver(file=/dev/null)"),
         Impl(ROW_WIDGET, ezflow_flow_widget, kind="ezflow", unavailable=widget_unavailable,
@@ -286,9 +286,9 @@ def run(ctx, wl):
                        "row's: the share of the CPU spent on the work itself")
     if os.getloadavg()[0] > 1.0:
         table.notes.append("on a busy machine wall times favour implementations with more "
-                           "processes (they win a larger share of the 2 cores): ezflow's CPU "
-                           "budget runs 3 (one per stage), workers=2 each 6, pypeln 6 + a manager, "
-                           "Pool and mpire 2")
+                           "processes (they win a larger share of the 2 cores): ezflow runs 6 "
+                           "(its CPU budget keeps one worker per CPU per stage here), pypeln 6 + "
+                           "a manager, Pool and mpire 2")
     rows = {r["impl"]: r for r in table.rows}
     off = rows.get(ROW_OFF, {})
     for name in (ROW_TQDM, ROW_WIDGET):

@@ -229,3 +229,25 @@ def test_the_bars_say_how_many_workers_run_now():
     plain = ezflow.Flow(range(10)).map(light, workers=2).map(heavy, workers=2)
     plain.collect(progress=False)
     assert not any("auto" in n for n in stage_notes(plain.stats.stages[0], False))
+
+
+@pytest.mark.skipif(NUM_CPUS < 2, reason="one CPU: one worker per stage is all there is")
+def test_a_budget_that_fails_goes_back_to_the_static_split(monkeypatch):
+    from ezflow._engine import budget
+
+    looks: list[int] = []
+
+    def step(self: budget.Budget) -> None:
+        looks.append(1)
+        if len(looks) == 1:
+            for _, d in self.members:  # a first look that takes workers away
+                budget._set(d, 1)
+            return
+        raise RuntimeError("cannot measure")
+
+    monkeypatch.setattr(budget.Budget, "step", step)
+    n = 3000
+    flow = ezflow.Flow(range(n)).map(light).map(heavy)
+    assert flow.collect(progress=False) == [x * 2 for x in range(n)]
+    assert len(looks) == 2
+    assert [s.workers for s in flow.stats.stages] == [NUM_CPUS, NUM_CPUS]

@@ -140,8 +140,12 @@ class Budget:
             while not done.wait(wait):
                 self.step()
                 wait = REBALANCE_SECONDS
-        except Exception:  # a budget that cannot measure must not fail the work: the split stays
-            return
+        except Exception:  # a budget that cannot measure must not fail the work: back to the static split
+            for _, d in self.members:
+                try:
+                    _set(d, d.spec.workers)
+                except Exception:
+                    pass  # that stage keeps the workers it has
 
     def step(self) -> None:
         """Look at the last window and move each stage to what it wants (fewer only after `STEADY_LOOKS` looks)."""
