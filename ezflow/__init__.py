@@ -4,6 +4,7 @@ The public surface is this module; everything else is private.
 """
 
 from ._api import imap, map
+from ._apply import apply
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
 from ._core.insights import FailedItem, SlowItem, WorkerStats
@@ -72,6 +73,7 @@ __all__ = [
     "WorkerDied",
     "WorkerStats",
     "__version__",
+    "apply",
     "imap",
     "map",
     "run",
