@@ -110,10 +110,23 @@ def apply(
     spans = _spans(plan, workers or NUM_CPUS, chunksize)
     if not spans:  # nothing to split: pandas answers (an empty frame keeps its shape)
         return plan.whole()
-    chunks = (plan.chunk(a, b) for a, b in spans)  # lazy: slices are made as workers take them
+    chunks = _Chunks(plan, spans)
     view = _RowsView.around(progress, plan.rows, len(spans))
     results = _map(plan.work, chunks, progress=view if view is not None else False, **opts)
     return plan.combine(pd, results, spans, errors)
+
+
+class _Chunks:
+    """The chunks, made as the run takes them (slices, not copies), with a length for the views."""
+
+    def __init__(self, plan: _Plan, spans: list[tuple[int, int]]) -> None:
+        self.plan, self.spans = plan, spans
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __iter__(self) -> Any:
+        return (self.plan.chunk(a, b) for a, b in self.spans)
 
 
 class _Plan:
