@@ -20,12 +20,13 @@ import math
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from ._api import map as _map
 from ._core.env import NUM_CPUS
 from ._core.errors import Failure
 from ._core.record import replace
+from ._plan.signature import refuse_keywords
 
 __all__ = ["apply"]
 
@@ -33,7 +34,7 @@ CHUNK_BYTES = 32 << 20  # a chunk carries about this much of the frame, at most 
 CHUNKS_PER_WORKER = 8  # ... and there are at least this many per worker (balance: the last ones end together)
 MIN_ROWS = 256  # ... yet no chunk has fewer rows (amortise: each chunk costs a message and a pandas call)
 
-_NOT_MAP = ("data", "fn", "axis", "chunksize", "pd", "progress", "__tracebackhide__")
+_NOT_MAP = ("data", "fn", "axis", "chunksize", "pd", "progress", "unknown", "__tracebackhide__")
 _KINDS = "a pandas DataFrame, Series, or a groupby of one (df.groupby(key))"
 
 
@@ -51,7 +52,7 @@ def apply(
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
-    timeout: float | None = None,
+    item_timeout: float | None = None,
     rate: float | None = None,
     burst: int = 1,
     name: str | None = None,
@@ -63,6 +64,7 @@ def apply(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_match: str | None = None,
     checkpoint_failures: bool | None = None,
+    **unknown: NoReturn,
 ) -> Any:
     """Apply `fn` over a DataFrame, Series or groupby in parallel; return what pandas would.
 
@@ -84,7 +86,7 @@ def apply(
         errors: "raise", "skip" (the rows of a chunk that failed are left
             out) or "return" (they hold its `Failure`).
         Other options: as `ezflow.map` (`workers`, `mode`, `progress`,
-            `checkpoint`, ...); progress views count rows.
+            `item_timeout`, `checkpoint`, ...), per chunk; progress views count rows.
 
     Returns:
         What ``data.apply(fn, axis=axis)`` returns (``data.groupby(...).apply(fn)``
@@ -98,6 +100,7 @@ def apply(
             is the original exception (and it is an instance of its class).
     """
     __tracebackhide__ = True  # IPython and pytest hide this frame
+    refuse_keywords("ezflow.apply", unknown, _KNOWN)  # timeout= is item_timeout= now
     try:
         import pandas as pd
     except ImportError:
@@ -430,3 +433,6 @@ class _RowsView:
 
     def __getattr__(self, name: str) -> Any:  # bind_stop and whatever else the view offers
         return getattr(self._view, name)
+
+
+_KNOWN = (*tuple(apply.__kwdefaults__ or ()),)  # for "did you mean" on a misspelt option
