@@ -314,6 +314,10 @@ def _run_attempt(obj: Any, dill: bool = False) -> Pickled:
         if ctx is not None:
             ctx.undo(reducer.attempt)
         raise
+    finally:
+        # the memo holds every object pickled (pandas' combined copy of each Arrow column
+        # too), and the pickler sits in a cycle with its own buffer_callback: let them go now
+        p.clear_memo()
     if ctx is not None:
         ctx.keep(reducer.attempt)
     return Pickled(buf.getvalue(), reducer.buffers, reducer.unshared)
