@@ -6,6 +6,7 @@ The public surface is this module; everything else is private.
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._api import imap, map
+from ._apply import apply
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
 from ._core.insights import FailedItem, SlowItem, WorkerStats
@@ -80,6 +81,7 @@ __all__ = [
     "WorkerDied",
     "WorkerStats",
     "__version__",
+    "apply",
     "imap",
     "map",
     "run",

@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO / "notebooks"
 # What the repo ships, for when git cannot say (not a checkout, or no git).
-SHIPPED = ("dask.ipynb", "long_runs.ipynb", "pipelines.ipynb", "quickstart.ipynb", "shared_arrays.ipynb")
+SHIPPED = ("dask.ipynb", "dataframes.ipynb", "long_runs.ipynb", "pipelines.ipynb", "quickstart.ipynb", "shared_arrays.ipynb")
 
 
 def shipped_notebooks() -> list[Path]:
@@ -57,6 +57,8 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 # timeout cut), so it must equal the "in" column of the `flow.stats` table the
 # notebook prints for that run.
 PANELS: dict[str, list[dict[str, int | None]]] = {
+    # ezflow.apply(df, score, axis=1, progress=True): the panel counts rows, not chunks
+    "dataframes.ipynb": [{"score": 40000}],
     "quickstart.ipynb": [
         # section 5: ~3 s, long enough to show the panel live; 4,000 squares, a third are multiples of 3
         {"square": 4000, "multiple_of_3": 4000, "inverse": 1334},
@@ -73,6 +75,7 @@ PANELS: dict[str, list[dict[str, int | None]]] = {
 
 # Text a notebook must print (its point is to show these).
 SHOWS: dict[str, list[str]] = {
+    "dataframes.ipynb": ["same result: True", "ten chunks of 4,000 rows: True", "rows failed", "share_arrays=False"],
     "long_runs.ipynb": [
         "400 results in",
         "all 400 from the checkpoint",

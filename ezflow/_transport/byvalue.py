@@ -15,14 +15,15 @@ from typing import Any
 __all__ = ["dill_pickler"]
 
 
-def dill_pickler(file: Any, reducer: Any = None) -> Any:
+def dill_pickler(file: Any, reducer: Any = None, buffer_callback: Any = None) -> Any:
     """A dill pickler by value (recurse=True) that takes modules by name.
 
     dill would copy the namespace of any module outside site-packages (an
     editable install, a helper module next to the notebook) into the
     pickle, and fail on what it holds (locks, thread-locals); a worker
     imports such a module instead, as it imports any other. ``reducer``
-    is a further ``reducer_override`` to consult.
+    is a further ``reducer_override`` to consult; ``buffer_callback`` is
+    pickle's (out-of-band buffers).
     """
     import dill
 
@@ -32,7 +33,7 @@ def dill_pickler(file: Any, reducer: Any = None) -> Any:
         return NotImplemented if reducer is None else reducer(obj)
 
     # an instance attribute, not a subclass: dill tells its own picklers by module name
-    p = dill.Pickler(file, 5, recurse=True)
+    p = dill.Pickler(file, 5, recurse=True, buffer_callback=buffer_callback)
     p.reducer_override = override
     return p
 

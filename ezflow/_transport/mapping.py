@@ -118,6 +118,20 @@ def _attach(name: str, offset: int, dtype: Any, shape: tuple, strides: tuple, fl
     return arr
 
 
+def _containing(addr: int, nbytes: int) -> tuple[_Mapping, int] | None:
+    """The mapping here that holds [addr, addr + nbytes), and the offset in it, if any.
+
+    For buffers whose owner chain Python cannot walk (a pyarrow Buffer made
+    from a view of a segment): the address says where they lie.
+    """
+    if not S.maps:
+        return None
+    for m in list(S.maps.values()):
+        if type(m) is _Mapping and m.addr <= addr and addr + nbytes <= m.addr + m.length:
+            return m, addr - m.addr
+    return None
+
+
 def _unshared(reason: str, obj: Any) -> Any:
     """A worker could not share this array (unpickled in the parent: warn once, use it)."""
     _warn_once(reason)

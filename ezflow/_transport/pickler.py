@@ -1,7 +1,16 @@
-"""ezflow's pickler: shared arrays travel as references, big ones are shared on the way.
+"""ezflow's pickler: shared buffers travel as references, big ones are shared on the way.
 
     a task (parent)   --_sending(threshold)--> big input arrays written to segments, referenced
     a result (worker) --result_scope(opts)---> big result arrays written to lent spares or new segments
+    any other pickle-5 buffer (pandas' Arrow columns, pyarrow Tables, ...)
+                      --buffer_callback-------> the same, out of band: `Pickled.buffers` lists
+                                                the references, in the order loads wants them
+
+numpy arrays are caught whole (``reducer_override``: dtype, shape and strides
+travel with the reference); every other object that hands pickle a
+``PickleBuffer`` (protocol 5, PEP 574) has each big buffer written once
+into a segment, or referenced where it already lies in one, and mapped on
+the other side as a memoryview (read-only where the source was).
 
 Only this pickler (used by `serialize.dumps` inside a sharing scope) writes
 references. Everything else that pickles a shared array (``pickle.dumps``,
@@ -20,12 +29,12 @@ import pickle
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._core.forks import at_fork
 from . import kept as _kept
 from .byvalue import dill_pickler
-from .mapping import _attach, _unshared
+from .mapping import _attach, _containing, _unshared
 from .registry import _create, _release
 from .segments import (
     _MV,
@@ -127,6 +136,47 @@ class _Reducer:
         self.threshold = ctx.threshold if ctx is not None else None
         self.attempt = _Attempt()
         self._skip: set[int] = set()
+        self.buffers: list[tuple[str, int, int, int]] = []  # out-of-band references, in pickling order
+        self.unshared: str | None = None  # why a big buffer went in band (the parent warns)
+
+    def buffer_callback(self, pb: pickle.PickleBuffer) -> bool:
+        """Decide where one pickle-5 buffer goes: False sends it out of band, as a reference.
+
+        It goes out of band when it lies in a segment already (a Table a
+        worker returned, passed on to the next stage: no copy at all), or
+        is at least the threshold and can be written into one.
+        """
+        if self._nd is None:
+            return True
+        try:
+            raw = pb.raw()  # 1-D bytes; BufferError if not contiguous
+        except BufferError:
+            return True
+        n = raw.nbytes
+        if not n:
+            return True
+        readonly = _RO if raw.readonly else 0
+        flat = _np().frombuffer(raw, _np().uint8)
+        found = _containing(flat.__array_interface__["data"][0], n)
+        if found is not None and self._may_reference(found[0]):
+            m, offset = found
+            self._note_prov(m)
+            self.attempt.nbytes += n
+            self.buffers.append((m.name, offset, n, _MV | readonly | (0 if m.auto else _SHARED)))
+            return False
+        if self.threshold is None or n < self.threshold:
+            return True
+        try:
+            name = self._write_segment(flat, n)
+        except (_Unavailable, OSError) as exc:
+            if self.ctx is not None and self.ctx.owner:
+                _warn_once(str(exc))
+            else:
+                self.unshared = str(exc)
+            return True
+        self.attempt.nbytes += n
+        self.buffers.append((name, 0, n, _MV | readonly))
+        return False
 
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
@@ -164,42 +214,50 @@ class _Reducer:
             flags |= _SHARED
             if not obj.flags.writeable:
                 flags |= _RO
-        if m.role == "prov" and self.ctx is not None and not self.ctx.owner:
-            if S.prov.sending(m.name):
-                self.attempt.prov.append(m.name)
+        self._note_prov(m)
         self.attempt.nbytes += obj.nbytes
         return (_attach, (m.name, offset, dtype, shape, strides, flags))
 
+    def _note_prov(self, m: _Mapping) -> None:
+        if m.role == "prov" and self.ctx is not None and not self.ctx.owner:
+            if S.prov.sending(m.name):
+                self.attempt.prov.append(m.name)
+
     def _auto(self, obj: Any) -> Any:
-        ctx = self.ctx
-        assert ctx is not None
         if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
             obj = _np().ascontiguousarray(obj)
         data, strides = _contiguous_bytes(obj)
-        spare = None if ctx.owner else ctx.spare(obj.nbytes)
         try:
-            if spare is not None:
-                name, size = spare
-                self.attempt.spares.append((size, name))
-                fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0o600)
-            elif ctx.owner:
-                name, size, fd, _ = _alloc_here(obj.nbytes)
-                self.attempt.made.append(name)
-            else:
-                name, size, fd = _create(obj.nbytes)
-                self.attempt.made.append(name)
-            try:
-                _kept.give_back(name, *_kept.write(fd, name, data))  # kept for the segment's next use
-            finally:
-                os.close(fd)
+            name = self._write_segment(data, obj.nbytes)
         except (_Unavailable, OSError) as exc:
             self._skip.add(id(obj))
-            if ctx.owner:
+            if self.ctx is not None and self.ctx.owner:
                 _warn_once(str(exc))
                 return (_identity, (obj,))
             return (_unshared, (str(exc), obj))
         self.attempt.nbytes += obj.nbytes
         return (_attach, (name, 0, obj.dtype, obj.shape, strides, 0))
+
+    def _write_segment(self, data: Any, nbytes: int) -> str:
+        """Write uint8 `data` into a lent spare, a pooled or a new segment; return its name."""
+        ctx = self.ctx
+        assert ctx is not None
+        spare = None if ctx.owner else ctx.spare(nbytes)
+        if spare is not None:
+            name, size = spare
+            self.attempt.spares.append((size, name))
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0o600)
+        elif ctx.owner:
+            name, size, fd, _ = _alloc_here(nbytes)
+            self.attempt.made.append(name)
+        else:
+            name, size, fd = _create(nbytes)
+            self.attempt.made.append(name)
+        try:
+            _kept.give_back(name, *_kept.write(fd, name, data))  # kept for the segment's next use
+        finally:
+            os.close(fd)
+        return name
 
 
 def _identity(obj: Any) -> Any:
@@ -207,7 +265,9 @@ def _identity(obj: Any) -> Any:
 
 
 class _Pickler(_Reducer, pickle.Pickler):
-    pass
+    def __init__(self, file: Any, ctx: _Ctx | None) -> None:
+        self._setup(ctx)
+        super().__init__(file, 5, buffer_callback=self.buffer_callback)
 
 
 def engaged() -> bool:
@@ -231,25 +291,36 @@ def _sending(threshold: int | None) -> Iterator[_Ctx]:
         _local.ctx = prev
 
 
-def _run_attempt(obj: Any, dill: bool = False) -> bytes:
+class Pickled(NamedTuple):
+    """A pickle and the out-of-band buffers it refers to (``pickle.loads(data, buffers=...)``)."""
+
+    data: bytes
+    buffers: list[tuple[str, int, int, int]]  # (segment, offset, nbytes, flags) each
+    unshared: str | None  # why a big buffer went in band after all (the receiver warns once)
+
+
+def _run_attempt(obj: Any, dill: bool = False) -> Pickled:
     ctx = getattr(_local, "ctx", None)
     buf = io.BytesIO()
     if dill:
         reducer = _Reducer()
         reducer._setup(ctx)
-        p = dill_pickler(buf, reducer.reducer_override)
+        p = dill_pickler(buf, reducer.reducer_override, reducer.buffer_callback)
     else:
-        p = reducer = _Pickler(buf, 5)
-        reducer._setup(ctx)
+        p = reducer = _Pickler(buf, ctx)
     try:
         p.dump(obj)
     except BaseException:
         if ctx is not None:
             ctx.undo(reducer.attempt)
         raise
+    finally:
+        # the memo holds every object pickled (pandas' combined copy of each Arrow column
+        # too), and the pickler sits in a cycle with its own buffer_callback: let them go now
+        p.clear_memo()
     if ctx is not None:
         ctx.keep(reducer.attempt)
-    return buf.getvalue()
+    return Pickled(buf.getvalue(), reducer.buffers, reducer.unshared)
 
 
 def last_attempt() -> Any:
@@ -265,14 +336,22 @@ def drop_attempt(attempt: Any) -> None:
         ctx.undo(attempt)
 
 
-def pickle_dumps(obj: Any) -> bytes:
-    """Pickle (protocol 5) with shared arrays as references; automatic sharing if in a scope."""
+def pickle_dumps(obj: Any) -> Pickled:
+    """Pickle (protocol 5) with shared buffers as references; automatic sharing if in a scope."""
     return _run_attempt(obj)
 
 
-def dill_dumps(obj: Any) -> bytes:
-    """dill by value (recurse=True), with shared arrays as references."""
+def dill_dumps(obj: Any) -> Pickled:
+    """dill by value (recurse=True), with shared buffers as references."""
     return _run_attempt(obj, dill=True)
+
+
+def buffers_of(refs: list[tuple[str, int, int, int]], unshared: str | None) -> list[memoryview]:
+    """Map the out-of-band buffers a `Pickled` refers to, for ``pickle.loads(..., buffers=)``."""
+    if unshared is not None:
+        _warn_once(unshared)
+    np = _np()
+    return [_attach(name, offset, np.uint8, (n,), (1,), flags) for name, offset, n, flags in refs]
 
 
 @contextlib.contextmanager

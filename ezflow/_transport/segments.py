@@ -206,8 +206,8 @@ def _warn_once(reason: str) -> None:
         return
     S.warned = True
     warnings.warn(
-        f"ezflow: shared memory cannot be used ({reason}); numpy arrays are pickled "
-        "through the pipe instead: correct, but slower. Give /dev/shm more room "
+        f"ezflow: shared memory cannot be used ({reason}); arrays, DataFrames and Arrow data are "
+        "pickled through the pipe instead: correct, but slower. Give /dev/shm more room "
         "(Docker: run with --shm-size=2g or more), or pass share_arrays=False to "
         "stop trying.",
         SharedMemoryWarning,

@@ -8,12 +8,19 @@ script globals such a function reads.
 
 Data: pickle protocol 5; dill only for what pickle refuses (a lambda inside
 an item, say). A one-byte header says which, so the reader never guesses.
+Inside ezflow's process transport, pickle-5 out-of-band buffers travel
+through shared memory: the header then says so and a short list of their
+references comes first.
+
+    P <pickle>                 D <dill pickle>
+    B <n: 4 bytes> <n bytes: pickled (references, unshared)> P|D <pickle>
 """
 
 from __future__ import annotations
 
 import pickle
 import sys
+from functools import partial
 from typing import Any
 
 from .byvalue import dill_pickler
@@ -22,6 +29,7 @@ __all__ = ["dumps", "dumps_by_value", "dumps_fn", "loads"]
 
 _PICKLE = b"P"
 _DILL = b"D"
+_BUFFERS = b"B"  # out-of-band buffers in shared memory, then a P or D payload
 _MAIN = b"__main__"
 
 
@@ -32,7 +40,12 @@ def _by_value(obj: Any) -> bool:
         return True
     # a bound method or partial of such a function
     inner = getattr(obj, "__func__", None) or getattr(obj, "func", None)
-    return inner is not None and inner is not obj and _by_value(inner)
+    if inner is not None and inner is not obj and _by_value(inner):
+        return True
+    # a partial that carries such a function (ezflow.apply's per-chunk work wraps the user's)
+    if isinstance(obj, partial):
+        return any(callable(a) and a is not obj and _by_value(a) for a in (*obj.args, *obj.keywords.values()))
+    return False
 
 
 def dumps_fn(obj: Any) -> bytes:
@@ -48,7 +61,7 @@ def dumps_fn(obj: Any) -> bytes:
 def dumps_by_value(obj: Any) -> bytes:
     """Serialize with dill by value: for what only exists in this process."""
     try:
-        return _DILL + _dill_dumps(obj, _shm_engaged())
+        return _framed(_DILL, _dill_dumps(obj, _shm_engaged()))
     except Exception as exc:
         raise TypeError(
             f"cannot send {obj!r} to worker processes: {type(exc).__name__}: {exc}. "
@@ -68,17 +81,31 @@ def dumps(obj: Any, *, to_worker: bool = False) -> bytes:
     try:
         data = pickle.dumps(obj, protocol=5) if shm is None else shm.pickle_dumps(obj)
     except Exception:
-        return _DILL + _dill_dumps(obj, shm)
-    if to_worker and _MAIN in data:  # a false alarm (the string in an item) only costs speed
+        return _framed(_DILL, _dill_dumps(obj, shm))
+    if to_worker and _MAIN in _body(data):  # a false alarm (the string in an item) only costs speed
         first = shm.last_attempt() if shm is not None else None
         try:
             by_value = _dill_dumps(obj, shm)
         except Exception:
-            return _PICKLE + data  # dill cannot either: the worker reports what it cannot load
+            return _framed(_PICKLE, data)  # dill cannot either: the worker reports what it cannot load
         if shm is not None:
             shm.drop_attempt(first)  # the segments of the pickle attempt go unused
-        return _DILL + by_value
-    return _PICKLE + data
+        return _framed(_DILL, by_value)
+    return _framed(_PICKLE, data)
+
+
+def _body(data: Any) -> bytes:
+    return data if type(data) is bytes else data.data
+
+
+def _framed(head: bytes, data: Any) -> bytes:
+    """The payload: `head` and the pickle, after the references of its out-of-band buffers if any."""
+    if type(data) is bytes:
+        return head + data
+    if not data.buffers and data.unshared is None:
+        return head + data.data
+    refs = pickle.dumps((data.buffers, data.unshared), protocol=5)
+    return b"".join((_BUFFERS, len(refs).to_bytes(4, "little"), refs, head, data.data))
 
 
 def _shm_engaged() -> Any:
@@ -90,7 +117,7 @@ def _shm_engaged() -> Any:
     return pickler if pickler.engaged() else None
 
 
-def _dill_dumps(obj: Any, shm: Any) -> bytes:
+def _dill_dumps(obj: Any, shm: Any) -> Any:
     if shm is not None:
         return shm.dill_dumps(obj)
     import io
@@ -104,14 +131,22 @@ def loads(data: bytes | memoryview) -> Any:
     """Load what `dumps` or `dumps_fn` wrote."""
     head = bytes(data[:1])
     body = memoryview(data)[1:]
+    buffers = None
+    if head == _BUFFERS:
+        n = int.from_bytes(body[:4], "little")
+        refs, unshared = pickle.loads(body[4 : 4 + n])
+        from .pickler import buffers_of  # shared memory: loads only where it is used
+
+        buffers = buffers_of(refs, unshared)
+        head, body = bytes(body[4 + n : 5 + n]), body[5 + n :]
     if head == _PICKLE:
-        return pickle.loads(body)
+        return pickle.loads(body, buffers=buffers)
     if head == _DILL:
-        return _dill_loads(bytes(body))
+        return _dill_loads(bytes(body), buffers)
     raise ValueError(f"unknown payload header {head!r}")
 
 
-def _dill_loads(data: bytes) -> Any:
+def _dill_loads(data: bytes, buffers: Any = None) -> Any:
     import io
 
     import dill
@@ -122,7 +157,7 @@ def _dill_loads(data: bytes) -> Any:
                 return _create_type
             return super().find_class(module, name)
 
-    return Unpickler(io.BytesIO(data)).load()
+    return Unpickler(io.BytesIO(data), buffers=buffers).load()
 
 
 def _create_type(typeobj: Any, *args: Any) -> Any:
