@@ -14,10 +14,9 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+from .._core.entry import public
 from .._core.errors import Failure
-from .._core.mainguard import translate
 from .._core.stats import FlowStats
-from .._core.trim import full_traceback
 from .._executors.port import Chunk
 from .feed import Feed
 from .run import Run
@@ -145,6 +144,7 @@ class Handle:
         """Return True once the run has ended (done, failed or cancelled)."""
         return self._finished.is_set()
 
+    @public
     def wait(self, timeout: float | None = None) -> list:
         """Wait for the run to end and return its results.
 
@@ -153,14 +153,10 @@ class Handle:
             TaskError, StageError: the run failed.
             (after `cancel()` or the panel's Stop button, it returns the results that finished)
         """
-        __tracebackhide__ = True  # IPython and pytest hide this frame
         if not self._finished.wait(timeout):
             raise TimeoutError(f"the flow is still running after {timeout:g}s")
         if self._error is not None and not (self._cancelled or self._run.stop_reason):
-            err = translate(self._error)
-            if full_traceback() and err is self._error:
-                raise err
-            raise err.with_traceback(None)  # the run thread's frames say nothing to the caller
+            raise self._error
         return list(self._results)
 
     @property

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .._core.errors import Cancelled, Failure, MemoryLimitExceeded, TaskError, attach_traceback
+from .._core.errors import Cancelled, Failure, MemoryLimitExceeded, attach_traceback
 from .._core.stats import _Counters
 from .._core.threads import Job, spawn
 from .._executors import Executor, make_executor
@@ -365,7 +365,7 @@ class StageDriver:
                         c.memory_failures += 1
                     failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, err.attempts)
                     if spec.errors == "raise":
-                        self.run.abort(TaskError(failure), stage=spec.name)
+                        self.run.abort(failure.to_error(), stage=spec.name)
                         raise _Abort
                     if spec.errors == "skip":
                         c.errors -= 1
