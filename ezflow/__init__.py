@@ -5,7 +5,8 @@ The public surface is this module; everything else is private.
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._api import imap, map
+from ._api import imap
+from ._api import map as map  # public as ezflow.map, kept out of __all__ (see below)
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
 from ._core.insights import FailedItem, SlowItem, WorkerStats
@@ -57,6 +58,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT)
 
 
+# `map` is public (``ezflow.map``) but not in __all__: `from ezflow import *` must not replace the builtin.
 __all__ = [
     "NUM_CPUS",
     "NUM_THREADS",
@@ -81,7 +83,6 @@ __all__ = [
     "WorkerStats",
     "__version__",
     "imap",
-    "map",
     "run",
     "run_thread",
     "share",
