@@ -18,6 +18,7 @@ from ._flow import Flow
 if _TYPE_CHECKING:  # what loads on first use, named here for type checkers and the API reference
     from ._engine.checkpoint_store import CheckpointError
     from ._engine.feed import FlowStopped
+    from ._executor_api import Executor
     from ._ezq.q import Msg, Q, run, run_thread
     from ._transport.shm import SharedMemoryWarning, share
 
@@ -28,6 +29,7 @@ _EZQ = frozenset({"Msg", "Q", "run", "run_thread"})
 _SHM = frozenset({"share", "SharedMemoryWarning"})
 _FEED = frozenset({"FlowStopped"})  # raised by handle.process / submit futures: loads with the feed
 _CHECKPOINT = frozenset({"CheckpointError"})  # loads with the checkpoint store (a flow with checkpoint=)
+_EXECUTOR = frozenset({"Executor"})  # concurrent.futures (and its logging import) load on first use
 
 
 def __getattr__(name: str) -> object:
@@ -47,6 +49,10 @@ def __getattr__(name: str) -> object:
         from ._engine import checkpoint_store
 
         value = getattr(checkpoint_store, name)
+    elif name in _EXECUTOR:
+        from . import _executor_api
+
+        value = _executor_api.Executor
     else:
         raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
     globals()[name] = value
@@ -55,7 +61,7 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     """The module's names, the lazily loaded ones too (dir() and Tab completion list them)."""
-    return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT)
+    return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT | _EXECUTOR)
 
 
 # `map` is public (``ezflow.map``) but not in __all__: `from ezflow import *` must not replace the builtin.
@@ -64,6 +70,7 @@ __all__ = [
     "NUM_THREADS",
     "Cancelled",
     "CheckpointError",
+    "Executor",
     "FailedItem",
     "Failure",
     "Flow",

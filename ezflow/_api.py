@@ -103,7 +103,10 @@ def map(
             names the item's index and value, and its ``__cause__`` is the
             original exception.
     """
-    return {k: v for k, v in scope.items() if k not in ("fn", "iterables", "progress", "unknown")}
+    refuse_keywords("ezflow.map", unknown, _KNOWN)  # timeout= is item_timeout= now
+    opts = _options(locals())
+    ck = {k: opts.pop(k) for k in _CHECKPOINT}
+    return _flow("ezflow.map", fn, iterables, opts).collect(progress=progress, **ck)
 
 
 @public
@@ -146,4 +149,4 @@ def imap(
     return _flow("ezflow.imap", fn, iterables, opts).iter(progress=progress, **ck)
 
 
-_KNOWN = tuple(map.__wrapped__.__kwdefaults__ or ())  # for "did you mean" on a misspelt option (map is @public)
+_KNOWN = tuple(getattr(map, "__wrapped__", map).__kwdefaults__ or ())  # for "did you mean" (map is @public)

@@ -10,6 +10,7 @@ import ezflow
 PUBLIC = {
     "Cancelled",
     "CheckpointError",
+    "Executor",
     "FailedItem",
     "Failure",
     "Flow",

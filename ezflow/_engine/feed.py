@@ -43,6 +43,8 @@ class Feed:
         self._taken = 0
         self.futures: dict[int, Future] = {}
         self._waiting: set[Future] = set()  # futures of items still in the heap, not cancelled
+        self._ahead = 0  # > 0: at most this many taken futures unresolved (the rest stay cancellable)
+        self._flying: set[Future] = set()  # futures of items taken, not resolved yet
 
     def put(self, item: Any, priority: int = 0, future: Future | None = None) -> None:
         """Add an item; a larger `priority` is taken sooner. Block while full."""
@@ -58,9 +60,23 @@ class Feed:
         if future is not None:
             future.add_done_callback(self._on_done)
 
+    def limit_ahead(self, n: int) -> None:
+        """Take a submitted item only while fewer than `n` taken ones await their result (0: no limit).
+
+        The items left here stay cancellable (``Future.cancel()``), as the
+        calls a `concurrent.futures` executor has not queued yet are.
+        """
+        with self._cond:
+            self._ahead = n
+            self._cond.notify_all()
+
     def _on_done(self, future: Future) -> None:
         """A future cancelled while its item waits: tell its waiters now, not when the item comes up."""
         if not future.cancelled():
+            with self._cond:
+                if future in self._flying:  # a slot ahead is free
+                    self._flying.discard(future)
+                    self._cond.notify_all()
             return
         with self._cond:
             if future not in self._waiting:
@@ -87,7 +103,7 @@ class Feed:
     def __iter__(self) -> Iterator[Any]:
         while True:
             with self._cond:
-                while not self._heap and not self._closed:
+                while (not self._heap and not self._closed) or (self._ahead and len(self._flying) >= self._ahead):
                     self._cond.wait()
                 if not self._heap:
                     return
@@ -99,6 +115,7 @@ class Feed:
                     self._waiting.discard(future)
                     if not future.set_running_or_notify_cancel():
                         continue  # cancelled just now (that call told its waiters)
+                    self._flying.add(future)
                     self.futures[self._taken] = future
                 self._taken += 1
             yield item

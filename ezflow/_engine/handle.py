@@ -118,6 +118,14 @@ class Handle:
         self._need_feed().put(item, priority, fut)
         return fut
 
+    def limit_ahead(self, n: int) -> None:
+        """Let the flow take a submitted item only while fewer than `n` taken ones await a result."""
+        self._need_feed().limit_ahead(n)
+
+    def cancel_waiting(self) -> int:
+        """Cancel the futures of submitted items the flow has not taken yet; return how many."""
+        return self._need_feed().cancel_pending()
+
     async def process(self, item: Any, *, priority: int = 0, timeout: float | None = None) -> Any:
         """Send one item through the whole flow and return its result.
 

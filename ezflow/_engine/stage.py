@@ -116,6 +116,8 @@ class StageDriver:
             return 64
         if self.spec.mode == "async":
             return self.spec.workers
+        if self.spec.chunksize == 1 and not self.spec.ordered:
+            return 1  # one item per chunk: each result is delivered when it is done (ezflow.Executor's calls)
         if self.spec.chunksize is None and self._per_item is None:
             # nothing measured yet: grow the source's chunks 1, 2, 4... (pieces stay single)
             self._ramp = min(self._ramp * 2, 256)
