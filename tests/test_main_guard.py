@@ -59,6 +59,7 @@ ENTRIES = {
     "Flow iteration": "print([x for x in ezflow.Flow(range(4)).map(sq, workers=2, start_method=sys.argv[1])])",
     "Flow.collect": "print(ezflow.Flow(range(4)).map(sq, workers=2, start_method=sys.argv[1]).collect(progress=False))",
     "start/wait": "print(ezflow.Flow(range(4)).map(sq, workers=2, start_method=sys.argv[1]).start(progress=False).wait())",
+    "Executor": "print(ezflow.Executor(2, start_method=sys.argv[1]).submit(sq, 3).result(timeout=60))",
 }
 
 
@@ -75,7 +76,9 @@ def test_every_public_entry_point_goes_through_the_one_error_surface():
     import ezflow
     from ezflow._engine.handle import Handle
 
+    ex = ezflow.Executor
     entries = [ezflow.map, ezflow.imap, ezflow.Flow.collect, ezflow.Flow.iter, ezflow.Flow.start, Handle.wait]
+    entries += [ex.__init__, ex.submit, ex.map, ex.shutdown]
     for fn in entries:
         # @public: the main-guard check, the error translation and the traceback cut, written once
         assert fn.__code__.co_filename.endswith("entry.py"), fn

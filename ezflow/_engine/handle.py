@@ -16,6 +16,7 @@ from typing import Any
 
 from .._core.entry import public
 from .._core.errors import Failure
+from .._core.mainguard import translate
 from .._core.stats import FlowStats
 from .._executors.port import Chunk
 from .feed import Feed
@@ -86,7 +87,7 @@ class Handle:
             if fut is None:
                 self._results.append(item)
             elif isinstance(item, Failure):
-                _settle(fut, error=item.to_error())
+                _settle(fut, error=translate(item.to_error()))  # a worker re-importing an unguarded script
             else:
                 _settle(fut, value=item)
         if self._ordered:
