@@ -5,7 +5,8 @@ The public surface is this module; everything else is private.
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._api import imap, map
+from ._api import imap
+from ._api import map as map  # public as ezflow.map, kept out of __all__ (see below)
 from ._apply import apply
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
@@ -18,6 +19,7 @@ from ._flow import Flow
 if _TYPE_CHECKING:  # what loads on first use, named here for type checkers and the API reference
     from ._engine.checkpoint_store import CheckpointError
     from ._engine.feed import FlowStopped
+    from ._executor_api import Executor
     from ._ezq.q import Msg, Q, run, run_thread
     from ._transport.shm import SharedMemoryWarning, share
 
@@ -28,6 +30,7 @@ _EZQ = frozenset({"Msg", "Q", "run", "run_thread"})
 _SHM = frozenset({"share", "SharedMemoryWarning"})
 _FEED = frozenset({"FlowStopped"})  # raised by handle.process / submit futures: loads with the feed
 _CHECKPOINT = frozenset({"CheckpointError"})  # loads with the checkpoint store (a flow with checkpoint=)
+_EXECUTOR = frozenset({"Executor"})  # concurrent.futures (and its logging import) load on first use
 
 
 def __getattr__(name: str) -> object:
@@ -47,6 +50,10 @@ def __getattr__(name: str) -> object:
         from ._engine import checkpoint_store
 
         value = getattr(checkpoint_store, name)
+    elif name in _EXECUTOR:
+        from . import _executor_api
+
+        value = _executor_api.Executor
     else:
         raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
     globals()[name] = value
@@ -55,14 +62,16 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     """The module's names, the lazily loaded ones too (dir() and Tab completion list them)."""
-    return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT)
+    return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT | _EXECUTOR)
 
 
+# `map` is public (``ezflow.map``) but not in __all__: `from ezflow import *` must not replace the builtin.
 __all__ = [
     "NUM_CPUS",
     "NUM_THREADS",
     "Cancelled",
     "CheckpointError",
+    "Executor",
     "FailedItem",
     "Failure",
     "Flow",
@@ -83,7 +92,6 @@ __all__ = [
     "__version__",
     "apply",
     "imap",
-    "map",
     "run",
     "run_thread",
     "share",

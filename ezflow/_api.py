@@ -6,8 +6,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
-from ._core.mainguard import refuse_in_bootstrap, translate
-from ._core.trim import full_traceback
+from ._core.entry import public
 from ._flow import Flow
 from ._plan.signature import refuse_keywords
 from ._plan.spec import make_stage
@@ -22,7 +21,7 @@ _CHECKPOINT = ("checkpoint", "checkpoint_match", "checkpoint_failures")
 
 
 def _options(scope: dict) -> dict:
-    return {k: v for k, v in scope.items() if k not in ("fn", "iterables", "progress", "unknown", "__tracebackhide__")}
+    return {k: v for k, v in scope.items() if k not in ("fn", "iterables", "progress", "unknown")}
 
 
 def _flow(where: str, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], opts: dict) -> Flow:
@@ -39,6 +38,7 @@ def _flow(where: str, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ..
     return Flow(Zipped(iterables))._with(starred(make_stage("map", fn, **opts)))
 
 
+@public
 def map(
     fn: Callable[..., Any],
     /,
@@ -98,23 +98,18 @@ def map(
         ``errors="return"``).
 
     Raises:
-        TaskError: an item failed (``errors="raise"``); it names the item's
-            index and value, and its ``__cause__`` is the original exception.
+        TaskError: an item failed (``errors="raise"``); it is also an instance
+            of the original exception's class (``except ValueError`` works),
+            names the item's index and value, and its ``__cause__`` is the
+            original exception.
     """
-    __tracebackhide__ = True  # IPython and pytest hide this frame
     refuse_keywords("ezflow.map", unknown, _KNOWN)  # timeout= is item_timeout= now
-    refuse_in_bootstrap()  # a worker re-importing a script without the main guard
     opts = _options(locals())
     ck = {k: opts.pop(k) for k in _CHECKPOINT}
-    try:
-        return _flow("ezflow.map", fn, iterables, opts).collect(progress=progress, **ck)
-    except BaseException as exc:
-        err = translate(exc)  # a worker that died re-importing the script: StageError
-        if full_traceback() and err is exc:
-            raise
-        raise err.with_traceback(None)  # noqa: B904 - same object, cause kept; ends at the user's call
+    return _flow("ezflow.map", fn, iterables, opts).collect(progress=progress, **ck)
 
 
+@public
 def imap(
     fn: Callable[..., Any],
     /,
@@ -154,4 +149,4 @@ def imap(
     return _flow("ezflow.imap", fn, iterables, opts).iter(progress=progress, **ck)
 
 
-_KNOWN = tuple(map.__kwdefaults__ or ())  # for "did you mean" on a misspelt option
+_KNOWN = tuple(getattr(map, "__wrapped__", map).__kwdefaults__ or ())  # for "did you mean" (map is @public)

@@ -13,10 +13,9 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
-from ._core.mainguard import refuse_in_bootstrap, translate
+from ._core.entry import public, public_iter
 from ._core.record import replace
 from ._core.stats import FlowStats
-from ._core.trim import full_traceback
 from ._engine.run import Run
 from ._plan.signature import refuse_keywords
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
@@ -32,27 +31,6 @@ def _observer(progress: Any) -> Any:
     except ImportError:  # the progress views are optional at this layer
         return None
     return make_observer(progress)
-
-
-def _trimmed(it: Iterator[Any]) -> Iterator[Any]:
-    """Yield from `it`; an error it raises ends at the user's loop, not in the engine."""
-    __tracebackhide__ = True  # IPython and pytest hide this frame
-    try:
-        while True:
-            try:
-                value = next(it)
-            except StopIteration:
-                return
-            except BaseException as exc:
-                err = translate(exc)  # a worker that died re-importing the script: StageError
-                if full_traceback() and err is exc:
-                    raise
-                raise err.with_traceback(None)  # noqa: B904 - same object, cause kept
-            yield value
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()  # a break out of the loop stops the run now, as the engine's own iterator would
 
 
 class Flow:
@@ -257,6 +235,7 @@ class Flow:
         self._last = run
         return run
 
+    @public
     def collect(
         self,
         *,
@@ -286,17 +265,10 @@ class Flow:
             StageError: a stage could not start (its class failed to build).
             CheckpointError: the checkpoint cannot be used (the message says why and what to do).
         """
-        __tracebackhide__ = True  # IPython and pytest hide this frame
-        refuse_in_bootstrap()  # a worker re-importing a script without the main guard
         ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
-        try:
-            return self._run(progress, checkpoint=ck).collect()
-        except BaseException as exc:
-            err = translate(exc)  # a worker that died re-importing the script: StageError
-            if full_traceback() and err is exc:
-                raise
-            raise err.with_traceback(None)  # noqa: B904 - same object, cause kept; ends at the user's call
+        return self._run(progress, checkpoint=ck).collect()
 
+    @public
     def iter(
         self,
         *,
@@ -311,11 +283,12 @@ class Flow:
         the results delivered so far.
         """
         ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
-        return _trimmed(iter(self._run(progress, checkpoint=ck)))
+        return public_iter(iter(self._run(progress, checkpoint=ck)))
 
     def __iter__(self) -> Iterator[Any]:
         return self.iter()
 
+    @public
     def start(
         self,
         *,

@@ -10,6 +10,7 @@ import ezflow
 PUBLIC = {
     "Cancelled",
     "CheckpointError",
+    "Executor",
     "FailedItem",
     "Failure",
     "Flow",
@@ -40,10 +41,25 @@ PUBLIC = {
 }
 
 
+# public, spelled ezflow.map, but kept out of __all__: a star import must not shadow the builtin
+NOT_STARRED = {"map"}
+
+
 def test_all_is_pinned():
-    assert set(ezflow.__all__) == PUBLIC
-    for name in ezflow.__all__:
+    assert set(ezflow.__all__) == PUBLIC - NOT_STARRED
+    for name in PUBLIC:
         assert hasattr(ezflow, name), name
+
+
+def test_star_import_shadows_no_builtin():
+    import builtins
+
+    namespace: dict = {}
+    exec("from ezflow import *", namespace)
+    shadowed = sorted(n for n in namespace if n != "__builtins__" and hasattr(builtins, n))
+    assert shadowed == [], shadowed
+    exec("result = list(map(str.upper, ['a']))", namespace)  # the builtin map, not ezflow's
+    assert namespace["result"] == ["A"]
 
 
 def test_internals_are_private():

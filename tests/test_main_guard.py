@@ -52,3 +52,34 @@ def test_fork_needs_no_guard(tmp_path):
     proc = _run(tmp_path, UNGUARDED, "fork")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[0, 1, 4, 9]"
+
+
+ENTRIES = {
+    "imap": "print(list(ezflow.imap(sq, range(4), workers=2, progress=False, start_method=sys.argv[1])))",
+    "Flow iteration": "print([x for x in ezflow.Flow(range(4)).map(sq, workers=2, start_method=sys.argv[1])])",
+    "Flow.collect": "print(ezflow.Flow(range(4)).map(sq, workers=2, start_method=sys.argv[1]).collect(progress=False))",
+    "start/wait": "print(ezflow.Flow(range(4)).map(sq, workers=2, start_method=sys.argv[1]).start(progress=False).wait())",
+    "Executor": "print(ezflow.Executor(2, start_method=sys.argv[1]).submit(sq, 3).result(timeout=60))",
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_every_entry_point_names_the_missing_guard(tmp_path, entry):
+    call = "print(ezflow.map(sq, range(4), workers=2, progress=False, start_method=sys.argv[1]))"
+    proc = _run(tmp_path, UNGUARDED.replace(call, ENTRIES[entry]), "spawn")
+    assert proc.returncode != 0
+    assert "could not start" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr, proc.stderr
+    assert "TaskError" not in proc.stderr and "noqa" not in proc.stderr
+
+
+def test_every_public_entry_point_goes_through_the_one_error_surface():
+    import ezflow
+    from ezflow._engine.handle import Handle
+
+    ex = ezflow.Executor
+    entries = [ezflow.map, ezflow.imap, ezflow.Flow.collect, ezflow.Flow.iter, ezflow.Flow.start, Handle.wait]
+    entries += [ex.__init__, ex.submit, ex.map, ex.shutdown]
+    for fn in entries:
+        # @public: the main-guard check, the error translation and the traceback cut, written once
+        assert fn.__code__.co_filename.endswith("entry.py"), fn
+        assert fn.__code__.co_name == fn.__wrapped__.__name__, fn

@@ -628,3 +628,51 @@ def test_a_queue_freed_while_the_registry_is_locked_does_not_deadlock():
     assert done.is_set()
     Q()  # the next registry user settles what was released meanwhile
     assert qid not in state.R.states
+
+
+# -- the queue methods ezq's Q delegated to multiprocessing.Queue ---------------------------
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_the_queue_methods_work_in_the_owner(kind: str) -> None:
+    q = Q(kind)
+    assert q.qsize() == 0 and q.empty() and not q.full()
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    assert q.put_nowait(1) is q
+    q.put(2)
+    assert q.qsize() == 2 and not q.empty()
+    assert q.get_nowait().data == 1
+    assert q.qsize() == 1
+    q.close()
+    q.join_thread()
+    q.cancel_join_thread()
+    with pytest.raises(ValueError, match="closed"):
+        q.put(3)
+    assert q.get_nowait().data == 2  # reading a closed queue still works, as with multiprocessing
+
+
+def sizes_in_a_worker(q: Q, out: Q) -> None:
+    out.put((q.qsize(), q.empty(), q.full()))
+    first = q.get_nowait()
+    out.put_nowait((first.data, q.qsize()))
+    try:
+        Q.get_nowait(q)
+        Q.get_nowait(q)
+    except queue.Empty:
+        out.put("empty")
+    out.close()
+    out.join_thread()
+
+
+def test_the_queue_methods_work_in_a_worker(start: Callable[..., Worker]) -> None:
+    q, out = Q(), Q()
+    q.put("a")
+    q.put("b")
+    w = start(sizes_in_a_worker, q, out)
+    assert out.get(timeout=20).data == (2, False, False)
+    assert out.get(timeout=20).data == ("a", 1)
+    assert out.get(timeout=20).data == "empty"
+    w.join(20)
+    assert w.exception is None
+    assert out.qsize() == 0 and q.empty()

@@ -42,8 +42,10 @@ def test_script_traceback_shows_user_frames_only(tmp_path):
     assert "in parse_record" in err and "return 10 // (x - 3)" in err
     assert "# the user's call" in err
     assert "TaskError" in err and "ZeroDivisionError" in err
-    # only the public entry point's own frame (the call the user made) remains
-    assert [os.path.basename(f) for f in _internal_frames(err)] == ["_api.py"], err
+    # only the public entry point's own frame remains, named after the call the user made
+    assert [os.path.basename(f) for f in _internal_frames(err)] == ["entry.py"], err
+    assert ", in map\n" in err
+    assert "noqa" not in err  # no lint comment of ours in a user's traceback
 
 
 def test_full_traceback_env_var_restores_internal_frames(tmp_path):
@@ -96,6 +98,7 @@ def test_every_entry_point_ends_at_the_users_call(tmp_path, entry):
     assert "TaskError" in err and "ZeroDivisionError" in err
     # at most the public entry point's own frame is left of ezflow's insides
     assert len(_internal_frames(err)) <= 1, err
+    assert "noqa" not in err
     full = _run_call(tmp_path, ENTRY_POINTS[entry], {"EZFLOW_FULL_TRACEBACK": "1"})
     assert len(_internal_frames(full)) > len(_internal_frames(err)), full
 

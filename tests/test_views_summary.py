@@ -231,7 +231,8 @@ def test_a_failed_stage_note_leads_with_what_failed_not_the_stage_name_again():
     with pytest.raises(ezflow.TaskError):
         flow.collect(progress=False)
     stats = flow.stats
-    assert stats["resize"].error.startswith("TaskError: stage 'resize' failed on item ")
+    # the class is TaskError and ValueError at once: its name says both
+    assert stats["resize"].error.startswith("TaskError(ValueError): stage 'resize' failed on item ")
     (bar,) = [ln for ln in _tqdm_lines([stats, stats]) if ln.startswith("resize")][-1:]
     assert "FAILED on item 0 (0): ValueError: cannot resize" in bar
     assert "stage 'resize' failed on item 0 (0): ValueError: cannot resize" in summary(stats)

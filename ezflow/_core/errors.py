@@ -13,6 +13,8 @@ from __future__ import annotations
 import pickle
 import reprlib
 import signal
+import threading
+import types
 from typing import Any
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "StageError",
     "TaskError",
     "WorkerDied",
+    "task_error",
 ]
 
 _short = reprlib.Repr()
@@ -110,7 +113,11 @@ class WorkerDied(RuntimeError):
 
     def __init__(self, exitcode: int | None, stage: str = "") -> None:
         self.exitcode = exitcode
+        self.stage = stage
         super().__init__(describe_exit(exitcode, stage))
+
+    def __reduce__(self) -> tuple:
+        return (WorkerDied, (self.exitcode, self.stage))
 
 
 class ItemTimeout(TimeoutError):
@@ -216,15 +223,18 @@ class Failure:
         return (Failure, (self.item, self.index, self.stage, self.error, self.traceback, self.attempts))
 
     def to_error(self) -> TaskError:
-        """Return the `TaskError` that ``errors="raise"`` raises for this failure."""
-        return TaskError(self)
+        """Return the `TaskError` (of the original exception's type) that ``errors="raise"`` raises."""
+        return task_error(self)
 
 
 class TaskError(Exception):
     """An item failed in a stage run with ``errors="raise"``.
 
-    The original exception is ``__cause__``; its own ``__cause__`` holds the
-    worker's traceback text.
+    What ezflow raises is also an instance of the original exception's class
+    (``except ValueError`` catches a worker's ValueError): `task_error` builds
+    a class deriving from both, once per original class. The original
+    exception is ``__cause__``; its own ``__cause__`` holds the worker's
+    traceback text.
 
     Attributes:
         stage, index, item, traceback, attempts: as on `Failure`.
@@ -232,6 +242,10 @@ class TaskError(Exception):
     """
 
     def __init__(self, failure: Failure) -> None:
+        self._fill(failure)
+        self.args = (self._message,)
+
+    def _fill(self, failure: Failure) -> None:
         self.failure = failure
         self.stage = failure.stage
         self.index = failure.index
@@ -240,14 +254,112 @@ class TaskError(Exception):
         self.attempts = failure.attempts
         err = failure.error
         tries = f" after {failure.attempts} attempts" if failure.attempts > 1 else ""
-        super().__init__(
+        self._message = (
             f"stage {failure.stage!r} failed on item {failure.index} "
             f"({short_repr(failure.item)}){tries}: {describe(err)}"
         )
         self.__cause__ = err
 
+    def __str__(self) -> str:
+        # explicit: a combined class would otherwise take the original's __str__ (KeyError quotes it)
+        return self._message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._message!r})"
+
     def __reduce__(self) -> tuple:
-        return (TaskError, (self.failure,))
+        # the combined class is made again on the other side from the original exception
+        return (task_error, (self.failure,))
+
+
+# original exception class -> the class deriving from TaskError and it (None: cannot be combined)
+_COMBINED: dict[type, type | None] = {}
+_COMBINED_LOCK = threading.Lock()
+# set on an exception by the machinery, never part of what the original carried
+_NOT_COPIED = frozenset({"__notes__", "__traceback__", "__context__", "__cause__", "__suppress_context__"})
+
+
+def task_error(failure: Failure) -> TaskError:
+    """Return the exception ``errors="raise"`` raises for `failure`: a `TaskError` of the original type.
+
+    The instance derives from `TaskError` and from the original exception's
+    class, carries the original's attributes (``args``, ``errno``, its own
+    fields), and keeps the original as ``__cause__``. Where that class
+    cannot be combined (it forbids subclasses, its layout or metaclass
+    refuses a second base, it is not an `Exception`), a plain `TaskError`.
+    """
+    err = failure.error
+    cls = _combined(type(err))
+    if cls is not None:
+        try:
+            return cls(failure)
+        except Exception:  # an original whose state will not copy: the plain record still says it all
+            pass
+    return TaskError(failure)
+
+
+def _combined(cause: type) -> type | None:
+    if issubclass(cause, TaskError):
+        return cause  # a nested run's error: already both
+    with _COMBINED_LOCK:
+        if cause in _COMBINED:
+            return _COMBINED[cause]
+        made = _make_combined(cause) if issubclass(cause, Exception) else None
+        _COMBINED[cause] = made
+        return made
+
+
+def _native_new(cls: type) -> Any:
+    """The C-level ``__new__`` Python allows for `cls`: its primary base chain's, past Python ``__new__`` methods."""
+    base = cls.__base__ or BaseException
+    for klass in base.__mro__:  # the chain that decides the instance's layout
+        new = vars(klass).get("__new__")
+        if new is not None and type(new) is type(BaseException.__new__):
+            return new
+    return BaseException.__new__
+
+
+def _make_combined(cause: type) -> type | None:
+    name = f"TaskError({cause.__qualname__})"
+    alloc: list[Any] = []
+
+    def __new__(cls: type, failure: Failure) -> Any:
+        # the original's own __new__ is skipped, like its __init__: it may need arguments we do not have
+        try:
+            return alloc[0](cls, *failure.error.args)
+        except Exception:
+            return alloc[0](cls)
+
+    def __init__(self: Any, failure: Failure) -> None:
+        _copy_state(failure.error, self)
+        self._fill(failure)
+
+    try:
+        cls = type(cause)(name, (TaskError, cause), {"__new__": __new__, "__init__": __init__, "__module__": "ezflow"})
+    except Exception:  # final classes, layout or metaclass conflicts: a plain TaskError instead
+        return None
+    cls.__qualname__ = name
+    alloc.append(_native_new(cls))
+    return cls
+
+
+def _copy_state(src: BaseException, dst: BaseException) -> None:
+    dst.args = src.args
+    for klass in type(src).__mro__:
+        if klass in (BaseException, object):
+            continue
+        for attr, value in vars(klass).items():
+            # C fields (OSError.errno, StopIteration.value) and __slots__ entries
+            if attr not in _NOT_COPIED and isinstance(value, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+                if attr in ("__dict__", "__weakref__"):
+                    continue
+                try:
+                    setattr(dst, attr, getattr(src, attr))
+                except (AttributeError, TypeError):
+                    pass  # an unset slot or a read-only field
+    state = getattr(src, "__dict__", None)
+    if state:
+        dst.__dict__.update({k: v for k, v in state.items() if k not in _NOT_COPIED})
 
 
 def pack_exception(exc: BaseException) -> tuple[BaseException, str]:

@@ -14,10 +14,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+from .._core.entry import public
 from .._core.errors import Failure
 from .._core.mainguard import translate
 from .._core.stats import FlowStats
-from .._core.trim import full_traceback
 from .._executors.port import Chunk
 from .feed import Feed
 from .run import Run
@@ -87,7 +87,7 @@ class Handle:
             if fut is None:
                 self._results.append(item)
             elif isinstance(item, Failure):
-                _settle(fut, error=item.to_error())
+                _settle(fut, error=translate(item.to_error()))  # a worker re-importing an unguarded script
             else:
                 _settle(fut, value=item)
         if self._ordered:
@@ -119,6 +119,14 @@ class Handle:
         self._need_feed().put(item, priority, fut)
         return fut
 
+    def limit_ahead(self, n: int) -> None:
+        """Let the flow take a submitted item only while fewer than `n` taken ones await a result."""
+        self._need_feed().limit_ahead(n)
+
+    def cancel_waiting(self) -> int:
+        """Cancel the futures of submitted items the flow has not taken yet; return how many."""
+        return self._need_feed().cancel_pending()
+
     async def process(self, item: Any, *, priority: int = 0, timeout: float | None = None) -> Any:
         """Send one item through the whole flow and return its result.
 
@@ -145,6 +153,7 @@ class Handle:
         """Return True once the run has ended (done, failed or cancelled)."""
         return self._finished.is_set()
 
+    @public
     def wait(self, timeout: float | None = None) -> list:
         """Wait for the run to end and return its results.
 
@@ -153,14 +162,10 @@ class Handle:
             TaskError, StageError: the run failed.
             (after `cancel()` or the panel's Stop button, it returns the results that finished)
         """
-        __tracebackhide__ = True  # IPython and pytest hide this frame
         if not self._finished.wait(timeout):
             raise TimeoutError(f"the flow is still running after {timeout:g}s")
         if self._error is not None and not (self._cancelled or self._run.stop_reason):
-            err = translate(self._error)
-            if full_traceback() and err is self._error:
-                raise err
-            raise err.with_traceback(None)  # the run thread's frames say nothing to the caller
+            raise self._error
         return list(self._results)
 
     @property

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .._core.errors import Cancelled, Failure, MemoryLimitExceeded, TaskError, attach_traceback
+from .._core.errors import Cancelled, Failure, MemoryLimitExceeded, attach_traceback
 from .._core.stats import _Counters
 from .._core.threads import Job, spawn
 from .._executors import Executor, make_executor
@@ -116,6 +116,8 @@ class StageDriver:
             return 64
         if self.spec.mode == "async":
             return self.spec.workers
+        if self.spec.chunksize == 1 and not self.spec.ordered:
+            return 1  # one item per chunk: each result is delivered when it is done (ezflow.Executor's calls)
         if self.spec.chunksize is None and self._per_item is None:
             # nothing measured yet: grow the source's chunks 1, 2, 4... (pieces stay single)
             self._ramp = min(self._ramp * 2, 256)
@@ -365,7 +367,7 @@ class StageDriver:
                         c.memory_failures += 1
                     failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, err.attempts)
                     if spec.errors == "raise":
-                        self.run.abort(TaskError(failure), stage=spec.name)
+                        self.run.abort(failure.to_error(), stage=spec.name)
                         raise _Abort
                     if spec.errors == "skip":
                         c.errors -= 1

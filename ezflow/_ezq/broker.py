@@ -13,7 +13,7 @@ from typing import Any
 from .._core.forks import at_fork
 from .._core.procs import close_end
 from .channel import _Channel
-from .msg import _DONE, _EMPTY, _ERROR, _GET, _HEAD, _ITEM, _PUT, _TIMEOUT, _frame
+from .msg import _COUNT, _DONE, _EMPTY, _ERROR, _GET, _HEAD, _ITEM, _PUT, _SIZE, _TIMEOUT, _frame
 from .state import R, _purge_orphans, _QState, _Waiter
 
 
@@ -124,6 +124,9 @@ class _Broker:
                 self._dispatch(state)
         elif op == _GET:
             self._get(ch, req, qid, _TIMEOUT.unpack_from(body)[0])
+        elif op == _SIZE:
+            state = R.states.get(qid)
+            self._send(ch, _frame(_ITEM, req, qid, _COUNT.pack(0 if state is None else len(state.items))))
         elif op == _DONE:
             ch.done = ch.closed = True
             ch.error = bytes(body)

@@ -16,7 +16,7 @@ from typing import Any
 from .._core.errors import WorkerDied, pack_exception
 from .._core.forks import at_fork
 from .._transport.serialize import dumps, dumps_by_value, dumps_fn, loads
-from .msg import _DONE, _EMPTY, _GET, _HEAD, _ITEM, _PUT, _TIMEOUT, _frame
+from .msg import _COUNT, _DONE, _EMPTY, _GET, _HEAD, _ITEM, _PUT, _SIZE, _TIMEOUT, _frame
 
 
 class _Reply:
@@ -88,6 +88,14 @@ class _Child:
         if reply.op == _EMPTY:
             raise queue.Empty
         raise RuntimeError(bytes(reply.body or b"").decode())
+
+    def size(self, qid: int) -> int:
+        req = next(self._reqs)
+        reply = self._pending[req] = _Reply()
+        self._send(_frame(_SIZE, req, qid))
+        reply.event.wait()
+        assert reply.body is not None
+        return int(_COUNT.unpack_from(reply.body)[0])
 
     def done(self, error: BaseException | None) -> None:
         self._closing = True

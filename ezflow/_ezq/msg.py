@@ -1,7 +1,7 @@
 """What a Q carries, and the frames a worker and the broker exchange for it.
 
     frame = header (op, request id, queue id) + body (a pickled Msg, a timeout, an error)
-    worker -> broker: PUT, GET, DONE          broker -> worker: ITEM, EMPTY, ERROR
+    worker -> broker: PUT, GET, SIZE, DONE    broker -> worker: ITEM, EMPTY, ERROR
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ _HEAD = struct.Struct("!BqQ")
 _TIMEOUT = struct.Struct("!d")  # GET body: seconds, < 0 = wait forever
 
 
-_PUT, _GET, _DONE = 1, 2, 3  # worker -> broker
+_PUT, _GET, _DONE, _SIZE = 1, 2, 3, 4  # worker -> broker
+
+
+_COUNT = struct.Struct("!Q")  # SIZE reply body (in an ITEM frame): messages waiting
 
 
 _ITEM, _EMPTY, _ERROR = 11, 12, 13  # broker -> worker

@@ -25,7 +25,7 @@ class Q:
     process that created it.
     """
 
-    __slots__ = ("__weakref__", "_cache", "_kind", "_owner", "_qid", "_state")
+    __slots__ = ("__weakref__", "_cache", "_closed", "_kind", "_owner", "_qid", "_state")
 
     def __init__(self, kind: QKind = "process") -> None:
         """Create an empty queue.
@@ -43,6 +43,7 @@ class Q:
         self._qid = next(R.ids)
         self._state: _QState | None = _QState(self._qid)
         self._cache: list[Msg] | None = None
+        self._closed = False
         if kind == "process":
             with R.lock:
                 R.states[self._qid] = self._state
@@ -88,6 +89,8 @@ class Q:
         Returns:
             This queue, for chaining.
         """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed in this process: put() after close()")
         msg = data if isinstance(data, Msg) else Msg(data, kind, order)
         state = self._local()
         if self._kind == "thread":
@@ -124,6 +127,45 @@ class Q:
         else:
             item = _Child.for_owner(self._owner).get(self._qid, limit)
         return item if self._kind == "thread" else loads(item)
+
+    # -- the queue methods ezq's Q delegated to its multiprocessing.Queue --------------
+
+    def qsize(self) -> int:
+        """Return the number of messages waiting (end markers included); exact, unlike multiprocessing's."""
+        state = self._local()
+        if state is not None:
+            return len(state.items)
+        return _Child.for_owner(self._owner).size(self._qid)
+
+    def empty(self) -> bool:
+        """Return True if no message is waiting."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """Return False: a Q is unbounded (`put` never blocks)."""
+        return False
+
+    def get_nowait(self) -> Msg:
+        """Remove and return the next message if one is waiting; raise `queue.Empty` otherwise."""
+        return self.get(block=False)
+
+    def put_nowait(self, data: Any = None, *, kind: str = "", order: int = 0) -> Q:
+        """Put a message; the same as `put`, which never blocks."""
+        return self.put(data, kind=kind, order=order)
+
+    def close(self) -> None:
+        """Say this process puts no more messages: a later `put` here raises ValueError.
+
+        Other processes' handles, and reading, are not affected (as with
+        ``multiprocessing.Queue.close``).
+        """
+        self._closed = True
+
+    def join_thread(self) -> None:
+        """Return at once: a put is delivered when `put` returns (no feeder thread to wait for)."""
+
+    def cancel_join_thread(self) -> None:
+        """Do nothing: there is no feeder thread whose exit could wait on a reader."""
 
     def __iter__(self) -> Iterator[Msg]:
         """Yield messages until an end marker, which is consumed, not yielded."""
@@ -233,7 +275,7 @@ def _rebuild_q(qid: int, owner: int) -> Q:
     else:
         state = None
     q = Q.__new__(Q)
-    q._qid, q._kind, q._owner, q._state, q._cache = qid, "process", owner, state, None
+    q._qid, q._kind, q._owner, q._state, q._cache, q._closed = qid, "process", owner, state, None, False
     if state is not None:
         with R.lock:
             R.handles[qid] = q

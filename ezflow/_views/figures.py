@@ -14,6 +14,7 @@ lower layer, and is re-exported from here; everything else is built on it.
 from __future__ import annotations
 
 import itertools
+import re
 
 from .._core.stats import (
     FlowStats,
@@ -176,9 +177,10 @@ def stage_error(s: StageStats) -> str:
     "failed: <error>" for any other error, "failed" without one.
     """
     error = s.error or ""
-    prefix = f"TaskError: stage {s.name!r} failed "  # the engine's words
-    if error.startswith(prefix):
-        return "failed " + error[len(prefix) :]
+    # the engine's words; the class reads "TaskError(ValueError)" when it is also the original's type
+    found = re.match(r"TaskError(\([\w.]+\))?: stage " + re.escape(repr(s.name)) + " failed ", error)
+    if found:
+        return "failed " + error[found.end() :]
     return f"failed: {error}" if error else "failed"
 
 
