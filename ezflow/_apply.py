@@ -17,16 +17,18 @@ light, and pandas stays an optional dependency (``ezflow[pandas]``).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from ._api import map as _map
 from ._core.env import NUM_CPUS
 from ._core.errors import Failure
 from ._core.record import replace
-from ._plan.signature import refuse_keywords
+from ._plan.stage_options import MapOptions, refuse_keywords
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["apply"]
 
@@ -34,37 +36,16 @@ CHUNK_BYTES = 32 << 20  # a chunk carries about this much of the frame, at most 
 CHUNKS_PER_WORKER = 8  # ... and there are at least this many per worker (balance: the last ones end together)
 MIN_ROWS = 256  # ... yet no chunk has fewer rows (amortise: each chunk costs a message and a pandas call)
 
-_NOT_MAP = ("data", "fn", "axis", "chunksize", "pd", "progress", "unknown", "__tracebackhide__")
+# map options apply cannot honour, and why
+_NOT_HERE = {
+    "when": "every row goes to fn; filter the frame first (df[mask])",
+    "ordered": "the result is in the frame's order, as pandas' own",
+}
 _KINDS = "a pandas DataFrame, Series, or a groupby of one (df.groupby(key))"
 
 
 def apply(
-    data: Any,
-    fn: Callable[[Any], Any],
-    /,
-    *,
-    axis: int | str | None = None,
-    chunksize: int | None = None,
-    workers: int | None = None,
-    mode: str | None = None,
-    progress: Any = None,
-    errors: str = "raise",
-    retries: int = 0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    backoff: float = 0.0,
-    item_timeout: float | None = None,
-    rate: float | None = None,
-    burst: int = 1,
-    name: str | None = None,
-    start_method: str | None = None,
-    backend: Any = None,
-    share_arrays: bool | int | None = None,
-    max_tasks_per_worker: int | None = None,
-    max_memory: int | str | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    checkpoint_match: str | None = None,
-    checkpoint_failures: bool | None = None,
-    **unknown: NoReturn,
+    data: Any, fn: Callable[[Any], Any], /, *, axis: int | str | None = None, **options: Unpack[MapOptions]
 ) -> Any:
     """Apply `fn` over a DataFrame, Series or groupby in parallel; return what pandas would.
 
@@ -87,6 +68,7 @@ def apply(
             out) or "return" (they hold its `Failure`).
         Other options: as `ezflow.map` (`workers`, `mode`, `progress`,
             `item_timeout`, `checkpoint`, ...), per chunk; progress views count rows.
+            ``when=`` and ``ordered=`` do not apply (a TypeError says why).
 
     Returns:
         What ``data.apply(fn, axis=axis)`` returns (``data.groupby(...).apply(fn)``
@@ -100,13 +82,19 @@ def apply(
             is the original exception (and it is an instance of its class).
     """
     __tracebackhide__ = True  # IPython and pytest hide this frame
-    refuse_keywords("ezflow.apply", unknown, _KNOWN)  # timeout= is item_timeout= now
+    refuse_keywords("ezflow.apply", options, MapOptions)  # timeout= is item_timeout= now
+    for key, why in _NOT_HERE.items():
+        if key in options:
+            raise TypeError(f"ezflow.apply() takes no {key}=: {why}")
     try:
         import pandas as pd
     except ImportError:
         raise ImportError('ezflow.apply needs pandas: pip install "ezflow[pandas]"') from None
-    opts = {k: v for k, v in locals().items() if k not in _NOT_MAP}
-    opts["name"] = name or getattr(fn, "__name__", None) or type(fn).__name__
+    opts: dict[str, Any] = dict(options)
+    chunksize = opts.pop("chunksize", None)  # rows per chunk here, not items per message
+    progress = opts.pop("progress", None)
+    workers, errors = opts.get("workers"), opts.get("errors", "raise")
+    opts["name"] = opts.get("name") or getattr(fn, "__name__", None) or type(fn).__name__
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"chunksize must be an int >= 1 (rows per chunk), got {chunksize!r}")
     plan = _plan(pd, data, fn, axis)
@@ -435,4 +423,3 @@ class _RowsView:
         return getattr(self._view, name)
 
 
-_KNOWN = (*tuple(apply.__kwdefaults__ or ()),)  # for "did you mean" on a misspelt option

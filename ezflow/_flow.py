@@ -9,16 +9,18 @@ can be run many times (a generator source, of course, only yields once).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from ._core.entry import public, public_iter
 from ._core.record import replace
 from ._core.stats import FlowStats
 from ._engine.run import Run
-from ._plan.signature import refuse_keywords
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
+from ._plan.stage_options import RunOptions, StageOptions, refuse_keywords
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Flow"]
 
@@ -67,138 +69,43 @@ class Flow:
 
     # -- builders -----------------------------------------------------------
 
-    def map(
-        self,
-        fn: Callable[[Any], Any],
-        /,
-        *,
-        workers: int | None = None,
-        mode: str | None = None,
-        name: str | None = None,
-        when: Callable[[Any], bool] | None = None,
-        errors: str = "raise",
-        ordered: bool = True,
-        retries: int = 0,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        backoff: float = 0.0,
-        item_timeout: float | None = None,
-        rate: float | None = None,
-        burst: int = 1,
-        chunksize: int | None = None,
-        start_method: str | None = None,
-        backend: Any = None,
-        share_arrays: bool | int | None = None,
-        max_tasks_per_worker: int | None = None,
-        max_memory: int | str | None = None,
-        **unknown: NoReturn,
-    ) -> Flow:
+    def map(self, fn: Callable[[Any], Any], /, **options: Unpack[StageOptions]) -> Flow:
         """Add a stage that replaces each item with ``fn(item)``.
 
         Args:
             fn: a function, or a class (instantiated once per worker, inside
                 it; each item then calls the instance; ``close()`` is called
                 when the worker is done), or a coroutine function (async mode).
-            workers: parallel workers (default: CPUs for processes,
-                `NUM_THREADS` for threads, 16 for async).
-            mode: "process" (default), "thread" or "async" (default for
-                coroutine functions).
-            name: the stage's name in errors and stats (default: fn's name).
-            when: a predicate; items for which it is false skip this stage.
-            errors: "raise" (stop and raise `TaskError`), "return" (a
-                `Failure` in place of the value) or "skip" (drop, count it).
-            ordered: keep source order (default) or yield as ready.
-            retries, retry_on, backoff: retry failing items whose error is
-                one of ``retry_on``, waiting ``backoff * 2**n`` seconds.
-            item_timeout: seconds per attempt of one item; an item that runs
-                longer fails with `ItemTimeout` (a process worker stuck on it
-                is replaced). ``timeout=`` is refused here: it only ever means
-                how long a caller waits (``batch``, ``start``, ``handle.wait``).
-            rate, burst: at most ``rate`` calls per second across workers.
-            chunksize: items per message to a worker (default: adaptive).
-            start_method: "fork", "spawn" or "forkserver" (default: the
-                global multiprocessing choice if set, else ezflow's).
-            backend: a dask Client, scheduler address or "dask".
-            share_arrays: move large numpy results into shared memory.
-            max_tasks_per_worker: replace a worker process after it has run
-                this many items (process stages; a class is built again in
-                the new worker and ``close()`` runs in the old one).
-            max_memory: resident memory per worker process, in bytes or as
-                "2GB", "500MB", "1.5GiB" (process stages): a worker above it
-                after an item is replaced; an item that takes a worker past
-                it fails with `MemoryLimitExceeded`.
+            **options: the stage options, declared once in `StageOptions`
+                (the table in docs/map.md): ``workers``, ``mode``, ``errors``,
+                ``retries``, ``item_timeout`` (seconds per attempt of one item;
+                ``timeout=`` is refused: it only ever means how long a caller
+                waits), ``rate``, ``max_memory``, ...
 
         Returns:
             A new Flow with the stage added.
 
         Raises:
-            TypeError, ValueError: an option is invalid (the message says which).
+            TypeError, ValueError: an option is unknown or invalid (the message says which).
         """
-        refuse_keywords("Flow.map", unknown, _KNOWN)  # timeout= is item_timeout= now
-        return self._with(make_stage("map", fn, **_opts(locals())))
+        refuse_keywords("Flow.map", options, StageOptions)  # timeout= is item_timeout= now
+        return self._with(make_stage("map", fn, **options))
 
-    def filter(
-        self,
-        pred: Callable[[Any], Any],
-        /,
-        *,
-        workers: int | None = None,
-        mode: str | None = None,
-        name: str | None = None,
-        when: Callable[[Any], bool] | None = None,
-        errors: str = "raise",
-        ordered: bool = True,
-        retries: int = 0,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        backoff: float = 0.0,
-        item_timeout: float | None = None,
-        rate: float | None = None,
-        burst: int = 1,
-        chunksize: int | None = None,
-        start_method: str | None = None,
-        backend: Any = None,
-        share_arrays: bool | int | None = None,
-        max_tasks_per_worker: int | None = None,
-        max_memory: int | str | None = None,
-        **unknown: NoReturn,
-    ) -> Flow:
+    def filter(self, pred: Callable[[Any], Any], /, **options: Unpack[StageOptions]) -> Flow:
         """Add a stage that keeps the items for which ``pred(item)`` is true.
 
         Takes the same options as `map`.
         """
-        refuse_keywords("Flow.filter", unknown, _KNOWN)  # timeout= is item_timeout= now
-        return self._with(make_stage("filter", pred, **_opts(locals(), "pred")))
+        refuse_keywords("Flow.filter", options, StageOptions)
+        return self._with(make_stage("filter", pred, **options))
 
-    def flat_map(
-        self,
-        fn: Callable[[Any], Iterable[Any]],
-        /,
-        *,
-        workers: int | None = None,
-        mode: str | None = None,
-        name: str | None = None,
-        when: Callable[[Any], bool] | None = None,
-        errors: str = "raise",
-        ordered: bool = True,
-        retries: int = 0,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        backoff: float = 0.0,
-        item_timeout: float | None = None,
-        rate: float | None = None,
-        burst: int = 1,
-        chunksize: int | None = None,
-        start_method: str | None = None,
-        backend: Any = None,
-        share_arrays: bool | int | None = None,
-        max_tasks_per_worker: int | None = None,
-        max_memory: int | str | None = None,
-        **unknown: NoReturn,
-    ) -> Flow:
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], /, **options: Unpack[StageOptions]) -> Flow:
         """Add a stage that replaces each item with the items of ``fn(item)``.
 
         Takes the same options as `map`.
         """
-        refuse_keywords("Flow.flat_map", unknown, _KNOWN)  # timeout= is item_timeout= now
-        return self._with(make_stage("flat_map", fn, **_opts(locals())))
+        refuse_keywords("Flow.flat_map", options, StageOptions)
+        return self._with(make_stage("flat_map", fn, **options))
 
     def batch(self, size: int, *, timeout: float | None = None, name: str | None = None) -> Flow:
         """Add a stage that groups items into lists of at most `size`.
@@ -236,14 +143,7 @@ class Flow:
         return run
 
     @public
-    def collect(
-        self,
-        *,
-        progress: Any = None,
-        checkpoint: str | os.PathLike[str] | None = None,
-        checkpoint_match: str | None = None,
-        checkpoint_failures: bool | None = None,
-    ) -> list:
+    def collect(self, **options: Unpack[RunOptions]) -> list:
         """Run the flow to the end and return its results as a list.
 
         Args:
@@ -265,39 +165,24 @@ class Flow:
             StageError: a stage could not start (its class failed to build).
             CheckpointError: the checkpoint cannot be used (the message says why and what to do).
         """
-        ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
+        progress, ck = run_options("Flow.collect", options)
         return self._run(progress, checkpoint=ck).collect()
 
     @public
-    def iter(
-        self,
-        *,
-        progress: Any = None,
-        checkpoint: str | os.PathLike[str] | None = None,
-        checkpoint_match: str | None = None,
-        checkpoint_failures: bool | None = None,
-    ) -> Iterator[Any]:
+    def iter(self, **options: Unpack[RunOptions]) -> Iterator[Any]:
         """Return an iterator over the results, computed as you consume them.
 
         The checkpoint options are those of `collect`; stopping early stores
         the results delivered so far.
         """
-        ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
+        progress, ck = run_options("Flow.iter", options)
         return public_iter(iter(self._run(progress, checkpoint=ck)))
 
     def __iter__(self) -> Iterator[Any]:
         return self.iter()
 
     @public
-    def start(
-        self,
-        *,
-        progress: Any = None,
-        timeout: float | None = None,
-        checkpoint: str | os.PathLike[str] | None = None,
-        checkpoint_match: str | None = None,
-        checkpoint_failures: bool | None = None,
-    ) -> Any:
+    def start(self, *, timeout: float | None = None, **options: Unpack[RunOptions]) -> Any:
         """Start the flow in the background and return its `Handle`.
 
         Args:
@@ -315,7 +200,7 @@ class Flow:
         from ._engine.feed import Feed
         from ._engine.handle import Handle
 
-        ck = checkpoint_options(checkpoint, checkpoint_match, checkpoint_failures)
+        progress, ck = run_options("Flow.start", options)
         feed = Feed() if self._source is None and ck is None else None
         return Handle(self._run(progress, feed, checkpoint=ck), timeout=timeout, feed=feed)
 
@@ -367,13 +252,16 @@ class Flow:
         return "".join(parts)
 
 
-def checkpoint_options(checkpoint: Any, match: Any, failures: Any) -> Any:
-    """Validate the checkpoint options (the checkpoint module loads only when one is given)."""
-    if checkpoint is None and match is None and failures is None:
-        return None
+def run_options(where: str, options: RunOptions) -> tuple[Any, Any]:
+    """Return a run's (progress, checkpoint options); the checkpoint module loads only when one is given."""
+    refuse_keywords(where, options, RunOptions)
+    progress = options.get("progress")
+    ck = (options.get("checkpoint"), options.get("checkpoint_match"), options.get("checkpoint_failures"))
+    if ck == (None, None, None):
+        return progress, None
     from ._engine.checkpoint import checkpoint_options as check
 
-    return check(checkpoint, match, failures)
+    return progress, check(*ck)
 
 
 def _messages(source: Any) -> Any:
@@ -384,12 +272,6 @@ def _messages(source: Any) -> Any:
     return source
 
 
-def _opts(scope: dict, fn_arg: str = "fn") -> dict:
-    return {k: v for k, v in scope.items() if k not in ("self", fn_arg, "unknown")}
-
-
 def _rename(spec: StageSpec, name: str) -> StageSpec:
     return replace(spec, name=name)
 
-
-_KNOWN = tuple(Flow.map.__kwdefaults__ or ())  # for "did you mean" on a misspelt option

@@ -25,6 +25,8 @@ import pytest
 from pytest_examples import CodeExample, find_examples
 
 import ezflow
+from ezflow._plan import stage_options
+from ezflow._plan.stage_options import declared
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -159,12 +161,22 @@ def _shown(args: str) -> list[tuple[str, inspect._ParameterKind, object]]:
 
 
 def _real(fn) -> list[tuple[str, inspect._ParameterKind, object]]:
+    """The parameters a caller may pass: ``**options: Unpack[X]`` is X's declared options, in order."""
     params = list(inspect.signature(fn).parameters.values())
     if params and params[0].name == "self":
         params = params[1:]
-    if params and params[-1].kind == inspect.Parameter.VAR_KEYWORD and params[-1].name == "unknown":
-        params = params[:-1]  # **unknown: NoReturn only turns a wrong keyword into a clear TypeError
-    return [(p.name, p.kind, p.default) for p in params]
+    out = [(p.name, p.kind, p.default) for p in params]
+    if params and params[-1].kind == inspect.Parameter.VAR_KEYWORD:
+        out.pop()
+        for name, opt in declared(_unpacked(params[-1])).items():
+            out.append((name, inspect.Parameter.KEYWORD_ONLY, opt.default))
+    return out
+
+
+def _unpacked(param: inspect.Parameter) -> type:
+    m = re.fullmatch(r"Unpack\[(\w+)\]", str(param.annotation))
+    assert m, f"**{param.name} must be annotated Unpack[<a declaration in _plan.stage_options>]"
+    return getattr(stage_options, m.group(1))
 
 
 def _stage_options() -> set[str]:
@@ -182,7 +194,7 @@ def _target(owner: str, name: str):
 
 def test_stage_options_listed_are_the_codes():
     real = {n for n, k, _ in _real(ezflow.Flow.map) if k == inspect.Parameter.KEYWORD_ONLY}
-    assert _stage_options() == real
+    assert _stage_options() == real == set(declared(stage_options.StageOptions))
     for method in (ezflow.Flow.filter, ezflow.Flow.flat_map):
         assert {n for n, k, _ in _real(method) if k == inspect.Parameter.KEYWORD_ONLY} == real
 

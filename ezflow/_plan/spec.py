@@ -8,13 +8,17 @@ and queues only when the flow runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.env import NUM_CPUS, NUM_THREADS
 from .._core.procs import START_METHODS
 from .._core.record import record
 from .lifespan import check_lifespan
 from .options import MAX_SECONDS, check_number, check_support
+from .stage_options import StageOptions, declared, refuse_keywords
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ERRORS", "KINDS", "MODES", "StageSpec", "make_stage"]
 
@@ -82,126 +86,91 @@ def _check_timeout(name: str, value: Any) -> float | None:
     return check_number(name, value, low=0.0, low_ok=False, unit="seconds", inf_is_none=True)
 
 
-def make_stage(
-    kind: str,
-    fn: Any,
-    *,
-    workers: int | None = None,
-    mode: str | None = None,
-    name: str | None = None,
-    when: Callable[[Any], bool] | None = None,
-    errors: str = "raise",
-    ordered: bool = True,
-    retries: int = 0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    backoff: float = 0.0,
-    item_timeout: float | None = None,
-    rate: float | None = None,
-    burst: int = 1,
-    chunksize: int | None = None,
-    start_method: str | None = None,
-    backend: Any = None,
-    share_arrays: bool | int | None = None,
-    max_tasks_per_worker: int | None = None,
-    max_memory: int | str | None = None,
-) -> StageSpec:
+def make_stage(kind: str, fn: Any, **options: Unpack[StageOptions]) -> StageSpec:
     """Validate a stage's options and return its spec.
 
+    Options not given take their declared defaults (`StageOptions`).
+
     Raises:
-        TypeError, ValueError: an option is of the wrong type or out of range;
-            the message names the option and the allowed values.
+        TypeError, ValueError: an option is unknown, of the wrong type or out
+            of range; the message names the option and the allowed values.
     """
+    refuse_keywords(f"Flow.{kind}", options, StageOptions)
+    o: dict[str, Any] = {name: opt.default for name, opt in declared(StageOptions).items()}
+    o.update(options)
     if not callable(fn):
         raise TypeError(f"{kind}() needs a callable, got {type(fn).__name__} {fn!r}")
-    if when is not None and not callable(when):
-        raise TypeError(f"when must be a callable predicate or None, got {when!r}")
+    if o["when"] is not None and not callable(o["when"]):
+        raise TypeError(f"when must be a callable predicate or None, got {o['when']!r}")
     is_class = isinstance(fn, type)
     is_coro = _is_coroutine_function(fn) or (
         is_class and _is_coroutine_function(fn.__call__)
     )
+    mode = o["mode"]
     if mode is None:
-        mode = "async" if is_coro else "process"
+        mode = o["mode"] = "async" if is_coro else "process"
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
-    if errors not in ERRORS:
-        raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}; got {errors!r}")
-    auto_workers = workers is None and mode == "process" and backend is None
-    if workers is None:
-        workers = {"process": NUM_CPUS, "thread": NUM_THREADS}.get(mode, DEFAULT_ASYNC_WORKERS)
-    _check_int("workers", workers, 1)
-    _check_int("retries", retries, 0)
-    if chunksize is not None:
-        _check_int("chunksize", chunksize, 1)
-    if isinstance(retry_on, type):
-        retry_on = (retry_on,)
-    retry_on = tuple(retry_on)
+    if o["errors"] not in ERRORS:
+        raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}; got {o['errors']!r}")
+    auto_workers = o["workers"] is None and mode == "process" and o["backend"] is None
+    if o["workers"] is None:
+        o["workers"] = {"process": NUM_CPUS, "thread": NUM_THREADS}.get(mode, DEFAULT_ASYNC_WORKERS)
+    _check_int("workers", o["workers"], 1)
+    _check_int("retries", o["retries"], 0)
+    if o["chunksize"] is not None:
+        _check_int("chunksize", o["chunksize"], 1)
+    retry_on = o["retry_on"]
+    retry_on = o["retry_on"] = (retry_on,) if isinstance(retry_on, type) else tuple(retry_on)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
         raise TypeError(f"retry_on must be exception types, got {retry_on!r}")
-    if backoff is None:
+    if o["backoff"] is None:
         raise TypeError("backoff must be a number of seconds >= 0, got None")
-    backoff = check_number("backoff", backoff, low=0.0, low_ok=True, unit="seconds") or 0.0
-    item_timeout = _check_timeout("item_timeout", item_timeout)
+    o["backoff"] = check_number("backoff", o["backoff"], low=0.0, low_ok=True, unit="seconds") or 0.0
+    o["item_timeout"] = _check_timeout("item_timeout", o["item_timeout"])
     # float("inf") means no limit; the slowest rate is one call per MAX_SECONDS
-    rate = check_number(
-        "rate", rate, low=1 / MAX_SECONDS, low_ok=True, unit="calls per second", high=None, inf_is_none=True
+    o["rate"] = check_number(
+        "rate", o["rate"], low=1 / MAX_SECONDS, low_ok=True, unit="calls per second", high=None, inf_is_none=True
     )
-    _check_int("burst", burst, 1)
-    if start_method is not None:
-        if start_method not in START_METHODS:
-            raise ValueError(
-                f"start_method must be None or one of {', '.join(map(repr, START_METHODS))}; "
-                f"got {start_method!r}"
-            )
-        import multiprocessing
-
-        if start_method not in multiprocessing.get_all_start_methods():
-            raise ValueError(f"start_method {start_method!r} is not available on this platform")
-    if share_arrays is not None and not isinstance(share_arrays, bool):
-        if not isinstance(share_arrays, int) or share_arrays < 0:
-            raise ValueError(
-                "share_arrays must be True, False, None (the default: arrays of 1 MiB or more) "
-                f"or a threshold in bytes >= 0; got {share_arrays!r}"
-            )
-    if name is None:
-        name = _fn_name(fn)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    max_tasks_per_worker, max_memory = check_lifespan(max_tasks_per_worker, max_memory)
+    _check_int("burst", o["burst"], 1)
+    _check_start_method(o["start_method"])
+    share = o["share_arrays"]
+    if share is not None and not isinstance(share, bool) and (not isinstance(share, int) or share < 0):
+        raise ValueError(
+            "share_arrays must be True, False, None (the default: arrays of 1 MiB or more) "
+            f"or a threshold in bytes >= 0; got {share!r}"
+        )
+    if o["name"] is None:
+        o["name"] = _fn_name(fn)
+    if not isinstance(o["name"], str) or not o["name"]:
+        raise ValueError(f"name must be a non-empty string, got {o['name']!r}")
+    o["max_tasks_per_worker"], o["max_memory"] = check_lifespan(o["max_tasks_per_worker"], o["max_memory"])
+    o["ordered"] = bool(o["ordered"])
     check_support(
-        name,
-        "dask" if backend is not None else mode,
+        o["name"],
+        "dask" if o["backend"] is not None else mode,
         {
-            "item_timeout": item_timeout is not None,
-            "rate, burst": rate is not None,
+            "item_timeout": o["item_timeout"] is not None,
+            "rate, burst": o["rate"] is not None,
             "coroutine function": is_coro,
-            "max_tasks_per_worker": max_tasks_per_worker is not None,
-            "max_memory": max_memory is not None,
+            "max_tasks_per_worker": o["max_tasks_per_worker"] is not None,
+            "max_memory": o["max_memory"] is not None,
         },
     )
-    return StageSpec(
-        kind=kind,
-        fn=fn,
-        name=name,
-        workers=workers,
-        mode=mode,
-        when=when,
-        errors=errors,
-        ordered=bool(ordered),
-        retries=retries,
-        retry_on=retry_on,
-        backoff=float(backoff),
-        item_timeout=item_timeout,
-        rate=rate,
-        burst=burst,
-        chunksize=chunksize,
-        start_method=start_method,
-        backend=backend,
-        share_arrays=share_arrays,
-        is_class=is_class,
-        max_tasks_per_worker=max_tasks_per_worker,
-        max_memory=max_memory,
-        auto_workers=auto_workers,
-    )
+    return StageSpec(kind=kind, fn=fn, is_class=is_class, auto_workers=auto_workers, **o)
+
+
+def _check_start_method(start_method: str | None) -> None:
+    if start_method is None:
+        return
+    if start_method not in START_METHODS:
+        raise ValueError(
+            f"start_method must be None or one of {', '.join(map(repr, START_METHODS))}; got {start_method!r}"
+        )
+    import multiprocessing
+
+    if start_method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"start_method {start_method!r} is not available on this platform")
 
 
 def make_batch(size: int, timeout: float | None, name: str | None) -> StageSpec:
