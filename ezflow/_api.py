@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ._core.entry import public
 from ._flow import Flow
+from ._plan.callables import A, B, C, R, StageClass
 from ._plan.spec import make_stage
 from ._plan.stage_options import MapOptions, refuse_keywords, split_options
 from ._plan.star import Zipped, starred
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from typing_extensions import Unpack
 
 __all__ = ["imap", "map"]
@@ -31,8 +34,32 @@ def _flow(where: str, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ..
     return Flow(Zipped(iterables))._with(starred(make_stage("map", fn, **stage)))
 
 
+# Typed as builtin map is: one overload per number of iterables (a coroutine function's
+# result is what it awaits to; a class stage's is what its instances return), then any number.
+@overload
+def map(fn: Callable[[A], Awaitable[R]], it: Iterable[A], /, **options: Unpack[MapOptions]) -> list[R]: ...
+@overload
+def map(fn: Callable[[A], R], it: Iterable[A], /, **options: Unpack[MapOptions]) -> list[R]: ...
+@overload
+def map(fn: type[StageClass[A, R]], it: Iterable[A], /, **options: Unpack[MapOptions]) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[..., Awaitable[R]], it1: Iterable[Any], it2: Iterable[Any], /,
+    *rest: Iterable[Any], **options: Unpack[MapOptions]
+) -> list[R]: ...
+@overload
+def map(fn: Callable[[A, B], R], it1: Iterable[A], it2: Iterable[B], /, **options: Unpack[MapOptions]) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[[A, B, C], R], it1: Iterable[A], it2: Iterable[B], it3: Iterable[C], /, **options: Unpack[MapOptions]
+) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], it4: Iterable[Any], /,
+    *rest: Iterable[Any], **options: Unpack[MapOptions]
+) -> list[R]: ...
 @public
-def map(fn: Callable[..., Any], /, *iterables: Iterable[Any], **options: Unpack[MapOptions]) -> list:
+def map(fn: Callable[..., Any], /, *iterables: Iterable[Any], **options: Unpack[MapOptions]) -> list[Any]:
     """Apply `fn` to every item (of several iterables: every tuple) in parallel; return the results in order.
 
     Args:
@@ -70,6 +97,30 @@ def map(fn: Callable[..., Any], /, *iterables: Iterable[Any], **options: Unpack[
     return _flow("ezflow.map", fn, iterables, stage).collect(**run)
 
 
+@overload
+def imap(fn: Callable[[A], Awaitable[R]], it: Iterable[A], /, **options: Unpack[MapOptions]) -> Iterator[R]: ...
+@overload
+def imap(fn: Callable[[A], R], it: Iterable[A], /, **options: Unpack[MapOptions]) -> Iterator[R]: ...
+@overload
+def imap(fn: type[StageClass[A, R]], it: Iterable[A], /, **options: Unpack[MapOptions]) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[..., Awaitable[R]], it1: Iterable[Any], it2: Iterable[Any], /,
+    *rest: Iterable[Any], **options: Unpack[MapOptions]
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[[A, B], R], it1: Iterable[A], it2: Iterable[B], /, **options: Unpack[MapOptions]
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[[A, B, C], R], it1: Iterable[A], it2: Iterable[B], it3: Iterable[C], /, **options: Unpack[MapOptions]
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], it4: Iterable[Any], /,
+    *rest: Iterable[Any], **options: Unpack[MapOptions]
+) -> Iterator[R]: ...
 @public
 def imap(fn: Callable[..., Any], /, *iterables: Iterable[Any], **options: Unpack[MapOptions]) -> Iterator[Any]:
     """Like `map`, but return a lazy iterator with a bounded number of items in flight.

@@ -10,17 +10,23 @@ can be run many times (a generator source, of course, only yields once).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 from ._core.entry import public, public_iter
 from ._core.record import replace
 from ._core.stats import FlowStats
 from ._engine.run import Run
+from ._plan.callables import R, StageClass, T_co, U
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
 from ._plan.stage_options import RunOptions, StageOptions, refuse_keywords
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from typing_extensions import Unpack
+
+    from ._engine.handle import Handle
+    from ._ezq.queue import Q
 
 __all__ = ["Flow"]
 
@@ -35,8 +41,8 @@ def _observer(progress: Any) -> Any:
     return make_observer(progress)
 
 
-class Flow:
-    """A pipeline of stages over a source iterable.
+class Flow(Generic[T_co]):
+    """A pipeline of stages over a source iterable; ``Flow[T]`` yields items of type T.
 
     Args:
         source: any iterable: a list, a generator (consumed lazily, as the
@@ -45,6 +51,12 @@ class Flow:
             flow's handle feeds (``handle.put``, ``submit``, ``process``).
     """
 
+    @overload
+    def __init__(self: Flow[Any], source: None = None) -> None: ...
+    @overload
+    def __init__(self: Flow[Any], source: Q) -> None: ...
+    @overload
+    def __init__(self, source: Iterable[T_co]) -> None: ...
     def __init__(self, source: Iterable[Any] | None = None) -> None:
         if source is not None and (isinstance(source, (str, bytes)) or not hasattr(source, "__iter__")):
             raise TypeError(
@@ -54,14 +66,14 @@ class Flow:
         self._stages: tuple[StageSpec, ...] = ()
         self._last: Run | None = None
 
-    def _with(self, spec: StageSpec) -> Flow:
+    def _with(self, spec: StageSpec) -> Flow[Any]:
         names = {s.name for s in self._stages}
         if spec.name in names:
             base, n = spec.name, 2
             while f"{base}_{n}" in names:
                 n += 1
             spec = _rename(spec, f"{base}_{n}")
-        new = Flow.__new__(Flow)
+        new: Flow[Any] = Flow.__new__(Flow)
         new._source = self._source
         new._stages = self._stages + (spec,)
         new._last = None
@@ -69,7 +81,13 @@ class Flow:
 
     # -- builders -----------------------------------------------------------
 
-    def map(self, fn: Callable[[Any], Any], /, **options: Unpack[StageOptions]) -> Flow:
+    @overload
+    def map(self, fn: Callable[[T_co], Awaitable[R]], /, **options: Unpack[StageOptions]) -> Flow[R]: ...
+    @overload
+    def map(self, fn: Callable[[T_co], R], /, **options: Unpack[StageOptions]) -> Flow[R]: ...
+    @overload
+    def map(self, fn: type[StageClass[T_co, R]], /, **options: Unpack[StageOptions]) -> Flow[R]: ...
+    def map(self, fn: Any, /, **options: Unpack[StageOptions]) -> Flow[Any]:
         """Add a stage that replaces each item with ``fn(item)``.
 
         Args:
@@ -91,7 +109,9 @@ class Flow:
         refuse_keywords("Flow.map", options, StageOptions)  # timeout= is item_timeout= now
         return self._with(make_stage("map", fn, **options))
 
-    def filter(self, pred: Callable[[Any], Any], /, **options: Unpack[StageOptions]) -> Flow:
+    def filter(
+        self, pred: Callable[[T_co], object] | type[StageClass[T_co, object]], /, **options: Unpack[StageOptions]
+    ) -> Flow[T_co]:
         """Add a stage that keeps the items for which ``pred(item)`` is true.
 
         Takes the same options as `map`.
@@ -99,7 +119,13 @@ class Flow:
         refuse_keywords("Flow.filter", options, StageOptions)
         return self._with(make_stage("filter", pred, **options))
 
-    def flat_map(self, fn: Callable[[Any], Iterable[Any]], /, **options: Unpack[StageOptions]) -> Flow:
+    @overload
+    def flat_map(self, fn: Callable[[T_co], Awaitable[Iterable[R]]], /, **options: Unpack[StageOptions]) -> Flow[R]: ...
+    @overload
+    def flat_map(self, fn: Callable[[T_co], Iterable[R]], /, **options: Unpack[StageOptions]) -> Flow[R]: ...
+    @overload
+    def flat_map(self, fn: type[StageClass[T_co, Iterable[R]]], /, **options: Unpack[StageOptions]) -> Flow[R]: ...
+    def flat_map(self, fn: Any, /, **options: Unpack[StageOptions]) -> Flow[Any]:
         """Add a stage that replaces each item with the items of ``fn(item)``.
 
         Takes the same options as `map`.
@@ -107,7 +133,7 @@ class Flow:
         refuse_keywords("Flow.flat_map", options, StageOptions)
         return self._with(make_stage("flat_map", fn, **options))
 
-    def batch(self, size: int, *, timeout: float | None = None, name: str | None = None) -> Flow:
+    def batch(self, size: int, *, timeout: float | None = None, name: str | None = None) -> Flow[list[T_co]]:
         """Add a stage that groups items into lists of at most `size`.
 
         Args:
@@ -118,7 +144,7 @@ class Flow:
         """
         return self._with(make_batch(size, timeout, name))
 
-    def unbatch(self, *, name: str | None = None) -> Flow:
+    def unbatch(self: Flow[Iterable[U]], *, name: str | None = None) -> Flow[U]:
         """Add a stage that flattens lists back into single items."""
         return self._with(make_unbatch(name))
 
@@ -143,7 +169,7 @@ class Flow:
         return run
 
     @public
-    def collect(self, **options: Unpack[RunOptions]) -> list:
+    def collect(self, **options: Unpack[RunOptions]) -> list[T_co]:
         """Run the flow to the end and return its results as a list.
 
         Args:
@@ -169,7 +195,7 @@ class Flow:
         return self._run(progress, checkpoint=ck).collect()
 
     @public
-    def iter(self, **options: Unpack[RunOptions]) -> Iterator[Any]:
+    def iter(self, **options: Unpack[RunOptions]) -> Iterator[T_co]:
         """Return an iterator over the results, computed as you consume them.
 
         The checkpoint options are those of `collect`; stopping early stores
@@ -178,11 +204,11 @@ class Flow:
         progress, ck = run_options("Flow.iter", options)
         return public_iter(iter(self._run(progress, checkpoint=ck)))
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T_co]:
         return self.iter()
 
     @public
-    def start(self, *, timeout: float | None = None, **options: Unpack[RunOptions]) -> Any:
+    def start(self, *, timeout: float | None = None, **options: Unpack[RunOptions]) -> Handle:
         """Start the flow in the background and return its `Handle`.
 
         Args:
@@ -204,19 +230,19 @@ class Flow:
         feed = Feed() if self._source is None and ck is None else None
         return Handle(self._run(progress, feed, checkpoint=ck), timeout=timeout, feed=feed)
 
-    async def acollect(self, *, progress: Any = None) -> list:
+    async def acollect(self, *, progress: Any = None) -> list[T_co]:
         """Run the flow without blocking the event loop; return the results."""
         import asyncio
 
         return await asyncio.to_thread(self.collect, progress=progress)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
+    async def __aiter__(self) -> AsyncIterator[T_co]:
         import asyncio
 
         it = self.iter()
         done = object()
         while True:
-            item = await asyncio.to_thread(next, it, done)
+            item: Any = await asyncio.to_thread(next, it, done)
             if item is done:
                 return
             yield item
