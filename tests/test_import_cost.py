@@ -35,7 +35,7 @@ NOT_ON_A_PLAIN_MAP = (
     "ezflow._engine.feed",
 )
 # not at `import ezflow` either: what a first process stage loads
-NOT_ON_IMPORT = (*NOT_ON_A_PLAIN_MAP, "ezflow._executors.process", "ezflow._transport.shm")
+NOT_ON_IMPORT = (*NOT_ON_A_PLAIN_MAP, "ezflow._executors.process", "ezflow._transport.shm", "numbers")
 
 
 def _loaded(code: str, names: tuple[str, ...]) -> list[str]:

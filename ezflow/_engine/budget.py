@@ -20,8 +20,9 @@ measured:
   least `OFF_CPU` of their time inside items neither running nor waiting
   for a core: the scheduler's own counts (/proc/<pid>/schedstat), so a
   worker queued behind other processes on a busy machine is not mistaken
-  for one that waits on I/O. It grows by half at each look while that
-  holds.
+  for one that waits on I/O; the time inside items is the workers' own
+  timing of the pieces that finished. Once two looks in a row (0.25 s
+  apart) saw that, it grows by half at each look while it holds.
 - **Fewer**: only workers the stage did not use. A stage whose workers were
   busy less than `KEEP_BUSY` of the time keeps enough to stay under that
   (`ceil(busy workers / KEEP_BUSY)`, at least one), once the run is
@@ -115,6 +116,7 @@ class Budget:
         self.started = time.perf_counter()
         self._last: tuple[float, FlowStats, list[tuple[float, float | None]], float | None] | None = None
         self._fewer = [0] * len(members)  # looks in a row that wanted fewer workers for each stage
+        self._more = [0] * len(members)  # looks in a row that saw the stage wait on I/O
 
     @classmethod
     def of(cls, drivers: Sequence[Any], snapshot: Callable[[], FlowStats]) -> Budget | None:
@@ -170,9 +172,14 @@ class Budget:
         for k, (i, d) in enumerate(self.members):
             s = _look(i, d.spec.workers, used[k], used0[k], stats, before, window)
             n = decide(s, idle, settled)
-            # more workers at once (a waiting stage must not wait for them); fewer only once
-            # `STEADY_LOOKS` looks in a row agree, so one quiet window takes nothing away
+            # past one per CPU only once two looks in a row saw the stage wait on I/O (a piece that
+            # finished late, or a worker held up by the parent, can make one window look so);
+            # back to one per CPU at once; fewer only once `STEADY_LOOKS` looks in a row agree,
+            # so one quiet window takes nothing away
+            self._more[k] = self._more[k] + 1 if n > max(s.workers, s.static) else 0
             self._fewer[k] = self._fewer[k] + 1 if n < s.workers else 0
+            if n > max(s.workers, s.static) and self._more[k] < 2:
+                continue
             if n > s.workers or self._fewer[k] >= STEADY_LOOKS:
                 _set(d, n)
                 self._fewer[k] = 0
@@ -192,9 +199,15 @@ def _look(
     working = s.working_seconds - b.working_seconds
     cpu = max(0.0, used[0] - used0[0])
     off_cpu = None
-    if used[1] is not None and used0[1] is not None and working > 0:
+    # time inside items as the workers timed the pieces that finished: the parent's clock on
+    # pieces still out also counts a piece queued behind another in its worker, and a result
+    # waiting in the pipe for the parent; those only when few pieces finished (long items)
+    inside = s.busy_seconds - b.busy_seconds
+    if inside < 0.25 * working:
+        inside = working
+    if used[1] is not None and used0[1] is not None and inside > 0:
         on_or_queued = cpu + max(0.0, used[1] - used0[1])
-        off_cpu = min(1.0, max(0.0, 1.0 - on_or_queued / working))
+        off_cpu = min(1.0, max(0.0, 1.0 - on_or_queued / inside))
     return Look(
         workers=s.workers,
         static=static,

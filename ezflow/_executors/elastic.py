@@ -17,8 +17,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .._transport.serialize import dumps
 from .meter import proc_cpu_seconds, proc_sched_seconds
 from .pool import ProcessPool, WorkerProc, stop_worker
+from .wire import Exit, encode
 
 __all__ = ["Elastic"]
 
@@ -81,6 +83,13 @@ class Elastic:
             extra = pool.workers[self.spec.workers :]
             del pool.workers[self.spec.workers :]
             pool.size = len(pool.workers)
+        bye = dumps(encode(Exit()))
+        for w in extra:  # all told first: they exit side by side, and the joins below are short
+            try:
+                with w.send_lock:
+                    w.conn.send_bytes(bye)
+            except OSError:
+                pass
         for w in extra:
             stop_worker(w, timeout=1.0)
 
