@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["apply"]
 
-CHUNK_BYTES = 32 << 20  # a chunk carries about this much of the frame, at most ...
+CHUNK_BYTES = 16 << 20  # a chunk carries about this much of the frame, at most (a few are in flight at once) ...
 CHUNKS_PER_WORKER = 8  # ... and there are at least this many per worker (balance: the last ones end together)
 MIN_ROWS = 256  # ... yet no chunk has fewer rows (amortise: each chunk costs a message and a pandas call)
 

@@ -378,3 +378,15 @@ def test_apply_with_a_checkpoint(tmp_path):
     again = ezflow.apply(df, chunk_fn, workers=2, progress=False, checkpoint=path)
     pd.testing.assert_series_equal(first, chunk_fn(df))
     pd.testing.assert_series_equal(again, first)
+
+
+def test_apply_work_carrying_a_notebook_function_goes_by_value():
+    # ezflow.apply wraps the user's function in a partial of its own module's worker function:
+    # a warm worker forked before a notebook cell defined it must get it by value
+    from functools import partial
+
+    from ezflow._apply import _apply_rows
+    from ezflow._transport.serialize import _by_value
+
+    assert _by_value(partial(_apply_rows, lambda r: r))
+    assert not _by_value(partial(_apply_rows, row_fn))
