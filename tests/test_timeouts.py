@@ -95,7 +95,7 @@ def sleeps_on_seven(x):
     return x
 
 
-@pytest.mark.no_dask("dask stages take no timeout")
+@pytest.mark.no_dask("dask stages take no item_timeout")
 def test_every_attempt_has_the_limit(mode):
     got = ezflow.map(
         mode.fn(sleeps_on_seven), range(10), item_timeout=0.3, retries=2, errors="return", workers=2, progress=False, **mode

@@ -22,10 +22,11 @@ it never stops one early, and late by at most its polling interval
 from __future__ import annotations
 
 import ctypes
+import time
 from multiprocessing.sharedctypes import RawArray
 from typing import Any, NamedTuple
 
-__all__ = ["Marker", "Running", "Watch", "new_slot", "piece_field", "split_overrun"]
+__all__ = ["Marker", "Running", "Timed", "Watch", "new_slot", "piece_field", "split_overrun"]
 
 _PIECE_BITS = 40  # a piece id is kept modulo 2**40 in the tag: enough to tell the pieces a worker holds apart
 _ATTEMPT_MASK = 0xFF
@@ -138,3 +139,54 @@ def split_overrun(pieces: list[Any], run: Running) -> tuple[Any, list[Any]] | No
     # its tries before this one: the worker counts from the tries the piece had (a lone item given back)
     bad.attempts = max(first.attempts, run.attempt - 1)
     return bad, again + rest
+
+
+class Timed:
+    """The part of a process executor that stops a worker whose item overran (its collector's side)."""
+
+    port: Any
+    rules: Any
+
+    def __init__(self, limit: float | None) -> None:
+        self._timed_out: dict[int, Running] = {}  # id(worker) -> the attempt it was stopped for
+        self._watch = Watch(limit) if limit is not None else None
+
+    def _next_deadline(self, workers: list[Any]) -> float | None:
+        """How long the collector may wait for messages before looking at the slots again."""
+        if self._watch is None:
+            return None
+        return self._watch.wait(any(w.outstanding for w in workers))
+
+    def _check_timeouts(self, workers: list[Any]) -> None:
+        """Stop every worker whose attempt ran past the limit (its death is handled as any other)."""
+        if self._watch is None:
+            return
+        held = {id(w): w for w in workers if w.outstanding and id(w) not in self._timed_out}
+        for key, run in self._watch.overdue({k: w.slot for k, w in held.items()}, time.monotonic()):
+            self._timed_out[key] = run
+            try:
+                held[key].proc.kill()  # SIGKILL: works even on C code that ignores signals
+            except Exception:
+                pass
+
+    def _stopped_for(self, w: Any) -> Running | None:
+        """A worker is gone: the attempt it was stopped for overrunning, if it was."""
+        if self._watch is not None:
+            self._watch.forget(id(w))
+        return self._timed_out.pop(id(w), None)
+
+    def _overran(self, pieces: list[Any], run: Running) -> None:
+        """A worker was stopped because attempt `run` overran: it fails or runs again (the rules),
+        every other item the worker held runs again."""
+        cut = split_overrun(pieces, run)
+        if cut is None:
+            if pieces:
+                self.port.give_back(pieces)  # its answer came first: nothing overran
+            return
+        bad, again = cut
+        err = self.rules.timeout_error("its worker process was stopped")
+        failed = self.rules.on_lost(bad, err, self.port.give_back)
+        if failed is not None:
+            self.port.done(bad, [None], [failed], 0.0)
+        if again:
+            self.port.give_back(again)

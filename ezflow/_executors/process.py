@@ -48,7 +48,7 @@ from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
-from .deadline import Running, Watch, split_overrun
+from .deadline import Timed
 from .elastic import Elastic
 from .freshness import before_acquire
 from .limits import TokenBucket, make_limiter
@@ -78,7 +78,7 @@ __all__ = ["ProcessExecutor"]
 _tokens = itertools.count(1)
 
 
-class ProcessExecutor(Elastic, RecyclingExecutor):
+class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
     """Runs a stage on a pool of worker processes."""
 
     sends_to = "a worker process"
@@ -86,6 +86,7 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
     def __init__(self, spec: StageSpec, port: StagePort) -> None:
         RecyclingExecutor.__init__(self, spec, port)
         Elastic.__init__(self)
+        Timed.__init__(self, spec.item_timeout)
         # a rate-limited item must start when it is sent: no queue in the worker
         self.prefetch = 1 if spec.rate is not None else 2
         self.bucket = TokenBucket(spec.rate, spec.burst) if spec.rate is not None else None
@@ -94,8 +95,6 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         self._ids = itertools.count()
         # guards the pool's worker list and each worker's outstanding pieces (sender vs collector)
         self._lock = threading.Lock()
-        self._timed_out: dict[int, Running] = {}  # id(worker) -> the attempt it was stopped for
-        self._watch = Watch(spec.item_timeout) if spec.item_timeout is not None else None
         self._wake_r, self._wake_w = os.pipe()
         self._setup_msg = b""
         self._shm: StageLink = None  # type: ignore[assignment]  # set in setup()
@@ -328,9 +327,7 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         code = w.proc.exitcode
         peak = self._life.killed(w)  # the memory guard stopped it at this RSS
         first = not self._life.used(w)  # the piece it was running was its first
-        run = self._timed_out.pop(id(w), None)
-        if self._watch is not None:
-            self._watch.forget(id(w))
+        run = self._stopped_for(w)
         with self._lock:
             pieces = list(w.outstanding)
             w.outstanding.clear()
@@ -353,38 +350,6 @@ class ProcessExecutor(Elastic, RecyclingExecutor):
         if code == -signal.SIGKILL:  # perhaps the OOM killer: say how big it was, and the machine's memory
             err.args = (str(err) + self._life.death_note(w),)
         self._worker_died(pieces, err)
-
-    def _next_deadline(self, workers: list[WorkerProc]) -> float | None:
-        if self._watch is None:
-            return None
-        return self._watch.wait(any(w.outstanding for w in workers))
-
-    def _check_timeouts(self, workers: list[WorkerProc]) -> None:
-        if self._watch is None:
-            return
-        held = {id(w): w for w in workers if w.outstanding and id(w) not in self._timed_out}
-        for key, run in self._watch.overdue({k: w.slot for k, w in held.items()}, time.monotonic()):
-            self._timed_out[key] = run
-            try:
-                held[key].proc.kill()  # SIGKILL: works even on C code that ignores signals
-            except Exception:
-                pass
-
-    def _overran(self, pieces: list[Piece], run: Running) -> None:
-        """A worker was stopped because attempt `run` overran: it fails or runs again (the rules),
-        every other item the worker held runs again."""
-        cut = split_overrun(pieces, run)
-        if cut is None:
-            if pieces:
-                self.port.give_back(pieces)  # its answer came first: nothing overran
-            return
-        bad, again = cut
-        err = self.rules.timeout_error("its worker process was stopped")
-        failed = self.rules.on_lost(bad, err, self.port.give_back)
-        if failed is not None:
-            self.port.done(bad, [None], [failed], 0.0)
-        if again:
-            self.port.give_back(again)
 
     # -- ending -------------------------------------------------------------
 
