@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any, NoReturn
 
 from ._api import map as _map
+from ._core.entry import public
 from ._core.env import NUM_CPUS
 from ._core.errors import Failure
 from ._core.record import replace
@@ -34,10 +35,11 @@ CHUNK_BYTES = 32 << 20  # a chunk carries about this much of the frame, at most 
 CHUNKS_PER_WORKER = 8  # ... and there are at least this many per worker (balance: the last ones end together)
 MIN_ROWS = 256  # ... yet no chunk has fewer rows (amortise: each chunk costs a message and a pandas call)
 
-_NOT_MAP = ("data", "fn", "axis", "chunksize", "pd", "progress", "unknown", "__tracebackhide__")
+_NOT_MAP = ("data", "fn", "axis", "chunksize", "pd", "progress", "unknown")
 _KINDS = "a pandas DataFrame, Series, or a groupby of one (df.groupby(key))"
 
 
+@public
 def apply(
     data: Any,
     fn: Callable[[Any], Any],
@@ -99,7 +101,6 @@ def apply(
         TaskError: a chunk failed (``errors="raise"``); its ``__cause__``
             is the original exception (and it is an instance of its class).
     """
-    __tracebackhide__ = True  # IPython and pytest hide this frame
     refuse_keywords("ezflow.apply", unknown, _KNOWN)  # timeout= is item_timeout= now
     try:
         import pandas as pd
@@ -435,4 +436,4 @@ class _RowsView:
         return getattr(self._view, name)
 
 
-_KNOWN = (*tuple(apply.__kwdefaults__ or ()),)  # for "did you mean" on a misspelt option
+_KNOWN = (*tuple(getattr(apply, "__wrapped__", apply).__kwdefaults__ or ()),)  # for "did you mean" on a misspelt option
