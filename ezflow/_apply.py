@@ -22,6 +22,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._api import map as _map
+from ._core.entry import public
 from ._core.env import NUM_CPUS
 from ._core.errors import Failure
 from ._core.record import replace
@@ -44,6 +45,7 @@ _NOT_HERE = {
 _KINDS = "a pandas DataFrame, Series, or a groupby of one (df.groupby(key))"
 
 
+@public
 def apply(
     data: Any, fn: Callable[[Any], Any], /, *, axis: int | str | None = None, **options: Unpack[MapOptions]
 ) -> Any:

@@ -74,7 +74,8 @@ class Executor(concurrent.futures.Executor):
             takes a worker past it fails with `MemoryLimitExceeded`.
 
     Raises:
-        ValueError: ``max_workers`` is not >= 1, or ``mode`` is not one of those above.
+        ValueError: ``max_workers`` is not >= 1, ``mode`` is not one of those above, or an
+            option does not apply to the mode (the message says which).
     """
 
     @public
@@ -94,7 +95,7 @@ class Executor(concurrent.futures.Executor):
         if mode not in _MODES:
             raise ValueError(f"mode must be 'process' or 'thread' for an Executor, got {mode!r}")
         opts: dict[str, Any] = {"start_method": start_method}
-        if mode == "process":
+        if max_tasks_per_worker is not None or max_memory is not None:  # thread mode refuses them, saying why
             opts.update(max_tasks_per_worker=max_tasks_per_worker, max_memory=max_memory)
         # built (and its options checked) now; its workers start with the first submit.
         # chunksize=1: a call's result must not wait for another call sent in the same message

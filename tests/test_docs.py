@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_api_page_documents_every_public_name():
     api = (ROOT / "docs" / "api.md").read_text()
     shown = {m.rsplit(".", 1)[-1] for m in re.findall(r"^::: ([\w.]+)$", api, flags=re.M)}
-    missing = sorted(set(ezflow.__all__) - shown - {"__version__"})
+    public = set(ezflow.__all__) | {"map"}  # ezflow.map is public, kept out of __all__ (star imports)
+    missing = sorted(public - shown - {"__version__"})
     assert not missing, "docs/api.md: add " + ", ".join(f"`::: ezflow.{n}`" for n in missing) + " under a heading"
-    assert not shown - set(ezflow.__all__), f"docs/api.md documents names that are not public: {shown - set(ezflow.__all__)}"
+    assert not shown - public, f"docs/api.md documents names that are not public: {shown - public}"
 
 
 def test_every_page_is_in_the_nav():

@@ -101,7 +101,7 @@ def _error(exc: BaseException, item: object = 42, index: int = 3) -> ezflow.Task
 def test_the_error_is_both_the_original_type_and_a_task_error(original):
     err = _error(original)
     assert isinstance(err, ezflow.TaskError) and isinstance(err, type(original))
-    assert type(err).__name__ == f"TaskError({type(original).__qualname__})"
+    assert type(err).__name__ == f"TaskError({type(original).__name__})"
     assert err.__cause__ is original
     assert (err.stage, err.index, err.item, err.traceback) == ("parse", 3, 42, "worker traceback text")
     assert err.args == original.args  # code reading e.args[0] (a KeyError's key) keeps working

@@ -254,6 +254,12 @@ def test_process_workers_are_warm_and_reused():
     assert len(pids) <= 2 and os.getpid() not in pids
 
 
+def test_workers_are_recycled_after_max_tasks():
+    with ezflow.Executor(1, max_tasks_per_worker=2) as ex:
+        pids = [ex.submit(pid).result(timeout=60) for _ in range(6)]
+    assert len(set(pids)) == 3, pids
+
+
 def test_a_dropped_executor_ends_its_run():
     ex = ezflow.Executor(1)
     assert ex.submit(square, 3).result(timeout=60) == 9
@@ -269,6 +275,8 @@ def test_bad_arguments_say_what_is_wrong():
         ezflow.Executor(0)
     with pytest.raises(ValueError, match="mode must be 'process' or 'thread'"):
         ezflow.Executor(2, mode="async")
+    with pytest.raises(ValueError, match="max_memory= is not supported on mode='thread'"):
+        ezflow.Executor(2, mode="thread", max_memory="1GB")
     with ezflow.Executor(1, mode="thread") as ex, pytest.raises(ValueError, match="chunksize"):
         ex.map(square, [1], chunksize=0)
 

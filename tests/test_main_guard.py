@@ -78,7 +78,7 @@ def test_every_public_entry_point_goes_through_the_one_error_surface():
 
     ex = ezflow.Executor
     entries = [ezflow.map, ezflow.imap, ezflow.Flow.collect, ezflow.Flow.iter, ezflow.Flow.start, Handle.wait]
-    entries += [ex.__init__, ex.submit, ex.map, ex.shutdown]
+    entries += [ex.__init__, ex.submit, ex.map, ex.shutdown, ezflow.apply]
     for fn in entries:
         # @public: the main-guard check, the error translation and the traceback cut, written once
         assert fn.__code__.co_filename.endswith("entry.py"), fn

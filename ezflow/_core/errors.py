@@ -320,7 +320,7 @@ def _native_new(cls: type) -> Any:
 
 
 def _make_combined(cause: type) -> type | None:
-    name = f"TaskError({cause.__qualname__})"
+    name = f"TaskError({cause.__name__})"
     alloc: list[Any] = []
 
     def __new__(cls: type, failure: Failure) -> Any:

@@ -178,7 +178,7 @@ def stage_error(s: StageStats) -> str:
     """
     error = s.error or ""
     # the engine's words; the class reads "TaskError(ValueError)" when it is also the original's type
-    found = re.match(r"TaskError(\([\w.]+\))?: stage " + re.escape(repr(s.name)) + " failed ", error)
+    found = re.match(r"TaskError(\([^)]*\))?: stage " + re.escape(repr(s.name)) + " failed ", error)
     if found:
         return "failed " + error[found.end() :]
     return f"failed: {error}" if error else "failed"
