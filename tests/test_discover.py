@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-LAZY = {"Msg", "Q", "run", "run_thread", "share", "SharedMemoryWarning"}
+LAZY = {"Msg", "Q", "run", "run_thread", "share", "SharedMemoryWarning", "Executor"}
 
 
 def test_dir_lists_lazy_names_without_importing_them():
@@ -14,7 +14,7 @@ def test_dir_lists_lazy_names_without_importing_them():
         "import sys, ezflow\n"
         "names = dir(ezflow)\n"
         "print(sorted(n for n in ezflow.__all__ if n not in names))\n"
-        "print(sorted(m for m in ('ezflow._ezq.q', 'ezflow._transport.shm') if m in sys.modules))\n"
+        "print(sorted(m for m in ('ezflow._ezq.q', 'ezflow._transport.shm', 'ezflow._executor_api') if m in sys.modules))\n"
         "print(names == sorted(set(names)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
