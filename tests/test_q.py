@@ -676,3 +676,25 @@ def test_the_queue_methods_work_in_a_worker(start: Callable[..., Worker]) -> Non
     w.join(20)
     assert w.exception is None
     assert out.qsize() == 0 and q.empty()
+
+
+def test_a_thread_q_has_task_done_and_join_like_queue_queue() -> None:
+    q, out = Q("thread"), Q("thread")
+
+    def worker(q: Q, out: Q) -> None:
+        for msg in q:
+            out.put(msg.data * 2)
+            q.task_done()
+        q.task_done()  # the end marker, as queue.Queue counts every put
+
+    w = run_thread(worker, q, out)
+    for i in range(5):
+        q.put(i)
+    q.end()
+    q.join()  # returns once all six are marked done
+    assert sorted(m.data for m in out.items()) == [0, 2, 4, 6, 8]
+    w.join(20)
+    with pytest.raises(ValueError, match="too many times"):
+        q.task_done()
+    with pytest.raises(TypeError, match="Q\\('thread'\\)"):
+        Q().task_done()

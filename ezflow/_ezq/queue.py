@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -25,7 +26,7 @@ class Q:
     process that created it.
     """
 
-    __slots__ = ("__weakref__", "_cache", "_closed", "_kind", "_owner", "_qid", "_state")
+    __slots__ = ("__weakref__", "_cache", "_closed", "_kind", "_owner", "_qid", "_state", "_tasks")
 
     def __init__(self, kind: QKind = "process") -> None:
         """Create an empty queue.
@@ -44,6 +45,8 @@ class Q:
         self._state: _QState | None = _QState(self._qid)
         self._cache: list[Msg] | None = None
         self._closed = False
+        # a thread Q counts unfinished messages for task_done()/join(), as queue.Queue does
+        self._tasks: _Tasks | None = _Tasks() if kind == "thread" else None
         if kind == "process":
             with R.lock:
                 R.states[self._qid] = self._state
@@ -95,6 +98,8 @@ class Q:
         state = self._local()
         if self._kind == "thread":
             assert state is not None
+            assert self._tasks is not None
+            self._tasks.add()
             state.push(msg)
             return self
         raw = dumps(msg)
@@ -160,6 +165,27 @@ class Q:
         ``multiprocessing.Queue.close``).
         """
         self._closed = True
+
+    def task_done(self) -> None:
+        """Say a message taken from this thread Q is processed (as ``queue.Queue.task_done``).
+
+        Raises:
+            ValueError: called more times than messages were put.
+            TypeError: on a process Q (``multiprocessing.Queue`` has no task_done either).
+        """
+        self._need_tasks("task_done").done()
+
+    def join(self) -> None:
+        """Wait until every message put on this thread Q was taken and marked `task_done`."""
+        self._need_tasks("join").wait()
+
+    def _need_tasks(self, what: str) -> _Tasks:
+        if self._tasks is None:
+            raise TypeError(
+                f"{what}() is for Q('thread') (a queue.Queue's methods); a process Q is a multiprocessing.Queue, "
+                "which has none: count results on an output Q instead"
+            )
+        return self._tasks
 
     def join_thread(self) -> None:
         """Return at once: a put is delivered when `put` returns (no feeder thread to wait for)."""
@@ -262,6 +288,32 @@ class Q:
         return self
 
 
+class _Tasks:
+    """Unfinished messages of a thread Q: put adds one, task_done removes one, join waits for none."""
+
+    __slots__ = ("cond", "unfinished")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.unfinished = 0
+
+    def add(self) -> None:
+        with self.cond:
+            self.unfinished += 1
+
+    def done(self) -> None:
+        with self.cond:
+            if self.unfinished <= 0:
+                raise ValueError("task_done() called too many times")
+            self.unfinished -= 1
+            if self.unfinished == 0:
+                self.cond.notify_all()
+
+    def wait(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.unfinished == 0)
+
+
 def _rebuild_q(qid: int, owner: int) -> Q:
     if os.getpid() == owner:
         with R.lock:
@@ -276,6 +328,7 @@ def _rebuild_q(qid: int, owner: int) -> Q:
         state = None
     q = Q.__new__(Q)
     q._qid, q._kind, q._owner, q._state, q._cache, q._closed = qid, "process", owner, state, None, False
+    q._tasks = None
     if state is not None:
         with R.lock:
             R.handles[qid] = q
