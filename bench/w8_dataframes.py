@@ -272,11 +272,11 @@ def _python_for(name: str) -> tuple[str | None, str]:
     probe = subprocess.run([sys.executable, "-c", "import pandarallel"], capture_output=True, text=True)
     if probe.returncode == 0:
         return sys.executable, ""
-    why = (probe.stderr.strip().splitlines() or ["?"])[-1]
+    why = (probe.stderr.strip().splitlines() or ["?"])[-1].split(" from ")[0]  # the error, not its path
     if os.path.exists(PANDAS2):
         ok = subprocess.run([PANDAS2, "-c", "import pandarallel, pandas"], capture_output=True, text=True)
         if ok.returncode == 0:
-            return PANDAS2, f"pandas 2.3 interpreter {PANDAS2} (here: {why})"
+            return PANDAS2, f"run with {PANDAS2} (pandas 2); here: {why}"
     return None, f"{why}; set W8_PANDAS2_PYTHON to a pandas 2 interpreter with pandarallel"
 
 
