@@ -126,7 +126,14 @@ def _containing(addr: int, nbytes: int) -> tuple[_Mapping, int] | None:
     """
     if not S.maps:
         return None
-    for m in list(S.maps.values()):
+    maps: list[Any] = []
+    for _ in range(8):  # another thread may map a segment meanwhile: look again
+        try:
+            maps = list(S.maps.values())
+            break
+        except RuntimeError:
+            continue
+    for m in maps:
         if type(m) is _Mapping and m.addr <= addr and addr + nbytes <= m.addr + m.length:
             return m, addr - m.addr
     return None
