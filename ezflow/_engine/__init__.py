@@ -3,7 +3,7 @@
     source --chunks--> channel --> StageDriver --pieces--> executor port
                                         ^                      |
                                         +----- results --------+
-                       channel <-- emit in order
+                       channel <-- emit each part as it is done (in order, if ordered)
 
 Owns ordering, backpressure (bounded channels and windows), the run's
 life (start, abort, cancel, finish) and the counters behind the stats.

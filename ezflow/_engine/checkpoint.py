@@ -1,19 +1,23 @@
-"""Resumable runs: feed a run only the items without a stored result; store results as delivered.
+"""Resumable runs: feed a run only the items without a stored result; store results as they are made.
 
     source --plan: stored segments whose items still match are set aside--> missing items
            (with their source positions) --> Run (stages unchanged) --> chunks
     chunks --CheckpointRun.chunks()--> + stored results merged back in source order --> caller
-           \\--Recorder: segments of delivered results --writer thread, one transaction
-                                                       at most every FLUSH_SECONDS--> Store
+    last stage --on_done: each part of its output as soon as it is built (before order holds it back)
+           \\--Recorder: segments of results --writer thread, one transaction
+                                              at most every FLUSH_SECONDS--> Store
 
 A *segment* is a run of consecutive source positions whose results all
 arrived, keyed by one digest of their pickled items: what is stored,
-matched and reused. The engine emits each source chunk as exactly one
-chunk (map, filter and flat_map stages never merge chunks), so in an
-ordered flow the k-th delivered chunk completes the k-th source chunk,
-positions whose items a filter dropped included; in an unordered flow the
-positions that gave a result are complete (a dropped one is computed
-again next time).
+matched and reused. Every chunk says which source positions it completes
+(`Chunk.span`: a stage emits a chunk's results in parts, each as soon as
+it is done, and each part carries its positions, those whose items a
+filter dropped included), so what is stored follows what was computed,
+not how the source was cut: the last stage hands each part to the
+recorder when it is built, and a result that waits for slower ones before
+it (ordered) is on disk already. A kill loses what the last write had not
+taken yet (about `FLUSH_SECONDS`) and what a worker had not sent back
+(at most `items.PARTIAL_SECONDS` of a long piece).
 
 Batch stages merge chunks, and a result's index is its batch's first
 item's: a flow with batch stages (all ordered) runs in *prefix mode*: the
@@ -31,6 +35,7 @@ skip, as the stage would have done.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import warnings
 from collections.abc import Generator, Iterator
@@ -44,6 +49,7 @@ from .checkpoint_record import Cut, PrefixCutter, Recorder, cut_chunk, item_erro
 from .checkpoint_store import CheckpointError, Segment, Store, resolve_path
 from .fingerprint import call_key, segment_key
 from .run import Run, gather
+from .stage import StageDriver
 
 __all__ = ["CheckpointError", "CheckpointOptions", "CheckpointRun", "checkpoint_options"]
 
@@ -139,7 +145,6 @@ class CheckpointRun:
                 )
             stored = [s for s in self.store.load() if self._reusable(s)]
             self._reused: collections.deque[Segment] = collections.deque()
-            self._chunks: list[Any] = []  # positions of each source chunk, in order
             self._items: dict[int, Any] | None = None  # streamed sources: items kept until stored
             self._source: list | tuple | range | None = None  # an indexable source
             fed, self._fed_pos, reused = self._plan(source, stored)
@@ -147,6 +152,10 @@ class CheckpointRun:
             self.run.from_checkpoint = reused
             segments = self._prefix_segments if self.prefix else self._segments
             self.recorder = Recorder(self.store, segments, self._items_at, not options.by_position)
+            last = self.run.drivers[-1]
+            if not self.prefix and isinstance(last, StageDriver):
+                # results are stored as the last stage makes them, not when order lets them out
+                last.on_done = self._record
         except BaseException:
             self.store.close()
             raise
@@ -204,11 +213,17 @@ class CheckpointRun:
     def _positions(self, index: int, n: int) -> range | list:
         """The engine asks for the source positions of its next source chunk (index: count fed so far)."""
         if self._fed_pos is None:
-            pos: range | list = range(self._offset + index, self._offset + index + n)
-        else:
-            pos = self._fed_pos[index : index + n]
-        self._chunks.append(pos)
-        return pos
+            return range(self._offset + index, self._offset + index + n)
+        return self._fed_pos[index : index + n]
+
+    def _covered(self, span: tuple[int, int]) -> range | list:
+        """The positions fed to the run that a delivered chunk completes (those in its span)."""
+        lo, hi = span
+        fed = self._fed_pos
+        if fed is None:
+            return range(lo, hi)
+        # sorted: a stream's log only grows past the positions of every chunk made so far
+        return fed[bisect.bisect_left(fed, lo) : bisect.bisect_left(fed, hi)]
 
     def _items_at(self, start: int, end: int) -> list:
         if self._source is not None:
@@ -247,25 +262,21 @@ class CheckpointRun:
         inner = cast("Generator[Chunk, None, None]", self.run.chunks())  # closing it cancels the run
         recorder = self.recorder
         recorder.start()
-        k = 0
         try:
             for chunk in inner:
-                if self.prefix:
-                    positions = None
-                    yield from self._stored_before(None)  # all stored results come first
-                elif self.ordered:
-                    positions = self._chunks[k]
-                    k += 1
-                    if positions:
-                        yield from self._stored_before(positions[0])
+                if self.ordered and not self.prefix:
+                    positions = self._covered(chunk.span)
+                    if positions or chunk.idx:
+                        yield from self._stored_before(_first(positions, chunk.idx))
+                    if self._stored_within(positions, chunk.idx):
+                        recorder.check()
+                        yield from self._interleave(chunk)  # stored results fall between this chunk's items
+                        continue
                 else:
-                    positions = None
-                    yield from self._stored_before(None)
-                recorder.add(chunk, positions)
+                    yield from self._stored_before(None)  # unordered, or with batches: stored results first
+                    if self.prefix:
+                        recorder.add(chunk, None)
                 recorder.check()
-                if positions and self._reused and self._reused[0].start < positions[-1]:
-                    yield from self._interleave(chunk)  # stored results fall between this chunk's items
-                    continue
                 out = self._deliver(chunk)
                 if out is not None:
                     yield out
@@ -293,6 +304,14 @@ class CheckpointRun:
             out = self._deliver(Chunk(0, range(seg.start, seg.start + len(seg.outputs)), seg.outputs, True), True)
             if out is not None:
                 yield out
+
+    def _record(self, chunk: Chunk) -> None:
+        """The last stage made a part of its output (any thread): store it."""
+        self.recorder.add(chunk, self._covered(chunk.span))
+
+    def _stored_within(self, positions: Any, idx: Any) -> bool:
+        """Whether a stored segment comes before the last result of a delivered chunk."""
+        return bool(self._reused) and self._reused[0].start < _last(positions, idx)
 
     def _interleave(self, chunk: Chunk) -> Iterator[Chunk]:
         reused = self._reused
@@ -345,6 +364,16 @@ class CheckpointRun:
             for p in failed:
                 self._items.pop(p, None)  # a failure is not stored: its item need not be kept
         return segs, kept
+
+
+def _first(positions: Any, idx: Any) -> int:
+    """The first position a delivered chunk completes or has a result for (one of them is not empty)."""
+    return min(positions[0] if positions else idx[0], idx[0] if idx else positions[0])
+
+
+def _last(positions: Any, idx: Any) -> int:
+    """The last position a delivered chunk completes or has a result for (-1: none)."""
+    return max(positions[-1] if positions else -1, idx[-1] if idx else -1)
 
 
 class _Stream:

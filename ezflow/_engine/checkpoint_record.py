@@ -1,15 +1,15 @@
-"""Writing a checkpoint: cut delivered chunks into segments; one writer thread stores them.
+"""Writing a checkpoint: cut the last stage's output into segments; one writer thread stores them.
 
-    consumer thread: Recorder.add(chunk, positions)  --pending-->  writer thread
+    last stage's threads: Recorder.add(chunk, positions)  --pending-->  writer thread
     writer thread:   cut into segments, key each one's items, pickle the results (as they come);
                      insert the rows prepared so far in one transaction, at most every FLUSH_SECONDS
 
-The consumer only appends to a list: cutting, keying, pickling and the
-write all happen in the writer, so a run of tiny items does not wait on
-them, and a run of slow ones has its results on disk half a second after
-they arrive. Closing writes what is pending; the writer then closes the
-file on its own (SQLite folds the WAL back in, a few ms of fsync the
-caller does not wait for: the rows are committed already).
+`add` only appends to a list: cutting, keying, pickling and the write all
+happen in the writer, so a run of tiny items does not wait on them, and a
+run of slow ones has its results on disk half a second after they are
+made. Closing writes what is pending; the writer then closes the file on
+its own (SQLite folds the WAL back in, a few ms of fsync the caller does
+not wait for: the rows are committed already).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ Cut = tuple[list[tuple[int, int, int]], list]  # (start, end, number of results)
 
 
 def cut_chunk(chunk: Chunk, positions: Any, keep_failed: bool) -> tuple[list[tuple[int, int, int]], list, set[int]]:
-    """Cut a delivered chunk into segments: consecutive complete positions, failures apart.
+    """Cut a chunk of results into segments: consecutive complete positions, failures apart.
 
     Args:
-        chunk: as delivered by the run.
-        positions: the positions the chunk completes (its source chunk's, in
-            an ordered flow), or None: those that gave a result.
+        chunk: a part of the last stage's output.
+        positions: the positions the chunk completes (fed positions in its
+            span), or None: those that gave a result.
         keep_failed: store failures (each as a segment of its own).
 
     Returns:
@@ -138,7 +138,7 @@ def _runs(positions: Any, failed: set[int], keep_failed: bool) -> Iterator[tuple
 
 
 class Recorder:
-    """Collect delivered segments; a writer thread stores them in one transaction per flush."""
+    """Collect chunks of results; a writer thread stores them in one transaction per flush."""
 
     def __init__(self, store: Store, segments: Any, items_at: Any, keyed: bool) -> None:
         self.store = store
@@ -156,7 +156,7 @@ class Recorder:
         self._thread.start()
 
     def add(self, chunk: Chunk | None, positions: Any) -> None:
-        """Queue a delivered chunk (and, in an ordered flow, its source positions) for writing."""
+        """Queue a chunk of results and the source positions it completes (None: those it has) for writing."""
         with self._cond:
             first = not self._pending
             self._pending.append((chunk, positions))

@@ -1,17 +1,21 @@
-"""One running stage: take chunks, cut pieces for workers, reassemble, emit.
+"""One running stage: take chunks, cut pieces for workers, emit results as they are done.
 
     inbox --get--> feeder thread --pending chunks--> port.take() --> executor's workers
                                                                         |
-    outbox <--put-- emit in order <-- complete chunk <-- port.done(piece) <-+
+    outbox <--put-- emit (in order, if ordered) <-- part of a chunk <-- port.done(piece) <-+
 
-A *chunk* is the unit of flow and order: the source numbers them, every
-stage emits each input chunk as one output chunk (shorter after a filter,
-longer after a flat_map, never merged), so order is kept with one integer
-per chunk and no per-item bookkeeping. A *piece* is the unit of dispatch:
-cut from a chunk just in time, sized from the measured time per item
-(about `TARGET_PIECE_SECONDS` of work), so tiny tasks travel by the
-thousand and slow ones one at a time. At most `window` chunks are in a
-stage at once: that bounds memory and gives backpressure.
+A *chunk* is the unit of flow and order: the source numbers them, and a
+stage emits each input chunk's results in order, so order is kept with
+one integer per chunk and no per-item bookkeeping. A *piece* is the unit
+of dispatch: cut from a chunk just in time, sized from the measured time
+per item (about `TARGET_PIECE_SECONDS` of work), so tiny tasks travel by
+the thousand and slow ones one at a time. Neither holds a result back:
+each piece (or the part of one a worker sends back early) is emitted as
+an output chunk of its own as soon as it is done and, in an ordered
+stage, every item before it is out. Each output chunk carries the source
+positions it completes (`Chunk.span`), which is what a checkpoint stores.
+At most `window` input chunks are in a stage at once: that bounds memory
+and gives backpressure.
 
 The driver is the `StagePort` of its stage's executor: the executor takes
 pieces and reports them through it and never sees the run or the lock.
@@ -25,13 +29,14 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .._core.errors import Cancelled, Failure, MemoryLimitExceeded, attach_traceback
+from .._core.errors import Cancelled
 from .._core.stats import _Counters
 from .._core.threads import Job, spawn
 from .._executors import Executor, make_executor
 from .._executors.port import Chunk, ItemError, Piece
 from .._plan.spec import StageSpec
 from .channel import Channel, EndOfStream
+from .parts import Aborted, build_part
 
 __all__ = ["TARGET_PIECE_SECONDS", "Aborter", "StageDriver"]
 
@@ -75,12 +80,15 @@ class StageDriver:
         self.cancelled = False
         self._finished = False
         self._emit_lock = threading.Lock()
-        self._ready: dict[int, Chunk] = {}
+        self._open: dict[int, Chunk] = {}  # ordered: input chunks not yet all emitted, by seq
         self._next_emit = 0
         self._out_seq = 0
         self._per_item: float | None = None
         self._ramp = 1
         self._feeder: Job | None = None
+        # called with each part of the output as soon as it is built, before order may hold it
+        # back (a checkpoint stores it then: what was computed is kept, whatever came before it)
+        self.on_done: Callable[[Chunk], None] | None = None
         self.executor: Executor = make_executor(spec, self)
 
     # -- sizing ---------------------------------------------------------
@@ -158,8 +166,10 @@ class StageDriver:
                     break
                 self.counters.start()
                 self.counters.items_in += len(chunk.items)
+                if self.spec.ordered:
+                    self._open[chunk.seq] = chunk
                 if not chunk.items:
-                    self._complete(chunk)
+                    self._deliver(chunk, 0, [], ())
                     continue
                 with self.cond:
                     self._pending.append([chunk, 0])
@@ -251,6 +261,11 @@ class StageDriver:
         chunk, offset = entry
         size = self.piece_size()
         end = min(len(chunk.items), offset + size)
+        idx = chunk.idx
+        if not isinstance(idx, range):
+            # one item's results from a flat_map travel together: a checkpoint stores them only so
+            while end < len(idx) and idx[end] == idx[end - 1]:
+                end += 1
         if offset == 0 and end == len(chunk.items):
             items = chunk.items
         else:
@@ -275,51 +290,67 @@ class StageDriver:
         retries: int = 0,
         worker: int | None = None,
     ) -> None:
-        """Record a finished piece; emit its chunk once every piece is back."""
+        """Record a finished piece (or the first part of one); emit its results as soon as order allows."""
         chunk = piece.chunk
         n = len(piece.items)
         c = self.counters
         with self.cond:
-            chunk.parts.append((piece.start, values, errs))
-            chunk.left -= n
-            chunk.busy += busy
-            complete = chunk.left == 0
             c.items_done += n
             c.busy_seconds += busy
             c.retries += retries
             if busy > 0 and not errs:
                 self._measure(n, busy)
         c.book.done(worker, chunk.idx[piece.start], piece.items, busy)
-        if complete:
-            self._complete(chunk)
+        self._deliver(chunk, piece.start, values, errs)
 
-    def _complete(self, chunk: Chunk) -> None:
+    def _deliver(self, chunk: Chunk, start: int, values: list[Any], errs: Sequence[ItemError]) -> None:
         try:
-            out = self._build(chunk)
-        except _Abort:
+            out = build_part(self.spec, self.counters, self.run.abort, chunk, start, values, errs)
+        except Aborted:
             return
+        if self.on_done is not None:
+            self.on_done(out)
         try:
             with self._emit_lock:
-                if not self.spec.ordered:
-                    self._emit(out)
+                if self.spec.ordered:
+                    chunk.parts[start] = (len(values), out)
+                    self._emit_in_order()
                 else:
-                    self._ready[chunk.seq] = out
-                    while self._next_emit in self._ready:
-                        ready = self._ready.pop(self._next_emit)
-                        self._next_emit += 1
-                        self._emit(ready)
+                    self._emit(out)
+                    self._emitted(chunk, len(values))
         except Cancelled:
             return
         self._maybe_finish()
+
+    def _emit_in_order(self) -> None:
+        # Called with the emit lock held: emit the done parts that follow what went out.
+        while True:
+            head = self._open.get(self._next_emit)
+            if head is None:
+                return
+            part = head.parts.pop(head.emitted, None)
+            if part is None:
+                return
+            self._emit(part[1])
+            if self._emitted(head, part[0]):
+                del self._open[self._next_emit]
+                self._next_emit += 1
+
+    def _emitted(self, chunk: Chunk, n: int) -> bool:
+        """Count n items of `chunk` as emitted; True (and a free window slot) once all are."""
+        chunk.emitted += n
+        if chunk.emitted < len(chunk.items):
+            return False
+        with self.cond:
+            self._inflight -= 1
+            self.cond.notify_all()
+        return True
 
     def _emit(self, out: Chunk) -> None:
         out.seq = self._out_seq
         self._out_seq += 1
         self.outbox.put(out, len(out.items))
         self.counters.items_out += len(out.items) - out.made
-        with self.cond:
-            self._inflight -= 1
-            self.cond.notify_all()
 
     def _maybe_finish(self) -> None:
         with self.cond:
@@ -332,67 +363,6 @@ class StageDriver:
         self.executor.close()
         self.outbox.close()
 
-    def _build(self, chunk: Chunk) -> Chunk:
-        spec = self.spec
-        kind = spec.kind
-        parts = chunk.parts
-        if len(parts) > 1:
-            parts.sort(key=lambda p: p[0])
-        if kind == "map" and not any(p[2] for p in parts):
-            if len(parts) == 1:
-                values = parts[0][1]
-            else:
-                # list.extend copies in C; a comprehension ran Python bytecode per item (W1: ~2% of the parent)
-                values = []
-                for part in parts:
-                    values.extend(part[1])
-            return Chunk(chunk.seq, chunk.idx, values, chunk.special)
-        c = self.counters
-        items = chunk.items
-        idx = chunk.idx
-        out: list = []
-        out_idx: list = []
-        special = chunk.special
-        made = 0
-        for start, values, errs in parts:
-            errmap = {e.pos: e for e in errs} if errs else None
-            for i, v in enumerate(values):
-                p = start + i
-                if errmap is not None and i in errmap:
-                    err = errmap[i]
-                    exc, tb = err.error, err.tb
-                    c.book.failed(idx[p], items[p], exc, tb)
-                    c.errors += 1
-                    if isinstance(exc, MemoryLimitExceeded):
-                        c.memory_failures += 1
-                    failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, err.attempts)
-                    if spec.errors == "raise":
-                        self.run.abort(failure.to_error(), stage=spec.name)
-                        raise _Abort
-                    if spec.errors == "skip":
-                        c.errors -= 1
-                        c.skipped += 1
-                        continue
-                    out.append(failure)
-                    out_idx.append(idx[p])
-                    special = True
-                    made += 1
-                elif kind == "map":
-                    out.append(v)
-                    out_idx.append(idx[p])
-                elif kind == "filter":
-                    if v:
-                        out.append(items[p])
-                        out_idx.append(idx[p])
-                    else:
-                        c.filtered += 1
-                else:  # flat_map
-                    out.extend(v)
-                    out_idx.extend([idx[p]] * len(v))
-        result = Chunk(chunk.seq, out_idx, out, special)
-        result.made = made
-        return result
-
     # -- ending -----------------------------------------------------------
 
     def cancel(self) -> None:
@@ -401,7 +371,3 @@ class StageDriver:
             self.cancelled = True
             self.cond.notify_all()
         self.executor.cancel()
-
-
-class _Abort(Exception):
-    """The run was aborted while a chunk was being assembled."""

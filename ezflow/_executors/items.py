@@ -25,6 +25,7 @@ A plain map with no rules takes `_fast_map`, which adds nothing per item.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Generator
 from typing import Any
@@ -36,7 +37,9 @@ from .rules import ItemRules
 
 __all__ = [
     "CALL",
+    "PARTIAL_SECONDS",
     "SLEEP",
+    "Report",
     "Runtime",
     "build_runtime",
     "call_item",
@@ -54,6 +57,11 @@ SLEEP = 1  # step (SLEEP, seconds): the runner waits, sends back None
 
 Step = tuple[int, Any]
 Outcome = tuple[list, list, int]  # values, errs, retried
+Report = Callable[[list, list, float, int], None]  # values, errs, busy, retries of the items done so far
+
+# A worker running a long piece sends back what is done at least this often
+# (~20 messages a second at most): results follow completion, not the cut.
+PARTIAL_SECONDS = 0.05
 
 
 class Runtime:
@@ -221,12 +229,103 @@ def call_item(rt: Runtime, item: Any) -> tuple[bool, Any]:
         return False, exc
 
 
-def run_piece(rt: Runtime, items: list, special: bool, tried: int = 0) -> tuple[list, list, float, int]:
+def run_piece(
+    rt: Runtime, items: list, special: bool, tried: int = 0, report: Report | None = None
+) -> tuple[list, list, float, int]:
     """Apply the stage to every item; return (values, errs, busy_seconds, retries).
 
     ``special`` says the piece may hold pass-through items, or the stage has
     rules (when, retries, a rate limit) that need the per-item path.
+    ``report(values, errs, busy, retries)``, if given, is called with the
+    results of the items done so far once `PARTIAL_SECONDS` passed since the
+    piece started or since the last report: a piece of slow items comes back
+    item by item, however it was cut. What is returned is then the rest.
+    Not with a time limit in a process worker (``rt.marker``): the parent
+    reads item positions in the piece as it sent it.
     """
+    if report is None or len(items) < 2 or rt.marker is not None:
+        return _run(rt, items, special, tried)
+    if rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None and not special:
+        return _fast_map_reporting(rt, items, report)
+    # Items run in blocks that end about when the next report is due (see `_next_block`).
+    n = len(items)
+    t0 = last = time.perf_counter()
+    values: list = []
+    errs: list = []
+    retried = 0
+    done = base = 0  # items run; the first one not yet reported
+    block = 1
+    while done < n:
+        end = min(n, done + block)
+        v, e, _, r = _run(rt, items[done:end], special, tried)
+        if e:
+            shift = done - base
+            errs.extend(x._replace(pos=x.pos + shift) for x in e)
+        values += v
+        retried += r
+        done = end
+        now = time.perf_counter()
+        if done < n and now - last >= PARTIAL_SECONDS:
+            report(values, errs, now - last, retried)
+            values, errs, retried = [], [], 0
+            base, last = done, now
+        block = _next_block(block, now - t0, done, n)
+    return values, errs, time.perf_counter() - last, retried
+
+
+def _next_block(block: int, spent: float, done: int, n: int) -> int:
+    """How many items to run before looking at the clock again.
+
+    All the rest when, at the pace so far, they take less than
+    `PARTIAL_SECONDS` (a piece as fast as its size was cut for: one look at
+    the clock after its first item); else enough to end about when the next
+    report is due, growing at most 4x a block, so items that turn slow are
+    noticed after about as many items as ran so far.
+    """
+    per = spent / done
+    if per * (n - done) <= PARTIAL_SECONDS:
+        return n - done
+    return max(1, min(4 * block, int(PARTIAL_SECONDS / per)))
+
+
+def _fast_map_reporting(rt: Runtime, items: list, report: Report) -> tuple[list, list, float, int]:
+    # `_fast_map` in blocks, on one iterator and one list: nothing is copied per item,
+    # and a piece as fast as expected runs as one block after its first item.
+    n = len(items)
+    call = rt.call
+    it = iter(items)
+    values: list = []
+    errs: list = []
+    append = values.append
+    t0 = last = time.perf_counter()
+    done = 0
+    block = 1
+    while done < n:
+        stop = min(n, done + block)
+        src = it if stop == n else itertools.islice(it, stop - done)
+        while True:
+            try:
+                for item in src:
+                    append(call(item))
+                break
+            except BaseException as exc:  # the item fails; the same iterator resumes with the next
+                if not item_failed(exc):
+                    raise
+                errs.append(_error(rt, exc, 1, len(values)))
+                append(None)
+        done = stop
+        now = time.perf_counter()
+        if done < n and now - last >= PARTIAL_SECONDS:
+            report(values, errs, now - last, 0)
+            values, errs = [], []
+            append = values.append
+            last = now
+        if done < n:
+            block = _next_block(block, now - t0, done, n)
+    return values, errs, time.perf_counter() - last, 0
+
+
+def _run(rt: Runtime, items: list, special: bool, tried: int) -> tuple[list, list, float, int]:
     t0 = time.perf_counter()
     plain = rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None
     try:

@@ -33,18 +33,33 @@ class ItemError(NamedTuple):
 
 
 class Chunk:
-    """Items that travel together, with their source indices (the unit of flow and order)."""
+    """Items that travel together, with their source indices (the unit of flow and order).
 
-    __slots__ = ("busy", "idx", "items", "left", "made", "parts", "seq", "special")
+    `span` is the half-open range of source positions the chunk completes:
+    every position in it that was fed to the run has all its results here
+    (none, for an item a filter dropped). A stage emits a chunk's results in
+    parts as they are done; each part carries the positions it completes,
+    so a checkpoint stores what was computed whatever the cut.
+    """
 
-    def __init__(self, seq: int, idx: range | list[int], items: list[Any], special: bool = False) -> None:
+    __slots__ = ("emitted", "idx", "items", "made", "parts", "seq", "span", "special")
+
+    def __init__(
+        self, seq: int, idx: range | list[int], items: list[Any], special: bool = False,
+        span: tuple[int, int] | None = None,
+    ) -> None:
         self.seq = seq
         self.idx = idx  # source index of each item: a range until something reorders
         self.items = items
         self.special = special  # may hold Failure records from an earlier stage
-        self.parts: list[tuple[int, list[Any], Sequence[ItemError]]] = []
-        self.left = len(items)
-        self.busy = 0.0
+        if span is None:
+            if isinstance(idx, range):
+                span = (idx.start, idx.stop)
+            else:
+                span = (idx[0], idx[-1] + 1) if idx else (0, 0)
+        self.span = span
+        self.parts: dict[int, tuple[int, Chunk]] = {}  # the engine's: done parts not yet emitted, by first item
+        self.emitted = 0  # the engine's: items whose results were emitted
         self.made = 0  # Failure records this stage put in (counted as errors, not out)
 
 
@@ -96,6 +111,10 @@ class StagePort(Protocol):
         worker: int | None = None,
     ) -> None:
         """Report a finished piece: one value per item, the failed ones in `errs`, `busy` seconds of work.
+
+        A worker still running a piece may report its first items early
+        (`piece.split(k)[0]`) and keep the rest as the piece it holds: each
+        result is delivered as soon as it is done, whatever the cut.
 
         `worker`: the number of the worker that ran it (as told to `worker_up`), for its insights.
         """

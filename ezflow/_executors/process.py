@@ -4,12 +4,13 @@
          |                                              ^        |
     sender thread ----Task(piece)----> pipe[w] ---------+        |
                                                                  v
-    collector thread <---Result(...)----- pipe[w] <--------------+
+    collector thread <---Partial* Result- pipe[w] <--------------+
          |  also waits on each worker's sentinel (death) and on the
          |  deadline of the oldest item running (per-item time limit:
          |  each worker marks the attempt it starts, see `deadline`)
          v
-    port.done(piece, values, errs, busy)
+    port.done(piece, values, errs, busy)   (a Partial: done for the piece's
+                                            first items, the rest stays held)
 
 Sending and receiving are on different threads, so a worker blocked on
 writing a large result can never deadlock with a parent blocked on
@@ -57,6 +58,7 @@ from .port import ItemError, Piece, StagePort
 from .recycle import RecyclingExecutor
 from .wire import (
     Closed,
+    Partial,
     Ready,
     Result,
     Setup,
@@ -279,7 +281,9 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             self._died(w)
             return
         kind = type(msg)
-        if kind is Result:
+        if kind is Partial:
+            self._partial(w, msg)
+        elif kind is Result:
             self._shm.done(msg.piece_id)
             piece = self._pop(w)
             if piece.id != msg.piece_id:  # pragma: no cover - a protocol bug, never data loss in silence
@@ -294,6 +298,19 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
         elif kind is SetupFailed:
             self.broken = True
             self.port.fail(self._setup_error(attach_traceback(msg.error, msg.tb), "in a worker"))
+
+    def _partial(self, w: WorkerProc, msg: Partial) -> None:
+        """The worker sent the first results of the piece it runs: they are done; it holds the rest."""
+        with self._lock:
+            piece = w.outstanding[0]
+            if piece.id != msg.piece_id:  # pragma: no cover - a protocol bug, never data loss in silence
+                raise RuntimeError(f"worker answered piece {msg.piece_id} in part, expected {piece.id}")
+            head, rest = piece.split(len(msg.values))
+            rest.id, rest.attempts = piece.id, piece.attempts
+            w.outstanding[0] = rest
+            self._life.finished(w, len(head.items))
+        self.port.done(head, msg.values, msg.errs, msg.busy, msg.retries, worker=self._tally.of(w))
+        self._tally.began(w, rest)
 
     def _unloadable(self, w: WorkerProc, exc: BaseException, tb: str) -> None:
         """The worker could not unpickle the piece it was sent: fail the item that does not load."""
@@ -320,7 +337,9 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
                 msg = decode(loads(w.conn.recv_bytes()))
             except (EOFError, OSError):
                 break
-            if type(msg) is Result:
+            if type(msg) is Partial:
+                self._partial(w, msg)
+            elif type(msg) is Result:
                 self._shm.done(msg.piece_id)
                 self.port.done(self._pop(w), msg.values, msg.errs, msg.busy, msg.retries, worker=self._tally.of(w))
         w.proc.join(1)

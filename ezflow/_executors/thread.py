@@ -1,6 +1,7 @@
 """Thread executor: `workers` threads in this process take pieces and run them.
 
     port.take() --> thread 1..N: run_piece(runtime, items) --> port.done()
+                                 (a long piece: done for its first items as they finish)
                     watchdog (only with `item_timeout`): fails an item that
                     overstays and starts a fresh thread in its place
 
@@ -29,6 +30,21 @@ if TYPE_CHECKING:
     from .._plan.spec import StageSpec
 
 __all__ = ["ThreadExecutor"]
+
+
+class _Parts:
+    """`run_piece`'s report for one thread's piece: what is done goes to the port, the rest stays held."""
+
+    __slots__ = ("executor", "ident", "piece", "worker")
+
+    def __init__(self, executor: ThreadExecutor, piece: Piece, ident: int, worker: int) -> None:
+        self.executor = executor
+        self.piece = piece  # what is not reported yet
+        self.ident = ident
+        self.worker = worker
+
+    def __call__(self, values: list, errs: list, busy: float, retries: int) -> None:
+        self.executor.report_part(self, values, errs, busy, retries)
 
 
 class ThreadExecutor(Executor):
@@ -93,17 +109,31 @@ class ThreadExecutor(Executor):
                 port.began(n, piece)
                 with self._lock:
                     self._running[me] = (piece, time.monotonic(), n)
-                values, errs, busy, retries = run_piece(rt, piece.items, piece.chunk.special, piece.attempts)
+                part = _Parts(self, piece, me, n)
+                values, errs, busy, retries = run_piece(rt, piece.items, piece.chunk.special, piece.attempts, part)
                 with self._lock:
                     mine = self._running.pop(me, None) is not None
                 if not mine:
                     return  # the watchdog failed this item and replaced us: drop the late result
-                port.done(piece, values, errs, busy, retries, worker=n)
+                port.done(part.piece, values, errs, busy, retries, worker=n)
         finally:
             try:
                 close_runtime(rt)
             except BaseException as exc:
                 self._close_failed(exc)
+
+    def report_part(self, part: _Parts, values: list, errs: list, busy: float, retries: int) -> None:
+        """A thread reports the first items of its piece done while it runs the rest."""
+        head, rest = part.piece.split(len(values))
+        rest.attempts = part.piece.attempts
+        with self._lock:
+            held = self._running.get(part.ident)
+            if held is None:
+                return  # the watchdog failed this piece already: its results are dropped
+            self._running[part.ident] = (rest, held[1], held[2])
+        part.piece = rest
+        self.port.done(head, values, errs, busy, retries, worker=part.worker)
+        self.port.began(part.worker, rest)
 
     def _watch(self) -> None:
         timeout = self.spec.item_timeout

@@ -4,14 +4,18 @@
     Setup(token, payload, want_ready, timed) ----->   build the stage (a class: instantiated here)
                                              <-----   Ready(token) if want_ready | SetupFailed(token, error, tb)
     Task(piece_id, token, items, special,    ----->   run_piece()
-         tried, share)                       <-----   Result(piece_id, values, errs, busy, retries)
+         tried, share)                       <-----   Partial(piece_id, values, errs, busy, retries)*
+                                                      (the first items' results, while the rest run)
+                                             <-----   Result(piece_id, values, errs, busy, retries)
                                              <-----   Unloadable(error, tb): the task did not unpickle here
     Teardown(token, want_reply)              ----->   close() a class stage
                                              <-----   Closed(token, error, tb) if want_reply
     Exit()                                   ----->   return
 
 Every message is one pickle on the worker's pipe, answered in order (one
-answer per task). Records are NamedTuples, built and read by field name and
+answer per task, after any number of partial ones: a Partial carries the
+results of the next items of the task being run, a Result those of the
+rest). Records are NamedTuples, built and read by field name and
 told apart by type (``type(msg) is Result``). On the pipe they travel as
 plain tuples tagged with a small int (`encode` / `decode`): pickling a
 record by its class costs an import lookup at each end, about 2 µs a
@@ -32,6 +36,7 @@ from .port import ItemError
 __all__ = [
     "Closed",
     "Exit",
+    "Partial",
     "Ready",
     "Result",
     "Setup",
@@ -89,6 +94,16 @@ class Result(NamedTuple):
     retries: int
 
 
+class Partial(NamedTuple):
+    """Results of the task's next items, sent while it runs on (`items.PARTIAL_SECONDS`); the Result has the rest."""
+
+    piece_id: int
+    values: list[Any]
+    errs: list[ItemError]
+    busy: float
+    retries: int
+
+
 class Unloadable(NamedTuple):
     """The task that was due next did not unpickle in the worker: why."""
 
@@ -115,9 +130,9 @@ class Exit(NamedTuple):
     """Leave: the pool is shutting down."""
 
 
-Message = Setup | Ready | SetupFailed | Task | Result | Unloadable | Teardown | Closed | Exit
+Message = Setup | Ready | SetupFailed | Task | Result | Unloadable | Teardown | Closed | Exit | Partial
 
-_KINDS: tuple[type[Any], ...] = (Setup, Ready, SetupFailed, Task, Result, Unloadable, Teardown, Closed, Exit)
+_KINDS: tuple[type[Any], ...] = (Setup, Ready, SetupFailed, Task, Result, Unloadable, Teardown, Closed, Exit, Partial)
 _TAG = {kind: tag for tag, kind in enumerate(_KINDS)}
 _RESULT = _TAG[Result]
 

@@ -1,6 +1,6 @@
 """The loop a worker process runs: it answers the records of `wire` (drawn there).
 
-    Setup -> Ready | SetupFailed      Task -> Result | Unloadable      Teardown -> Closed      Exit
+    Setup -> Ready | SetupFailed      Task -> Partial* Result | Unloadable      Teardown -> Closed      Exit
 
 A function stage asks for neither answer: its tasks queue behind the setup,
 and a failed setup is still reported.
@@ -27,7 +27,7 @@ from .._transport.serialize import dumps, loads
 from .deadline import Marker
 from .items import Runtime, build_runtime, close_runtime, run_piece
 from .port import ItemError
-from .wire import Closed, Exit, Ready, Result, Setup, SetupFailed, Task, Teardown, Unloadable, decode, encode
+from .wire import Closed, Exit, Partial, Ready, Result, Setup, SetupFailed, Task, Teardown, Unloadable, decode, encode
 
 __all__ = ["sendable_result", "setup_payload", "worker_main"]
 
@@ -78,7 +78,7 @@ def _pickle(msg: Any) -> bytes:
     try:
         return dumps(encode(msg))
     except Exception:
-        if type(msg) is not Result:
+        if type(msg) is not Result and type(msg) is not Partial:
             raise
         values, errs = sendable_result(msg.values, msg.errs)
         return dumps(encode(msg._replace(values=values, errs=errs)))
@@ -122,6 +122,23 @@ def _result_scope(share: tuple | None) -> Any:
     return _shm.result_scope(share)
 
 
+class _Reporter:
+    """Send a task's first results back while the rest run (`wire.Partial`)."""
+
+    __slots__ = ("conn", "piece_id", "share")
+
+    def __init__(self, conn: Any, piece_id: int, share: tuple | None) -> None:
+        self.conn = conn
+        self.piece_id = piece_id
+        # the spares lent for the result stay for the final answer: big arrays here go in new segments
+        self.share = None if share is None else (share[0], ())
+
+    def __call__(self, values: list[Any], errs: list[ItemError], busy: float, retries: int) -> None:
+        with _result_scope(self.share):
+            answer = _pickle(Partial(self.piece_id, values, errs, busy, retries))
+            _send_bytes(self.conn, answer)
+
+
 def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
     """Serve setup/task/teardown messages until told to exit or the pipe closes.
 
@@ -157,8 +174,9 @@ def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
                 raise SystemExit(1)
             if rt.marker is not None:
                 rt.marker.begin(msg.piece_id)
-            values, errs, busy, retries = run_piece(rt, msg.items, msg.special, msg.tried)
             piece_id, share = msg.piece_id, msg.share
+            report = _Reporter(conn, piece_id, share)
+            values, errs, busy, retries = run_piece(rt, msg.items, msg.special, msg.tried, report)
             with _result_scope(share):
                 answer = _pickle(Result(piece_id, values, errs, busy, retries))
                 # let go of shared inputs before answering: their owner finds them free
