@@ -54,6 +54,10 @@ def map(
     fn: Callable[[A, B, C], R], it1: Iterable[A], it2: Iterable[B], it3: Iterable[C], /, **options: Unpack[MapOptions]
 ) -> list[R]: ...
 @overload
+def map(  # a class stage over several iterables: its instances' result type is not followed
+    fn: type[Any], it1: Iterable[Any], it2: Iterable[Any], /, *rest: Iterable[Any], **options: Unpack[MapOptions]
+) -> list[Any]: ...
+@overload
 def map(
     fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], it4: Iterable[Any], /,
     *rest: Iterable[Any], **options: Unpack[MapOptions]
@@ -116,6 +120,10 @@ def imap(
 def imap(
     fn: Callable[[A, B, C], R], it1: Iterable[A], it2: Iterable[B], it3: Iterable[C], /, **options: Unpack[MapOptions]
 ) -> Iterator[R]: ...
+@overload
+def imap(  # a class stage over several iterables: its instances' result type is not followed
+    fn: type[Any], it1: Iterable[Any], it2: Iterable[Any], /, *rest: Iterable[Any], **options: Unpack[MapOptions]
+) -> Iterator[Any]: ...
 @overload
 def imap(
     fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], it4: Iterable[Any], /,

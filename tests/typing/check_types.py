@@ -51,6 +51,13 @@ class Model:
         return [x * self.scale for x in batch]
 
 
+class Pair:
+    """A class stage over two iterables."""
+
+    def __call__(self, a: int, b: str) -> str:
+        return b * a
+
+
 class Tokenizer:
     def __call__(self, line: str) -> list[str]:
         return line.split()
@@ -66,6 +73,7 @@ assert_type(ezflow.map(fetch, ["https://example.org"]), list[bytes])
 assert_type(ezflow.map(fetch_pair, ["u"], [2]), list[bytes])
 assert_type(ezflow.map(Model, [[1, 2]]), list[list[float]])
 assert_type(ezflow.map(lambda x: x * 2, [1, 2]), list[int])
+assert_type(ezflow.map(Pair, [1], ["a"]), list[Any])  # allowed; its result type is not followed
 assert_type(ezflow.imap(parse, ["1"]), Iterator[int])
 assert_type(ezflow.imap(add, [1], [2.0], progress=False, checkpoint="runs/x"), Iterator[float])
 assert_type(ezflow.imap(fetch, ["u"]), Iterator[bytes])
