@@ -133,3 +133,23 @@ def test_a_cancelled_run_with_spilled_tasks_leaves_nothing(spills: list[int]) ->
     assert spills
     ezflow.shutdown()
     assert _mine() == []
+
+
+def test_without_shared_memory_a_busy_worker_does_not_hold_up_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """share_arrays=False: big messages go by the pipe, written off the sender's thread (backlog.py)."""
+    from ezflow._executors import backlog
+
+    threads: list[str] = []
+    real = backlog.write
+
+    def noting(w, data):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        real(w, data)
+
+    monkeypatch.setattr(backlog, "write", noting)
+    items = [_strings(i, 40_000) for i in range(8)]
+    got = ezflow.map(_slow_summary, items, workers=2, share_arrays=False, progress=False)
+    assert got == [_summary(x) for x in items]
+    assert any(name.startswith("ezflow-write-") for name in threads), threads

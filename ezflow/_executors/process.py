@@ -49,6 +49,7 @@ from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
 from .._transport.serialize import dumps, loads
 from .._transport.shm import StageLink
+from .backlog import Backlogs
 from .deadline import Timed
 from .elastic import Elastic
 from .freshness import before_acquire
@@ -100,6 +101,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
         self._wake_r, self._wake_w = os.pipe()
         self._setup_msg = b""
         self._shm: StageLink = None  # type: ignore[assignment]  # set in setup()
+        self._backlogs = Backlogs(spec.name)
         if spec.max_memory is not None:
             self.prefetch = 1  # a worker's RSS is checked between pieces: the next one waits for the check
 
@@ -233,11 +235,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
                 port.wake()
                 self._unsendable(piece, exc)
                 continue
-            try:
-                with w.send_lock:  # not closed (and its descriptor reused) under this write
-                    w.conn.send_bytes(data)
-            except OSError:
-                pass  # the worker died: the collector accounts for the piece
+            self._backlogs.put(w, data)  # a big message that could not go by shared memory waits off this thread
 
     # -- receiving ----------------------------------------------------------
 

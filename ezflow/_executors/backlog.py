@@ -1,0 +1,67 @@
+"""Task messages too big for a worker's pipe are written off the sender's thread.
+
+    sender thread --put(w, data)--> small, nothing queued for w: written now (never blocks)
+                                    else: w's backlog --a kept thread (Job)--> pipe[w], in order
+
+A worker reads its next task only when it is done with the current one, so
+writing a message bigger than the pipe's buffer (~208 KiB here) waits for
+that worker. Big messages normally go through shared memory (`_transport`'s
+spill) and never get here; when they cannot (``share_arrays=False``, no
+room in /dev/shm) the write waits on a thread of w's own, and the sender
+goes on feeding the other workers. Only the sender thread calls `put`, so
+a worker's messages reach its pipe in the order they were put.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+from .._core.threads import Job
+
+__all__ = ["PIPE_ROOM", "Backlogs"]
+
+PIPE_ROOM = 128 << 10  # a message this small fits in an idle pipe's buffer: writing it never waits
+
+
+class Backlogs:
+    """The messages waiting for each worker's pipe."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._queues: dict[int, collections.deque] = {}  # id(worker) -> messages not written yet
+
+    def put(self, w: Any, data: bytes) -> None:
+        """Write `data` to worker `w`'s pipe now, or behind what waits for it, on another thread."""
+        with self._lock:
+            q = self._queues.get(id(w))
+            if q is not None:
+                q.append(data)  # behind what waits already: order kept
+                return
+            big = len(data) >= PIPE_ROOM
+            if big:
+                fresh = self._queues[id(w)] = collections.deque([data])
+        if not big:
+            write(w, data)
+            return
+        Job(lambda: self._drain(w, fresh), f"ezflow-write-{self._name}").start()
+
+    def _drain(self, w: Any, q: collections.deque) -> None:
+        while True:
+            with self._lock:
+                if not q:
+                    del self._queues[id(w)]
+                    return
+                data = q.popleft()
+            write(w, data)
+
+
+def write(w: Any, data: bytes) -> None:
+    """Write one message to a worker's pipe; a dead worker is left to its sentinel."""
+    try:
+        with w.send_lock:  # not closed (and its descriptor reused) under this write
+            w.conn.send_bytes(data)
+    except OSError:
+        pass  # the worker died: the collector accounts for the piece
