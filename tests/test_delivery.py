@@ -48,7 +48,6 @@ def test_results_arrive_as_they_are_done(mode, ordered):
     assert worst < LATE, f"no result for {worst:.2f} s before result {before}"
 
 
-@pytest.mark.no_async("an async worker awaits one item at a time: pieces hold one item unless chunksize is set")
 @pytest.mark.no_dask("a dask task returns its piece whole: its size comes from the measured time (~0.2 s of work)")
 def test_a_long_piece_comes_back_as_its_items_finish(mode):
     # pieces of 40 items of 0.05 s (2 s of work each): the worker sends back what is done as it goes
@@ -72,3 +71,18 @@ def test_counts_follow_delivery_while_a_piece_runs():
         if i == 9:
             seen.append(flow.stats.stages[0].items_out)
     assert seen and 10 <= seen[0] < 40
+
+
+def _fails_some(x):
+    time.sleep(0.03)
+    if x % 7 == 3:
+        raise ValueError(x)
+    return x
+
+
+@pytest.mark.no_dask("a dask task returns its piece whole")
+def test_a_piece_sent_back_in_parts_keeps_each_failure_in_its_place(mode):
+    # pieces of 20 items of 0.03 s come back in parts: each failure still belongs to its own item
+    out = ezflow.map(mode.fn(_fails_some), range(60), workers=2, chunksize=20, errors="return", progress=False, **mode)
+    assert [o.index for o in out if isinstance(o, ezflow.Failure)] == [x for x in range(60) if x % 7 == 3]
+    assert [o for o in out if not isinstance(o, ezflow.Failure)] == [x for x in range(60) if x % 7 != 3]

@@ -2,7 +2,7 @@
 
     port.take() --(one helper thread)--> asyncio.Queue --> N worker tasks
                                                            await fn(item)
-    port.done() <------------------------------------------+
+    port.done() <------------------------------------------+  (a long piece: as its items finish)
 
 The loop runs in a thread of its own, so a stage works the same from a
 plain script and from a notebook whose loop is already running. `workers`
@@ -26,7 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.errors import Cancelled
 from .base import Executor
-from .items import CALL, Runtime, build_runtime, close_runtime, item_failed, shape, steps
+from .items import (
+    CALL,
+    PARTIAL_SECONDS,
+    Runtime,
+    build_runtime,
+    close_runtime,
+    item_failed,
+    next_block,
+    shape,
+    steps,
+)
 from .limits import TokenBucket, make_limiter
 from .port import ItemError, Piece, StagePort
 
@@ -116,11 +126,9 @@ class AsyncExecutor(Executor):
                 if piece is None:
                     return
                 self.port.began(n, piece)
-                t0 = time.perf_counter()
-                values, errs, retried = await self._run_piece(piece.items, piece.attempts)
+                await self._run_reporting(piece, n)
                 if self.cancelled:
                     return
-                self.port.done(piece, values, errs, time.perf_counter() - t0, retried, worker=n)
         except asyncio.CancelledError:
             if not self.cancelled:  # not ezflow's cancel: its items would never be reported
                 self.port.fail(RuntimeError(f"stage {self.spec.name!r}: an async worker task was cancelled"))
@@ -130,6 +138,39 @@ class AsyncExecutor(Executor):
         except BaseException as exc:  # a bug (or an item's KeyboardInterrupt) must fail the run, not hang it
             self.broken = True
             self.port.fail(exc)
+
+    async def _run_reporting(self, piece: Piece, n: int) -> None:
+        """Run a piece and report it; a long one (chunksize=) goes back as its items finish, as `items.run_piece`'s."""
+        items = piece.items
+        tried = piece.attempts
+        total = len(items)
+        t0 = last = time.perf_counter()
+        values: list[Any] = []
+        errs: list[ItemError] = []
+        retried = 0
+        done = base = 0  # items run; the first one not yet reported
+        block = total if total < 2 else 1
+        while done < total:
+            end = min(total, done + block)
+            v, e, r = await self._run_piece(items[done:end], tried)
+            if self.cancelled:
+                return
+            if e:
+                errs.extend(x._replace(pos=x.pos + done - base) for x in e)
+            values += v
+            retried += r
+            done = end
+            now = time.perf_counter()
+            if done < total and now - last >= PARTIAL_SECONDS:
+                head, piece = piece.split(len(values))
+                piece.attempts = tried
+                self.port.done(head, values, errs, now - last, retried, worker=n)
+                self.port.began(n, piece)
+                values, errs, retried = [], [], 0
+                base, last = done, now
+            if done < total:
+                block = next_block(block, now - t0, done, total)
+        self.port.done(piece, values, errs, time.perf_counter() - last, retried, worker=n)
 
     async def _run_piece(self, items: list[Any], tried: int) -> tuple[list[Any], list[ItemError], int]:
         # The async runner: the rules are items.steps'; this says how to call and sleep.

@@ -45,6 +45,7 @@ __all__ = [
     "call_item",
     "close_runtime",
     "item_failed",
+    "next_block",
     "run_piece",
     "steps",
 ]
@@ -247,7 +248,7 @@ def run_piece(
         return _run(rt, items, special, tried)
     if rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None and not special:
         return _fast_map_reporting(rt, items, report)
-    # Items run in blocks that end about when the next report is due (see `_next_block`).
+    # Items run in blocks that end about when the next report is due (see `next_block`).
     n = len(items)
     t0 = last = time.perf_counter()
     values: list = []
@@ -269,11 +270,11 @@ def run_piece(
             report(values, errs, now - last, retried)
             values, errs, retried = [], [], 0
             base, last = done, now
-        block = _next_block(block, now - t0, done, n)
+        block = next_block(block, now - t0, done, n)
     return values, errs, time.perf_counter() - last, retried
 
 
-def _next_block(block: int, spent: float, done: int, n: int) -> int:
+def next_block(block: int, spent: float, done: int, n: int) -> int:
     """How many items to run before looking at the clock again.
 
     All the rest when, at the pace so far, they take less than
@@ -321,7 +322,7 @@ def _fast_map_reporting(rt: Runtime, items: list, report: Report) -> tuple[list,
             append = values.append
             last = now
         if done < n:
-            block = _next_block(block, now - t0, done, n)
+            block = next_block(block, now - t0, done, n)
     return values, errs, time.perf_counter() - last, 0
 
 
