@@ -342,8 +342,7 @@ class CheckpointRun:
             if v.__class__ is Failure and v.stage in self.skip:
                 c = counters.get(v.stage)
                 if c is not None:
-                    c.errors -= 0 if stored else 1
-                    c.skipped += 1
+                    c.add(errors=0 if stored else -1, skipped=1)
                 continue
             items.append(v)
             idx.append(i)
@@ -414,6 +413,7 @@ class _Stream:
                         break
                 if len(held) == seg.end - seg.start and owner._matches(seg, held):
                     owner._reused.append(seg)
+                    # this (source) thread is the only writer once the run starts: the stats read one int
                     owner.run.from_checkpoint += len(held)
                     p += len(held)
                     continue

@@ -64,7 +64,7 @@ class Handle:
         feed = self._feed
         try:
             for chunk in run.chunks():
-                if feed is not None and feed.futures:
+                if feed is not None and feed.has_futures():
                     self._resolve(chunk)
                 else:
                     self._results.extend(chunk.items)
@@ -79,10 +79,12 @@ class Handle:
             self._finished.set()
 
     def _resolve(self, chunk: Chunk) -> None:
-        futures = self._feed.futures  # type: ignore[union-attr]
-        last = -1
+        assert self._feed is not None
+        # in order, a later item's result means an earlier one gave none (filtered out)
+        last = max(chunk.idx, default=-1) if self._ordered else None
+        # taken under the feed's lock: the source thread adds Futures while this one resolves
+        futures, dropped = self._feed.take_futures(list(chunk.idx), last)
         for index, item in zip(chunk.idx, chunk.items, strict=True):
-            last = max(last, index)
             fut = futures.pop(index, None)
             if fut is None:
                 self._results.append(item)
@@ -90,10 +92,8 @@ class Handle:
                 _settle(fut, error=translate(item.to_error()))  # a worker re-importing an unguarded script
             else:
                 _settle(fut, value=item)
-        if self._ordered:
-            # in order, a later item's result means an earlier one gave none (filtered out)
-            for index in [i for i in futures if i < last]:
-                _settle(futures.pop(index), value=None)
+        for fut in dropped:
+            _settle(fut, value=None)
 
     # -- feeding --------------------------------------------------------------
 
