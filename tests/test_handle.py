@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 
 import pytest
@@ -57,3 +59,34 @@ class SlowStart:
 def test_start_timeout_names_slow_stage():
     with pytest.raises(TimeoutError, match="SlowStart"):
         ezflow.Flow(range(3)).map(SlowStart, mode="thread", workers=1).start(timeout=0.5, progress=False)
+
+
+def test_cancel_summary_is_a_named_record_that_still_reads_as_the_dict():
+    from ezflow._engine.handle import CancelSummary
+
+    release, waiting = threading.Event(), threading.Event()
+
+    def held(x: int) -> int:
+        if x >= 20:  # taken by the stage, never finished before the cancel
+            waiting.set()
+            release.wait(30)
+        return x
+
+    handle = ezflow.Flow(range(100)).map(held, mode="thread", workers=2, chunksize=1).start(progress=False)
+    unblock = threading.Timer(0.2, release.set)  # a thread worker stops after its item: let it end
+    try:
+        assert waiting.wait(30)
+        unblock.start()
+        summary = handle.cancel()
+    finally:
+        unblock.cancel()
+        release.set()
+    assert isinstance(summary, CancelSummary)
+    assert summary.kept == summary["kept"] == len(handle.wait())
+    assert summary.unfinished == summary["unfinished"] > 0
+    assert summary == {"kept": summary.kept, "unfinished": summary.unfinished}  # as the dict it was
+    assert dict(summary) == {"kept": summary.kept, "unfinished": summary.unfinished}
+    with pytest.raises(KeyError):
+        summary["other"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        summary.kept = 0  # type: ignore[misc]

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,15 +22,37 @@ from .._core.mainguard import translate
 from .._core.stats import FlowStats
 from .._executors.port import Chunk
 from .feed import Feed
-from .run import Run
+from .run import Runner
 
-__all__ = ["Handle"]
+__all__ = ["CancelSummary", "Handle"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CancelSummary(Mapping[str, int]):
+    """What `Handle.cancel` kept: read ``summary.kept``, or ``summary["kept"]`` as the dict it once was.
+
+    A read-only mapping of its two fields: it equals ``{"kept": k, "unfinished": u}``.
+    """
+
+    kept: int  # results that finished, kept in `handle.results`
+    unfinished: int  # source items taken but not finished
+
+    def __getitem__(self, key: str) -> int:
+        if key not in ("kept", "unfinished"):
+            raise KeyError(key)
+        return int(getattr(self, key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("kept", "unfinished"))
+
+    def __len__(self) -> int:
+        return 2
 
 
 class Handle:
     """A flow running in the background."""
 
-    def __init__(self, run: Run, timeout: float | None = None, feed: Feed | None = None) -> None:
+    def __init__(self, run: Runner, timeout: float | None = None, feed: Feed | None = None) -> None:
         self._run = run
         self._feed = feed
         self._ordered = all(s.ordered for s in run.specs)
@@ -173,7 +197,7 @@ class Handle:
         """The results delivered so far (all of them once the run is done)."""
         return list(self._results)
 
-    def cancel(self) -> dict:
+    def cancel(self) -> CancelSummary:
         """Stop the run now; keep the results that finished.
 
         Returns:
@@ -185,7 +209,7 @@ class Handle:
         self._finished.wait(5)
         first = self._run.snapshot().stages
         taken = first[0].items_in if first else len(self._results)
-        return {"kept": len(self._results), "unfinished": max(0, taken - len(self._results))}
+        return CancelSummary(kept=len(self._results), unfinished=max(0, taken - len(self._results)))
 
     def __repr__(self) -> str:
         return f"<ezflow.Handle {self._run.state}, {len(self._results)} results>"
