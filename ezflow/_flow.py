@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, overload
 from ._core.entry import public, public_iter
 from ._core.record import replace
 from ._core.stats import FlowStats
-from ._engine.run import Run
+from ._engine.run import Run, Runner
 from ._plan.callables import R, StageClass, T_co, U
 from ._plan.spec import StageSpec, make_batch, make_stage, make_unbatch
 from ._plan.stage_options import RunOptions, StageOptions, refuse_keywords
@@ -150,7 +150,7 @@ class Flow(Generic[T_co]):
 
     # -- running ------------------------------------------------------------
 
-    def _run(self, progress: Any, source: Any = None, checkpoint: Any = None) -> Any:
+    def _run(self, progress: Any, source: Any = None, checkpoint: Any = None) -> Runner:
         if checkpoint is not None:
             from ._engine.checkpoint import CheckpointRun
 

@@ -1,4 +1,13 @@
-"""Shared fixtures: every test is checked for leaked processes and /dev/shm entries."""
+"""Shared fixtures: every test is checked for leaked processes and /dev/shm entries.
+
+Warm worker pools are kept between tests, as between a user's calls: most of
+the suite would otherwise start every pool cold. So a "leak" between tests
+is a child process beyond the idle warm pools' own workers, or a /dev/shm
+entry of this process or its children once the shared memory kept for reuse
+is freed (`flush_kept`, not `shutdown`). At the end of each test module the
+pools are stopped too, and then nothing at all may be left. A test of
+start-up or shutdown says ``@pytest.mark.cold_pools``: it starts from no pool.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,8 @@ import psutil
 import pytest
 
 import ezflow
+from ezflow._executors import pool as _pool
+from ezflow._transport import flush_kept
 
 SHM = "/dev/shm"
 # multiprocessing's own long-lived helpers, started once per interpreter
@@ -68,17 +79,17 @@ def _shm(pids: set[int] | None = None) -> set[str]:
     return {n for n in names if _mine(n, pids)}
 
 
-@pytest.fixture(autouse=True)
-def no_leaks(request: pytest.FixtureRequest):
-    """Fail a test that leaves a child process or a /dev/shm entry behind."""
-    before_children = _children()
-    before_shm = _shm()
-    yield
-    pids = {os.getpid()} | _children() | before_children
-    ezflow.shutdown()  # idle warm pools are kept on purpose between calls
+def _warm_workers() -> set[int]:
+    """The pids of the idle warm pools' workers: kept between tests on purpose."""
+    with _pool._lock:
+        pools = list(_pool._idle.values())
+    return {w.proc.pid for p in pools for w in p.workers}
+
+
+def _check_left(before_children: set[int], before_shm: set[str], pids: set[int], allowed: Callable[[], set[int]]) -> None:
     deadline = time.monotonic() + 5
     while True:
-        left = _children() - before_children
+        left = _children() - before_children - allowed()
         shm = _shm(pids) - before_shm - _KNOWN_SHM
         if not left and not shm:
             return
@@ -92,6 +103,32 @@ def no_leaks(request: pytest.FixtureRequest):
         except psutil.Error:
             details.append(str(pid))
     pytest.fail(f"test left behind processes {details} and /dev/shm entries {sorted(shm)}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaks_in_module():
+    """At the end of a test module stop the warm pools too: then nothing of the module's may be left."""
+    before_children = _children()
+    before_shm = _shm()
+    yield
+    pids = {os.getpid()} | _children() | before_children
+    ezflow.shutdown()
+    _check_left(before_children, before_shm, pids, set)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest, no_leaks_in_module: None):
+    """Fail a test that leaves a child process (beyond the idle warm pools) or a /dev/shm entry behind."""
+    if request.node.get_closest_marker("cold_pools") is not None:
+        ezflow.shutdown()  # it measures or tests start-up: from no pool
+    warm = _warm_workers()
+    before_children = _children()
+    before_shm = _shm()
+    yield
+    pids = {os.getpid()} | _children() | before_children
+    flush_kept()  # the shared memory kept for reuse (the warm pools stay)
+    # a warm worker the test took must be warm again (or gone): a pool it never gave back is a leak
+    _check_left(before_children - warm, before_shm, pids, _warm_workers)
 
 
 START_METHODS = ["fork", "spawn", "forkserver"]

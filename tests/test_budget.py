@@ -232,7 +232,7 @@ def test_the_bars_say_how_many_workers_run_now():
 
 
 @pytest.mark.skipif(NUM_CPUS < 2, reason="one CPU: one worker per stage is all there is")
-def test_a_budget_that_fails_goes_back_to_the_static_split(monkeypatch):
+def test_a_budget_that_fails_says_so_once_and_goes_back_to_the_static_split(monkeypatch, caplog):
     from ezflow._engine import budget
 
     looks: list[int] = []
@@ -246,8 +246,12 @@ def test_a_budget_that_fails_goes_back_to_the_static_split(monkeypatch):
         raise RuntimeError("cannot measure")
 
     monkeypatch.setattr(budget.Budget, "step", step)
+    caplog.set_level("WARNING", logger="ezflow")
     n = 3000
     flow = ezflow.Flow(range(n)).map(light).map(heavy)
     assert flow.collect(progress=False) == [x * 2 for x in range(n)]
     assert len(looks) == 2
     assert [s.workers for s in flow.stats.stages] == [NUM_CPUS, NUM_CPUS]
+    said = [r for r in caplog.records if "CPU budget failed" in r.getMessage()]
+    assert len(said) == 1, caplog.text  # once, saying what failed (the budget thread ended before the run did)
+    assert "RuntimeError: cannot measure" in said[0].getMessage() and said[0].exc_info is not None

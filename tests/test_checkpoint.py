@@ -665,3 +665,25 @@ def test_function_key_follows_code_and_captured_values_not_names_or_docs():
     m2 = key(scope["M"])
     exec("class M:\n    def __call__(self, x):\n        return x * 3\n", scope)
     assert key(scope["M"]) != m2  # a class stage: its methods' code
+
+
+def _triple(x: int) -> int:
+    return 3 * x
+
+
+def test_run_and_checkpoint_run_are_one_typed_runner(tmp_path):
+    # Flow and Handle see a run only through the Runner protocol (mypy checks the seam); a
+    # CheckpointRun offers it explicitly, with no attribute lookup passed on to its inner run.
+    from ezflow._engine.checkpoint import CheckpointRun
+    from ezflow._engine.run import Run, Runner
+    from ezflow._flow import checkpoint_options
+
+    flow = ezflow.Flow(range(10)).map(_triple, mode="thread")
+    plain = flow._run(False)
+    assert type(plain) is Run and isinstance(plain, Runner)
+    assert plain.collect() == [3 * x for x in range(10)]
+    ck = flow._run(False, checkpoint=checkpoint_options(tmp_path / "ck", None, None))
+    assert type(ck) is CheckpointRun and isinstance(ck, Runner)
+    assert "__getattr__" not in vars(CheckpointRun)
+    assert ck.collect() == [3 * x for x in range(10)]
+    assert (ck.state, ck.stop_reason, ck.snapshot().stages[0].items_out) == ("done", None, 10)

@@ -194,3 +194,16 @@ def test_the_behavioural_suite_runs_on_every_backend():
 
     covered = {Mode(p.values[0]).kind for p in MODES}
     assert covered == set(_BACKENDS), f"the mode fixture covers {sorted(covered)}, the backends are {sorted(_BACKENDS)}"
+
+
+def test_the_setup_payload_is_a_named_record():
+    from ezflow._executors.wire import StageSetup
+    from ezflow._executors.worker import setup_payload
+    from ezflow._transport.serialize import loads
+
+    spec = ezflow.Flow([1]).map(abs, retries=2, mode="process")._stages[0]
+    setup = loads(setup_payload(spec))
+    assert type(setup) is StageSetup
+    assert (setup.kind, setup.fn, setup.is_class, setup.retries, setup.limiter) == ("map", abs, False, 2, None)
+    lam = ezflow.Flow([1]).map(lambda x: x + 1, mode="process")._stages[0]  # by value (dill), same record
+    assert type(loads(setup_payload(lam))) is StageSetup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -36,19 +37,23 @@ def test_sourceless_flow_needs_start():
 
 def test_higher_priority_items_are_taken_first():
     order = []
+    busy, go = threading.Event(), threading.Event()
 
     def record(x):
         order.append(x)
-        time.sleep(0.02)
+        if x == "first":
+            busy.set()
+            go.wait(30)  # the rest is put while the only worker holds "first"
         return x
 
     flow = ezflow.Flow().map(record, mode="thread", workers=1, ordered=False)
     handle = flow.start(progress=False)
     handle.put("first")
-    time.sleep(0.05)  # "first" is being processed; the rest wait in the feed
+    assert busy.wait(30)  # "first" is being processed; the rest wait in the feed
     for i in range(5):
         handle.put(f"low{i}", priority=0)
     handle.put("urgent", priority=10)
+    go.set()
     handle.close()
     handle.wait(30)
     assert order[0] == "first"
@@ -91,10 +96,18 @@ def test_process_raises_task_error_for_failed_item_and_times_out():
 
 
 def test_nothing_left_pending_after_the_flow_stops():
-    handle = ezflow.Flow().map(lambda x: time.sleep(10), mode="thread", workers=1).start(progress=False)
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(x):
+        started.set()
+        release.wait(30)
+
+    handle = ezflow.Flow().map(stuck, mode="thread", workers=1).start(progress=False)
     futs = [handle.submit(i) for i in range(3)]
-    time.sleep(0.2)
+    assert started.wait(30)  # one is taken; the others wait
+    threading.Timer(0.2, release.set).start()  # a thread worker ends with its item
     handle.cancel()
+    release.set()
     for f in futs:
         with pytest.raises(ezflow.FlowStopped, match="cancelled before this item"):
             f.result(timeout=5)

@@ -71,7 +71,7 @@ def test_records_after_a_run(opts):
     assert sum(w.items for w in s.worker_stats) == 60
     for w in s.worker_stats:
         assert w.alive and w.current_item is None and w.current_for_s == 0.0
-        assert w.startup_s >= 0 and w.busy_s >= 0 and w.waiting_s >= 0
+        assert (w.busy_s > 0) == (w.items > 0)  # (startup, busy and waiting are clamped at 0: no check there)
         if opts["mode"] == "process":
             assert isinstance(w.pid, int) and w.pid != os.getpid()
         else:

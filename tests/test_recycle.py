@@ -234,6 +234,7 @@ def test_the_proc_meter_reads_the_figures_psutil_reads():
             meter.rss(meter.handle(child.pid))
 
 
+@pytest.mark.cold_pools  # the meter's handle of each worker is made when the worker starts
 def test_without_procs_figures_psutil_measures_the_workers(monkeypatch):
     from ezflow._executors import meter
 
@@ -250,6 +251,7 @@ def test_without_procs_figures_psutil_measures_the_workers(monkeypatch):
 # -- max_tasks_per_worker ------------------------------------------------------------
 
 
+@pytest.mark.cold_pools  # workers inherit the environment when they start
 @pytest.mark.parametrize("start_method", METHODS)
 def test_one_task_per_worker_with_a_class_stage_builds_and_closes_each(tmp_path, monkeypatch, start_method):
     log = tmp_path / "life.txt"

@@ -420,7 +420,10 @@ def test_sigkilled_worker_frees_what_it_made_and_held():
 
 def test_cancel_frees_segments():
     handle = ezflow.Flow(range(200)).map(slow_big, workers=2).map(total, workers=2).start(progress=False)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while handle.stats.stages[1].items_in < 2:  # arrays are on their way: segments in use
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     summary = handle.cancel()
     assert summary["unfinished"] > 0
     kept = handle.wait(10)  # the results that finished are kept (floats): no segment in them

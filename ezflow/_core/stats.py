@@ -283,7 +283,19 @@ def format_table(rows: Sequence[Sequence[str]], *, left: int = 2) -> list[str]:
 
 @record()
 class _Counters:
-    """Mutable per-stage counters; the engine writes, `snapshot` reads."""
+    """Mutable per-stage counters; the engine writes, `snapshot` reads.
+
+    Several threads write them (the stage's feeder, its workers through
+    ``done``, the consumer under a checkpoint, the budget), and a panel
+    reads them while they run, so each field has one lock its writers hold:
+    ``pending_*``, ``items_done``, ``busy_seconds``, ``retries``,
+    ``workers_recycled``, ``peak_worker_rss``: the stage's condition;
+    ``queue_*``, ``put_waiters``, ``full_since``, ``inbox_full_seconds``: the
+    inbox channel's; everything else: ``lock`` (`add`, `set_workers`, `start`,
+    `finish`). Under ``lock`` only the Book's own leaf lock is taken (`snapshot`).
+    `snapshot` reads under ``lock``; a field written under another lock is one
+    int read there (a live figure, exact once the stage is done).
+    """
 
     name: str
     kind: str
@@ -324,24 +336,34 @@ class _Counters:
     lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
     book: Book = Factory(factory=Book)  # type: ignore[assignment]  # made per record
 
+    def add(self, **deltas: float) -> None:
+        """Add to counters in one step (a snapshot sees all of it or none)."""
+        with self.lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
     def start(self) -> None:
         if self.started is None:
-            self.started = time.perf_counter()
-            self.state = "running"
+            with self.lock:
+                if self.started is None:
+                    self.started = time.perf_counter()
+                    self.state = "running"
 
     def finish(self, state: str = "done", error: str | None = None) -> None:
-        if self.finished is None:
-            self.finished = time.perf_counter()
-        if self.state in ("pending", "running"):
-            self.state = state
-            self.error = error
+        with self.lock:
+            if self.finished is None:
+                self.finished = time.perf_counter()
+            if self.state in ("pending", "running"):
+                self.state = state
+                self.error = error
 
     def set_workers(self, n: int) -> None:
         """The stage runs `n` workers from now on (the CPU budget moved some): sum the time of the old count."""
-        now = time.perf_counter()
-        self.worker_seconds = self._capacity(now)
-        self.workers_since = now
-        self.workers = n
+        with self.lock:
+            now = time.perf_counter()
+            self.worker_seconds = self._capacity(now)
+            self.workers_since = now
+            self.workers = n
 
     def _capacity(self, end: float) -> float:
         if self.started is None:
@@ -350,6 +372,10 @@ class _Counters:
         return self.worker_seconds + self.workers * max(0.0, end - since)
 
     def snapshot(self) -> StageStats:
+        with self.lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> StageStats:
         end = self.finished if self.finished is not None else time.perf_counter()
         elapsed = 0.0 if self.started is None else end - self.started
         in_flight = max(0, self.items_in - self.items_done)

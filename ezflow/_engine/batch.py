@@ -58,7 +58,7 @@ class _InlineDriver:
             return
         self.outbox.put(Chunk(self._seq, idx, items, special), len(items))
         self._seq += 1
-        self.counters.items_out += len(items)
+        self.counters.add(items_out=len(items))
 
     def _loop(self) -> None:
         try:
@@ -97,7 +97,7 @@ class BatchDriver(_InlineDriver):
                 break
             if chunk is not None:
                 c.start()
-                c.items_in += len(chunk.items)
+                c.add(items_in=len(chunk.items))
                 for item, index in zip(chunk.items, chunk.idx, strict=True):
                     if chunk.special and item.__class__ is Failure:
                         out.append(item)
@@ -112,7 +112,7 @@ class BatchDriver(_InlineDriver):
                         out.append(buf)
                         out_idx.append(first_idx)
                         buf = []
-                c.items_done += len(chunk.items)
+                c.add(items_done=len(chunk.items))
             if buf and wait_for is not None and time.monotonic() - first_at >= wait_for:
                 out.append(buf)
                 out_idx.append(first_idx)
@@ -136,7 +136,7 @@ class UnbatchDriver(_InlineDriver):
             except EndOfStream:
                 return
             c.start()
-            c.items_in += len(chunk.items)
+            c.add(items_in=len(chunk.items))
             out: list = []
             out_idx: list = []
             for item, index in zip(chunk.items, chunk.idx, strict=True):
@@ -147,5 +147,5 @@ class UnbatchDriver(_InlineDriver):
                 part = list(item)
                 out.extend(part)
                 out_idx.extend([index] * len(part))
-            c.items_done += len(chunk.items)
+            c.add(items_done=len(chunk.items))
             self._emit(out, out_idx, chunk.special)

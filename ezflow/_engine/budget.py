@@ -38,6 +38,7 @@ are outside the budget. Without /proc there is no budget.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -49,6 +50,8 @@ from .._core.stats import FlowStats
 from .._executors.meter import machine_idle_seconds
 
 __all__ = ["Budget", "Look", "decide", "waits_elsewhere"]
+
+_log = logging.getLogger("ezflow")
 
 FIRST_LOOK_SECONDS = 0.1
 REBALANCE_SECONDS = 0.25
@@ -142,12 +145,27 @@ class Budget:
             while not done.wait(wait):
                 self.step()
                 wait = REBALANCE_SECONDS
-        except Exception:  # a budget that cannot measure must not fail the work: back to the static split
-            for _, d in self.members:
-                try:
-                    _set(d, d.spec.workers)
-                except Exception:
-                    pass  # that stage keeps the workers it has
+        except Exception as exc:  # a budget bug must not fail the work, nor leave a half-moved split
+            self._fall_back(exc, done)
+
+    def _fall_back(self, exc: Exception, done: threading.Event) -> None:
+        """Say once that the budget failed, and give its stages the static split for the rest of the run."""
+        _log.warning(
+            "ezflow: the CPU budget failed (%s: %s); stages %s keep the static split (%s workers) for the rest "
+            "of this run",
+            type(exc).__name__,
+            exc,
+            ", ".join(d.spec.name for _, d in self.members),
+            "/".join(str(d.spec.workers) for _, d in self.members),
+            exc_info=exc,
+        )
+        if done.is_set():
+            return  # the run ended: nothing to move
+        for _, d in self.members:
+            try:
+                _set(d, d.spec.workers)
+            except Exception:  # a stage that ended meanwhile cannot resize: it keeps the workers it has
+                _log.debug("ezflow: the budget's static split could not be applied", exc_info=True)
 
     def step(self) -> None:
         """Look at the last window and move each stage to what it wants (fewer only after `STEADY_LOOKS` looks)."""

@@ -43,6 +43,7 @@ from typing import Any, cast
 
 from .._core.errors import Failure
 from .._core.record import replace
+from .._core.stats import FlowStats
 from .._executors.port import Chunk
 from .._plan.spec import StageSpec
 from .checkpoint_record import Cut, PrefixCutter, Recorder, cut_chunk, item_error
@@ -116,9 +117,8 @@ def _plan_checks(source: Any, specs: tuple[StageSpec, ...]) -> None:
 class CheckpointRun:
     """A `Run` that takes stored results from a checkpoint and stores the new ones.
 
-    It offers what `Handle`, `collect` and iteration use of a run: ``start``,
-    ``chunks``, ``collect``, iteration, ``cancel``, ``snapshot``, ``specs``
-    and ``state``; the rest is the inner run's.
+    It is a `Runner`, as `Run` is: what `Handle`, `collect` and iteration
+    use of a run; everything else is the inner run's (``self.run``).
     """
 
     def __init__(self, source: Any, specs: tuple[StageSpec, ...], observer: Any, options: CheckpointOptions) -> None:
@@ -249,13 +249,15 @@ class CheckpointRun:
     def cancel(self, state: str = "cancelled") -> None:
         self.run.cancel(state)
 
-    def snapshot(self) -> Any:
+    def snapshot(self) -> FlowStats:
         return self.run.snapshot()
 
-    def __getattr__(self, name: str) -> Any:
-        if "run" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["run"], name)
+    @property
+    def stop_reason(self) -> str | None:
+        return self.run.stop_reason
+
+    def request_stop(self, reason: str) -> None:
+        self.run.request_stop(reason)
 
     def chunks(self) -> Iterator[Chunk]:
         """Yield the results in chunks, stored ones merged in; store the new ones as they come."""
@@ -342,8 +344,7 @@ class CheckpointRun:
             if v.__class__ is Failure and v.stage in self.skip:
                 c = counters.get(v.stage)
                 if c is not None:
-                    c.errors -= 0 if stored else 1
-                    c.skipped += 1
+                    c.add(errors=0 if stored else -1, skipped=1)
                 continue
             items.append(v)
             idx.append(i)
@@ -414,6 +415,7 @@ class _Stream:
                         break
                 if len(held) == seg.end - seg.start and owner._matches(seg, held):
                     owner._reused.append(seg)
+                    # this (source) thread is the only writer once the run starts: the stats read one int
                     owner.run.from_checkpoint += len(held)
                     p += len(held)
                     continue

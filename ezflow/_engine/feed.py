@@ -41,7 +41,7 @@ class Feed:
         self._closed = False
         self._maxsize = maxsize
         self._taken = 0
-        self.futures: dict[int, Future] = {}
+        self._futures: dict[int, Future] = {}  # by source index; the source thread adds, the handle takes
         self._waiting: set[Future] = set()  # futures of items still in the heap, not cancelled
         self._ahead = 0  # > 0: at most this many taken futures unresolved (the rest stay cancellable)
         self._flying: set[Future] = set()  # futures of items taken, not resolved yet
@@ -116,9 +116,31 @@ class Feed:
                     if not future.set_running_or_notify_cancel():
                         continue  # cancelled just now (that call told its waiters)
                     self._flying.add(future)
-                    self.futures[self._taken] = future
+                    self._futures[self._taken] = future
                 self._taken += 1
             yield item
+
+    def has_futures(self) -> bool:
+        """True while some item taken has a Future waiting for its result."""
+        return bool(self._futures)  # one len() read: a Future added just after is seen next chunk
+
+    def take_futures(self, indices: list[int], before: int | None = None) -> tuple[dict[int, Future], list[Future]]:
+        """Take the Futures of the items at these source indices, and those of items before `before`.
+
+        Returns:
+            The Futures found, by index; and the Futures of earlier items (in an
+            ordered flow, items that gave no result: a filter dropped them).
+        """
+        with self._cond:
+            found = {}
+            for index in indices:
+                fut = self._futures.pop(index, None)
+                if fut is not None:
+                    found[index] = fut
+            earlier = []
+            if before is not None:
+                earlier = [self._futures.pop(i) for i in [i for i in self._futures if i < before]]
+        return found, earlier
 
     def fail_pending(self, why: str) -> None:
         """Fail every Future not resolved yet (the run has ended)."""
@@ -127,8 +149,8 @@ class Feed:
             self._waiting.clear()
             self._heap.clear()
             self._closed = True
-            taken = list(self.futures.values())
-            self.futures.clear()
+            taken = list(self._futures.values())
+            self._futures.clear()
             self._cond.notify_all()
         for f in waiting:
             if f.set_running_or_notify_cancel():  # False: cancelled meanwhile, and now its waiters know

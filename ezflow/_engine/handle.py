@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,15 +22,37 @@ from .._core.mainguard import translate
 from .._core.stats import FlowStats
 from .._executors.port import Chunk
 from .feed import Feed
-from .run import Run
+from .run import Runner
 
-__all__ = ["Handle"]
+__all__ = ["CancelSummary", "Handle"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CancelSummary(Mapping[str, int]):
+    """What `Handle.cancel` kept: read ``summary.kept``, or ``summary["kept"]`` as the dict it once was.
+
+    A read-only mapping of its two fields: it equals ``{"kept": k, "unfinished": u}``.
+    """
+
+    kept: int  # results that finished, kept in `handle.results`
+    unfinished: int  # source items taken but not finished
+
+    def __getitem__(self, key: str) -> int:
+        if key not in ("kept", "unfinished"):
+            raise KeyError(key)
+        return int(getattr(self, key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("kept", "unfinished"))
+
+    def __len__(self) -> int:
+        return 2
 
 
 class Handle:
     """A flow running in the background."""
 
-    def __init__(self, run: Run, timeout: float | None = None, feed: Feed | None = None) -> None:
+    def __init__(self, run: Runner, timeout: float | None = None, feed: Feed | None = None) -> None:
         self._run = run
         self._feed = feed
         self._ordered = all(s.ordered for s in run.specs)
@@ -64,7 +88,7 @@ class Handle:
         feed = self._feed
         try:
             for chunk in run.chunks():
-                if feed is not None and feed.futures:
+                if feed is not None and feed.has_futures():
                     self._resolve(chunk)
                 else:
                     self._results.extend(chunk.items)
@@ -79,10 +103,12 @@ class Handle:
             self._finished.set()
 
     def _resolve(self, chunk: Chunk) -> None:
-        futures = self._feed.futures  # type: ignore[union-attr]
-        last = -1
+        assert self._feed is not None
+        # in order, a later item's result means an earlier one gave none (filtered out)
+        last = max(chunk.idx, default=-1) if self._ordered else None
+        # taken under the feed's lock: the source thread adds Futures while this one resolves
+        futures, dropped = self._feed.take_futures(list(chunk.idx), last)
         for index, item in zip(chunk.idx, chunk.items, strict=True):
-            last = max(last, index)
             fut = futures.pop(index, None)
             if fut is None:
                 self._results.append(item)
@@ -90,10 +116,8 @@ class Handle:
                 _settle(fut, error=translate(item.to_error()))  # a worker re-importing an unguarded script
             else:
                 _settle(fut, value=item)
-        if self._ordered:
-            # in order, a later item's result means an earlier one gave none (filtered out)
-            for index in [i for i in futures if i < last]:
-                _settle(futures.pop(index), value=None)
+        for fut in dropped:
+            _settle(fut, value=None)
 
     # -- feeding --------------------------------------------------------------
 
@@ -173,7 +197,7 @@ class Handle:
         """The results delivered so far (all of them once the run is done)."""
         return list(self._results)
 
-    def cancel(self) -> dict:
+    def cancel(self) -> CancelSummary:
         """Stop the run now; keep the results that finished.
 
         Returns:
@@ -185,7 +209,7 @@ class Handle:
         self._finished.wait(5)
         first = self._run.snapshot().stages
         taken = first[0].items_in if first else len(self._results)
-        return {"kept": len(self._results), "unfinished": max(0, taken - len(self._results))}
+        return CancelSummary(kept=len(self._results), unfinished=max(0, taken - len(self._results)))
 
     def __repr__(self) -> str:
         return f"<ezflow.Handle {self._run.state}, {len(self._results)} results>"

@@ -48,6 +48,8 @@ def build_part(
     if kind == "map" and not errs:
         return Chunk(chunk.seq, idx if whole else idx[start : start + n], values, chunk.special, span)
     c = counters
+    # tallied here and added once: workers build parts at the same time
+    errors = skipped = filtered = memory = 0
     items = chunk.items
     out: list = []
     out_idx: list = []
@@ -60,17 +62,17 @@ def build_part(
             err = errmap[i]
             exc, tb = err.error, err.tb
             c.book.failed(idx[p], items[p], exc, tb)
-            c.errors += 1
             if isinstance(exc, MemoryLimitExceeded):
-                c.memory_failures += 1
+                memory += 1
             failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, err.attempts)
             if spec.errors == "raise":
+                c.add(errors=errors + 1, skipped=skipped, filtered=filtered, memory_failures=memory)
                 abort(failure.to_error(), stage=spec.name)
                 raise Aborted
             if spec.errors == "skip":
-                c.errors -= 1
-                c.skipped += 1
+                skipped += 1
                 continue
+            errors += 1
             out.append(failure)
             out_idx.append(idx[p])
             special = True
@@ -83,10 +85,12 @@ def build_part(
                 out.append(items[p])
                 out_idx.append(idx[p])
             else:
-                c.filtered += 1
+                filtered += 1
         else:  # flat_map
             out.extend(v)
             out_idx.extend([idx[p]] * len(v))
+    if errors or skipped or filtered or memory:
+        c.add(errors=errors, skipped=skipped, filtered=filtered, memory_failures=memory)
     result = Chunk(chunk.seq, out_idx, out, special, span)
     result.made = made
     return result

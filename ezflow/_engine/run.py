@@ -22,7 +22,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._core.errors import Cancelled, StageError
 from .._core.observe import TICK_SECONDS
@@ -38,7 +38,41 @@ if TYPE_CHECKING:  # loaded on use: a plain map has no batch stage and no budget
     from .batch import BatchDriver, UnbatchDriver
     from .budget import Budget
 
-__all__ = ["Run", "gather"]
+__all__ = ["Run", "Runner", "gather"]
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What `Flow` and `Handle` use of a run: a `Run`, or a `CheckpointRun` around one."""
+
+    @property
+    def specs(self) -> tuple[StageSpec, ...]: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def stop_reason(self) -> str | None: ...
+
+    def start(self) -> None:
+        """Start the workers and the source (raises what setting a stage up raised)."""
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Yield the results in chunks (closing it cancels the run)."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def collect(self) -> list:
+        """Run to the end and return every result in a list."""
+
+    def cancel(self, state: str = "cancelled") -> None:
+        """Stop now: workers stopped, the results that finished kept."""
+
+    def request_stop(self, reason: str) -> None:
+        """Stop on someone's request (the Stop button, ``handle.cancel()``), naming who asked."""
+
+    def snapshot(self) -> FlowStats:
+        """Return the figures of this run now."""
 
 # Items a paused generator already gave are handed on after this long.
 SOURCE_CHUNK_SECONDS = 0.01

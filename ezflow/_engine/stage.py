@@ -165,7 +165,7 @@ class StageDriver:
                         self.cond.notify_all()
                     break
                 self.counters.start()
-                self.counters.items_in += len(chunk.items)
+                self.counters.add(items_in=len(chunk.items))
                 if self.spec.ordered:
                     self._open[chunk.seq] = chunk
                 if not chunk.items:
@@ -219,7 +219,8 @@ class StageDriver:
             # machine's CPUs for a dask stage: let a larger cluster have enough
             # chunks to cut `pieces` pieces from.
             self.window = max(self.window, pieces)
-            self.counters.workers = workers  # utilisation is per worker (per cluster thread)
+            with self.counters.lock:  # `set_workers` (the budget) writes it under this lock
+                self.counters.workers = workers  # utilisation is per worker (per cluster thread)
             self.cond.notify_all()
 
     def wake(self) -> None:
@@ -350,7 +351,7 @@ class StageDriver:
         out.seq = self._out_seq
         self._out_seq += 1
         self.outbox.put(out, len(out.items))
-        self.counters.items_out += len(out.items) - out.made
+        self.counters.add(items_out=len(out.items) - out.made)
 
     def _maybe_finish(self) -> None:
         with self.cond:

@@ -16,7 +16,8 @@ from typing import Any
 
 from .._core.errors import describe, pack_exception, short_repr
 from .._transport.serialize import dumps, loads
-from .items import Runtime, build_runtime, close_runtime, run_piece
+from .items import Runtime, build_stage, close_runtime, run_piece
+from .wire import StageSetup
 
 __all__ = ["_SetupFailed", "_hold", "_run_remote", "_setup_remote", "_teardown_remote"]
 
@@ -52,13 +53,13 @@ def _runtime(token: str, payload: bytes) -> Runtime | None:
         if rt is not None:
             return rt
         try:
-            kind, fn, is_class, when, retries, retry_on, backoff, limiter = loads(payload)
+            setup: StageSetup = loads(payload)
         except BaseException as exc:
             raise _SetupFailed(f"loading the stage on a dask worker raised {describe(exc)}") from exc
         try:
-            rt = build_runtime(kind, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter)
+            rt = build_stage(setup)
         except BaseException as exc:
-            what = short_repr(fn) + ("()" if is_class else "")
+            what = short_repr(setup.fn) + ("()" if setup.is_class else "")
             raise _SetupFailed(f"{what} raised {describe(exc)}") from exc
         _runtimes[key] = rt
         return rt

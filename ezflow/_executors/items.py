@@ -34,6 +34,7 @@ from .._core.errors import Failure, pack_exception
 from .limits import TokenBucket
 from .port import ItemError
 from .rules import ItemRules
+from .wire import StageSetup
 
 __all__ = [
     "CALL",
@@ -42,6 +43,7 @@ __all__ = [
     "Report",
     "Runtime",
     "build_runtime",
+    "build_stage",
     "call_item",
     "close_runtime",
     "item_failed",
@@ -114,6 +116,14 @@ def build_runtime(
         raise TypeError(f"instances of {fn.__name__} are not callable: define __call__(self, item)")
     rules = ItemRules(retries, retry_on, backoff, item_timeout)
     return Runtime(kind, call, instance=instance, when=when, rules=rules, pack=pack, limiter=limiter)
+
+
+def build_stage(setup: StageSetup) -> Runtime:
+    """Build the runtime a `setup_payload` describes (in a worker, or on a dask worker)."""
+    s = setup
+    return build_runtime(
+        s.kind, s.fn, s.is_class, s.when, s.retries, s.retry_on, s.backoff, pack=True, limiter=s.limiter
+    )
 
 
 def close_runtime(rt: Runtime) -> None:

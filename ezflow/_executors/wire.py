@@ -41,6 +41,7 @@ __all__ = [
     "Result",
     "Setup",
     "SetupFailed",
+    "StageSetup",
     "Task",
     "Teardown",
     "Unloadable",
@@ -48,6 +49,19 @@ __all__ = [
     "decode",
     "encode",
 ]
+
+
+class StageSetup(NamedTuple):
+    """What a worker needs to build a stage: Setup's payload, pickled once per stage (by its class)."""
+
+    kind: str  # "map" | "filter" | "flat_map"
+    fn: Any
+    is_class: bool
+    when: Any  # Callable[[Any], bool] | None
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+    backoff: float
+    limiter: Any  # a TokenBucket shared by the stage's workers, or None
 
 
 class Setup(NamedTuple):

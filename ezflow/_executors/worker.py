@@ -25,9 +25,23 @@ from .._core.errors import RemoteError, describe, pack_exception
 from .._transport import idle, set_worker_parent
 from .._transport.serialize import dumps, loads
 from .deadline import Marker
-from .items import Runtime, build_runtime, close_runtime, run_piece
+from .items import Runtime, build_stage, close_runtime, run_piece
 from .port import ItemError
-from .wire import Closed, Exit, Partial, Ready, Result, Setup, SetupFailed, Task, Teardown, Unloadable, decode, encode
+from .wire import (
+    Closed,
+    Exit,
+    Partial,
+    Ready,
+    Result,
+    Setup,
+    SetupFailed,
+    StageSetup,
+    Task,
+    Teardown,
+    Unloadable,
+    decode,
+    encode,
+)
 
 __all__ = ["sendable_result", "setup_payload", "worker_main"]
 
@@ -39,25 +53,24 @@ def setup_payload(spec: Any, limiter: Any = None) -> bytes:
     """Serialize what a worker needs to build a stage."""
     from .._transport.serialize import dumps_by_value
 
-    fields = (
-        spec.kind,
-        spec.fn,
-        spec.is_class,
-        spec.when,
-        spec.retries,
-        spec.retry_on,
-        spec.backoff,
-        limiter,
+    setup = StageSetup(
+        kind=spec.kind,
+        fn=spec.fn,
+        is_class=spec.is_class,
+        when=spec.when,
+        retries=spec.retries,
+        retry_on=spec.retry_on,
+        backoff=spec.backoff,
+        limiter=limiter,
     )
-    return dumps(fields) if _plain(fields) else dumps_by_value(fields)
+    return dumps(setup) if _plain(setup) else dumps_by_value(setup)
 
 
-def _plain(fields: tuple) -> bool:
+def _plain(s: StageSetup) -> bool:
     from .._transport.serialize import _by_value
 
-    kind, fn, is_class, when, retries, retry_on, backoff, limiter = fields
     return not (
-        _by_value(fn) or (when is not None and _by_value(when)) or any(_by_value(t) for t in retry_on)
+        _by_value(s.fn) or (s.when is not None and _by_value(s.when)) or any(_by_value(t) for t in s.retry_on)
     )
 
 
@@ -187,10 +200,7 @@ def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
             rt = None
         elif kind is Setup:  # a function stage does not wait for Ready
             try:
-                stage, fn, is_class, when, retries, retry_on, backoff, limiter = loads(msg.payload)
-                runtimes[msg.token] = build_runtime(
-                    stage, fn, is_class, when, retries, retry_on, backoff, pack=True, limiter=limiter
-                )
+                runtimes[msg.token] = build_stage(loads(msg.payload))
                 if msg.timed:
                     runtimes[msg.token].marker = marker
             except BaseException as exc:
@@ -198,7 +208,7 @@ def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
             else:
                 if msg.want_ready:
                     _send(conn, Ready(msg.token))
-            msg = fn = when = limiter = None  # the runtime keeps what it needs
+            msg = None  # the runtime keeps what it needs
         elif kind is Teardown:  # only a class stage's close() has anything to report
             rt = runtimes.pop(msg.token, None)
             try:
