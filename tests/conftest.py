@@ -6,7 +6,8 @@ is a child process beyond the idle warm pools' own workers, or a /dev/shm
 entry of this process or its children once the shared memory kept for reuse
 is freed (`flush_kept`, not `shutdown`). At the end of each test module the
 pools are stopped too, and then nothing at all may be left. A test of
-start-up or shutdown says ``@pytest.mark.cold_pools``: it starts from no pool.
+start-up or shutdown says ``@pytest.mark.cold_pools``: it starts from no pool
+(``EZFLOW_TEST_COLD_POOLS=1`` starts every test so, as the suite once ran).
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def no_leaks_in_module():
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest, no_leaks_in_module: None):
     """Fail a test that leaves a child process (beyond the idle warm pools) or a /dev/shm entry behind."""
-    if request.node.get_closest_marker("cold_pools") is not None:
-        ezflow.shutdown()  # it measures or tests start-up: from no pool
+    if request.node.get_closest_marker("cold_pools") is not None or os.environ.get("EZFLOW_TEST_COLD_POOLS"):
+        ezflow.shutdown()  # it tests start-up: from no pool (EZFLOW_TEST_COLD_POOLS=1: every test, to compare)
     warm = _warm_workers()
     before_children = _children()
     before_shm = _shm()

@@ -35,7 +35,7 @@ from .._core.forks import at_fork
 from . import kept as _kept
 from .byvalue import dill_pickler
 from .mapping import _attach, _containing, _unshared
-from .registry import _create, _release
+from .registry import _create, _release, owns
 from .segments import (
     _MV,
     _RO,
@@ -200,7 +200,7 @@ class _Reducer:
     def _may_reference(self, m: _Mapping) -> bool:
         if m.private:
             return False  # our copy-on-write view may differ from the segment
-        if m.role == "own" and m.name not in S.owned:
+        if m.role == "own" and not owns(m.name):
             return False  # its name was taken out of /dev/shm (shutdown()): nobody can open it
         ctx = self.ctx
         if ctx is not None and not ctx.owner and m.role == "foreign" and m.epoch != S.epoch:

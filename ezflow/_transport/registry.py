@@ -159,6 +159,11 @@ def take_for_use(size: int) -> str | None:
         return name
 
 
+def owns(name: str) -> bool:
+    """True while this process owns the segment (shutdown() unlinks and forgets them)."""
+    return name in S.owned  # one dict lookup: atomic, as the old reads were
+
+
 def forget_owned(name: str) -> None:
     """The caller unlinks this owned segment: stop tracking it."""
     with S.lock:
