@@ -24,7 +24,6 @@ from .registry import (
 )
 from .segments import DEFAULT_THRESHOLD, PIECE_BYTES, S
 from .serialize import dumps, loads
-from .spill import SPILL_BYTES, spill
 
 
 def stage_threshold(value: Any) -> int | None:
@@ -71,7 +70,7 @@ class StageLink:
             stage_started()
         opts: tuple | None = None if self.threshold is None else (self.threshold, ())
         if "numpy" not in sys.modules:  # no arrays here: only the worker's results may share
-            return self._spill(pid, n, dumps(message(opts), to_worker=True), [])
+            return dumps(message(opts), to_worker=True)
         auto = None if S.disabled else self.threshold
         spares = self._lend(n) if auto is not None else ()
         if spares:
@@ -83,10 +82,9 @@ class StageLink:
                 self._settle(spares)
                 raise
         kept = ctx.kept
-        made = list(kept.made) if kept is not None else []
+        made = kept.made if kept is not None else []
         if kept is not None and n:
             self._item_bytes = max(kept.nbytes // n, self._item_bytes // 2)
-        data = self._spill(None, n, data, made)
         with self._lock:
             late = self._closed
             if not late:
@@ -94,27 +92,6 @@ class StageLink:
         if late:  # the stage already ended: nobody will answer this piece, let go now
             _release(made)
             self._settle(spares)
-        return data
-
-    def _spill(self, pid: int | None, n: int, data: bytes, made: list[str]) -> bytes:
-        """A task message too big for the pipe's buffer goes through a segment (`spill`), added to `made`.
-
-        `pid`: the piece to record it for, when the caller does not (no arrays were shared).
-        """
-        if len(data) < SPILL_BYTES or self.threshold is None or S.disabled:
-            return data
-        out = spill(data)
-        if out is None:
-            return data
-        data, name = out
-        made.append(name)
-        if pid is not None:
-            with self._lock:
-                late = self._closed
-                if not late:
-                    self._pieces[pid] = (n, made, [])
-            if late:
-                _release(made)
         return data
 
     @contextlib.contextmanager

@@ -30,7 +30,6 @@ __all__ = ["dumps", "dumps_by_value", "dumps_fn", "loads"]
 _PICKLE = b"P"
 _DILL = b"D"
 _BUFFERS = b"B"  # out-of-band buffers in shared memory, then a P or D payload
-_SPILLED = b"S"  # a whole message in a segment (spill.SPILLED; not imported: serialize stays light)
 _MAIN = b"__main__"
 
 
@@ -128,14 +127,10 @@ def _dill_dumps(obj: Any, shm: Any) -> Any:
     return buf.getvalue()
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
+def loads(data: bytes | memoryview) -> Any:
     """Load what `dumps` or `dumps_fn` wrote."""
     head = bytes(data[:1])
     body = memoryview(data)[1:]
-    if head == _SPILLED:  # a big task message, in a segment (spill.py)
-        from .spill import unspill
-
-        return loads(unspill(body))
     buffers = None
     if head == _BUFFERS:
         n = int.from_bytes(body[:4], "little")
