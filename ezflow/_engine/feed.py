@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-__all__ = ["Feed", "FlowStopped"]
+__all__ = ["Feed", "FlowStopped", "claim"]
 
 
 class FlowStopped(RuntimeError):
@@ -43,8 +43,8 @@ class Feed:
         self._taken = 0
         self._futures: dict[int, Future] = {}  # by source index; the source thread adds, the handle takes
         self._waiting: set[Future] = set()  # futures of items still in the heap, not cancelled
-        self._ahead = 0  # > 0: at most this many taken futures unresolved (the rest stay cancellable)
-        self._flying: set[Future] = set()  # futures of items taken, not resolved yet
+        self._readers = 0  # threads waiting in take() for an item
+        self._on_claim = False  # True: a taken item's future turns running only at claim()
 
     def put(self, item: Any, priority: int = 0, future: Future | None = None) -> None:
         """Add an item; a larger `priority` is taken sooner. Block while full."""
@@ -56,38 +56,41 @@ class Feed:
             heapq.heappush(self._heap, (-priority, next(self._seq), item, future))
             if future is not None:
                 self._waiting.add(future)
-            self._cond.notify_all()
+            if self._readers:  # no wakeup per call while the flow is busy taking
+                self._cond.notify_all()
         if future is not None:
             future.add_done_callback(self._on_done)
 
-    def limit_ahead(self, n: int) -> None:
-        """Take a submitted item only while fewer than `n` taken ones await their result (0: no limit).
+    def start_on_claim(self) -> None:
+        """Leave a taken item's future pending until its runner calls `claim()` (at a worker).
 
-        The items left here stay cancellable (``Future.cancel()``), as the
-        calls a `concurrent.futures` executor has not queued yet are.
+        The flow may then take items ahead of its workers (no wakeup per
+        call, no call waiting on the one before), while each call stays
+        cancellable until a worker starts it, as with `concurrent.futures`.
         """
         with self._cond:
-            self._ahead = n
-            self._cond.notify_all()
+            self._on_claim = True
 
     def _on_done(self, future: Future) -> None:
         """A future cancelled while its item waits: tell its waiters now, not when the item comes up."""
         if not future.cancelled():
-            with self._cond:
-                if future in self._flying:  # a slot ahead is free
-                    self._flying.discard(future)
-                    self._cond.notify_all()
             return
         with self._cond:
-            if future not in self._waiting:
+            if future not in self._waiting and not self._on_claim:
                 return  # taken already (it was running: cancel() said no), or failed by fail_pending
             self._waiting.discard(future)
-        future.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED (returns False)
+        # CANCELLED -> CANCELLED_AND_NOTIFIED; with start_on_claim a taken item's future can be
+        # cancelled only before claim(), which then skips it and leaves it alone
+        with future._condition:
+            if future._state == "CANCELLED":  # not told yet (fail_pending may have)
+                future.set_running_or_notify_cancel()
 
     def cancel_pending(self) -> int:
-        """Cancel every future whose item has not been taken yet; return how many."""
+        """Cancel every future whose item has not started yet; return how many."""
         with self._cond:
             waiting = list(self._waiting)
+            if self._on_claim:  # taken but not claimed: still pending (running ones refuse)
+                waiting += self._futures.values()
         return sum(1 for f in waiting if f.cancel())
 
     def close(self) -> None:
@@ -102,23 +105,43 @@ class Feed:
 
     def __iter__(self) -> Iterator[Any]:
         while True:
-            with self._cond:
-                while (not self._heap and not self._closed) or (self._ahead and len(self._flying) >= self._ahead):
-                    self._cond.wait()
+            items = self.take(1)
+            if not items:
+                return
+            yield items[0]
+
+    def take(self, n: int) -> list:
+        """Return up to `n` items, as many as wait now (block only while none does); [] once closed.
+
+        One lock and one wakeup for all the calls that queued up meanwhile: the
+        flow's source reads a Feed in chunks, with no reader thread.
+        """
+        out: list = []
+        with self._cond:
+            while not out:
+                while not self._heap and not self._closed:
+                    self._readers += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._readers -= 1
                 if not self._heap:
-                    return
-                _, _, item, future = heapq.heappop(self._heap)
-                self._cond.notify_all()
-                if future is not None:
-                    if future not in self._waiting:
-                        continue  # cancelled while it waited: its item is dropped
-                    self._waiting.discard(future)
-                    if not future.set_running_or_notify_cancel():
-                        continue  # cancelled just now (that call told its waiters)
-                    self._flying.add(future)
-                    self._futures[self._taken] = future
-                self._taken += 1
-            yield item
+                    return out
+                heap = self._heap
+                while heap and len(out) < n:
+                    _, _, item, future = heapq.heappop(heap)
+                    if future is not None:
+                        if future not in self._waiting:
+                            continue  # cancelled while it waited: its item is dropped
+                        self._waiting.discard(future)
+                        if not self._on_claim and not future.set_running_or_notify_cancel():
+                            continue  # cancelled just now (that call told its waiters)
+                        self._futures[self._taken] = future
+                    self._taken += 1
+                    out.append(item)
+                if self._maxsize:
+                    self._cond.notify_all()  # room for blocked put()s
+        return out
 
     def has_futures(self) -> bool:
         """True while some item taken has a Future waiting for its result."""
@@ -160,3 +183,18 @@ class Feed:
                 f.set_exception(FlowStopped(why))
             except InvalidStateError:
                 pass  # resolved meanwhile
+
+
+def claim(future: Future) -> bool:
+    """Mark a taken item's future running as a worker starts it; False: skip the item.
+
+    Idempotent (an item sent again after its worker died is claimed again).
+    False means the future was cancelled (its waiters are told by the
+    cancel itself) or already failed because the run ended.
+    """
+    # under the future's own (reentrant) lock, so no cancel() slips between the look and the change
+    with future._condition:
+        state = future._state
+        if state == "PENDING":
+            return future.set_running_or_notify_cancel()  # -> RUNNING, True
+        return state == "RUNNING"  # cancelled, or failed already: False

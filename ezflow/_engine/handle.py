@@ -143,9 +143,13 @@ class Handle:
         self._need_feed().put(item, priority, fut)
         return fut
 
-    def limit_ahead(self, n: int) -> None:
-        """Let the flow take a submitted item only while fewer than `n` taken ones await a result."""
-        self._need_feed().limit_ahead(n)
+    def feed(self, item: Any, future: Future) -> None:
+        """Feed one item whose result settles `future` (made by the caller, e.g. ezflow.Executor)."""
+        self._need_feed().put(item, 0, future)
+
+    def start_on_claim(self) -> None:
+        """Keep a taken item's future pending (cancellable) until its runner calls `feed.claim()`."""
+        self._need_feed().start_on_claim()
 
     def cancel_waiting(self) -> int:
         """Cancel the futures of submitted items the flow has not taken yet; return how many."""
@@ -217,8 +221,7 @@ class Handle:
 
 def _settle(fut: Future, value: Any = None, error: BaseException | None = None) -> None:
     # a caller that timed out has cancelled its future: its late result is dropped
-    if fut.done():
-        return
+    # (InvalidStateError: one look under the future's lock, not two)
     try:
         if error is not None:
             fut.set_exception(error)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from .feed import Feed
+
 __all__ = ["ChunkReader"]
 
 
@@ -25,8 +27,10 @@ class ChunkReader:
 
     def __init__(self, source: Iterable[Any]) -> None:
         self._seq = source if isinstance(source, (list, tuple, range)) else None
+        # a Feed hands out what waits in one call: no reader thread, no wait to fill a chunk
+        self._feed = source if isinstance(source, Feed) else None
         self._pos = 0
-        self._it = None if self._seq is not None else iter(source)
+        self._it = None if self._seq is not None or self._feed is not None else iter(source)
         self._buf: list = []
         self._first_at = 0.0
         self._want = 1
@@ -48,6 +52,8 @@ class ChunkReader:
                 out = list(out)
             self._pos += len(out)
             return out
+        if self._feed is not None:
+            return self._feed.take(n)
         if self._thread is None:
             self._thread = threading.Thread(target=self._read, name="ezflow-source-reader", daemon=True)
             self._thread.start()
