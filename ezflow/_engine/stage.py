@@ -116,6 +116,11 @@ class StageDriver:
                 cap = math.ceil(self.total / spec.workers)  # a few pieces' worth in all: no tail to balance
         else:
             cap = MAX_PIECE_UNKNOWN_TOTAL
+        if spec.start_when_free:
+            # ezflow.Executor: the calls waiting are shared out in small parts (as Pool.map's
+            # default chunksize), so no call queues in one worker's piece while another has
+            # nothing to do, even when calls turn slow after a run of fast ones
+            cap = min(cap, math.ceil(self.counters.pending_items / (4 * spec.workers)))
         return max(1, min(size, cap))
 
     def suggest_chunk(self) -> int:

@@ -26,9 +26,11 @@ A plain map with no rules takes `_fast_map`, which adds nothing per item.
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 from .._core.errors import Failure, pack_exception
 from .limits import TokenBucket
@@ -48,6 +50,7 @@ __all__ = [
     "close_runtime",
     "item_failed",
     "next_block",
+    "report_each",
     "run_piece",
     "steps",
 ]
@@ -66,11 +69,26 @@ Report = Callable[[list, list, float, int], None]  # values, errs, busy, retries
 # (~20 messages a second at most): results follow completion, not the cut.
 PARTIAL_SECONDS = 0.05
 
+# A `report_each` stage's finished result waits at most about this long for the rest of its piece.
+FLUSH_SECONDS = 0.002
+_REPORT_EACH = "__ezflow_report_each__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def report_each(fn: F) -> F:
+    """Mark a stage function whose every result goes back as soon as it is done (ezflow.Executor's calls).
+
+    A piece of several calls then never holds a finished call's result while
+    a later call in it runs, however long that one turns out to be.
+    """
+    setattr(fn, _REPORT_EACH, True)
+    return fn
+
 
 class Runtime:
     """A stage as a worker holds it: the ready callable and its rules."""
 
-    __slots__ = ("call", "instance", "kind", "limiter", "marker", "pack", "rules", "when")
+    __slots__ = ("call", "instance", "kind", "limiter", "marker", "pack", "report_after", "rules", "when")
 
     def __init__(
         self,
@@ -91,6 +109,8 @@ class Runtime:
         self.pack = pack  # exceptions must be made picklable (process and dask workers)
         self.limiter = limiter
         self.marker: Any = None  # a process worker's deadline.Marker when the stage has a time limit
+        # how long a finished result may wait for the rest of its piece (see `report_each`)
+        self.report_after = 0.0 if getattr(call, _REPORT_EACH, False) else PARTIAL_SECONDS
 
     @property
     def retries(self) -> int:
@@ -256,10 +276,13 @@ def run_piece(
     """
     if report is None or len(items) < 2 or rt.marker is not None:
         return _run(rt, items, special, tried)
+    if rt.report_after <= 0:
+        return _run_flushed(rt, items, special, tried, report)
     if rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None and not special:
         return _fast_map_reporting(rt, items, report)
     # Items run in blocks that end about when the next report is due (see `next_block`).
     n = len(items)
+    every = rt.report_after
     t0 = last = time.perf_counter()
     values: list = []
     errs: list = []
@@ -276,15 +299,131 @@ def run_piece(
         retried += r
         done = end
         now = time.perf_counter()
-        if done < n and now - last >= PARTIAL_SECONDS:
+        if done < n and now - last >= every:
             report(values, errs, now - last, retried)
             values, errs, retried = [], [], 0
             base, last = done, now
-        block = next_block(block, now - t0, done, n)
+        block = next_block(block, now - t0, done, n, every)
     return values, errs, time.perf_counter() - last, retried
 
 
-def next_block(block: int, spent: float, done: int, n: int) -> int:
+class _Flusher:
+    """A piece's finished results, sent back by `_FLUSH` once they waited `FLUSH_SECONDS`.
+
+    The thread running the piece only appends (no message, no clock per
+    item): tiny calls go back with their piece, and a call that finished
+    never waits long for a slow one after it in the same piece.
+    """
+
+    __slots__ = ("errs", "first_at", "lock", "report", "retried", "since", "stopped", "values")
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.lock = threading.Lock()
+        self.values: list = []
+        self.errs: list = []
+        self.retried = 0
+        self.first_at = 0.0  # when the oldest unreported result finished
+        self.since = time.perf_counter()  # start of the busy time not reported yet
+        self.stopped = False
+
+    def add(self, v: list, e: list, r: int) -> None:
+        with self.lock:
+            if not self.values:
+                self.first_at = time.perf_counter()
+            if e:
+                shift = len(self.values)
+                self.errs.extend(x._replace(pos=x.pos + shift) for x in e)
+            self.values += v
+            self.retried += r
+
+    def take(self) -> tuple[list, list, float, int]:
+        # under self.lock
+        now = time.perf_counter()
+        out = (self.values, self.errs, now - self.since, self.retried)
+        self.values, self.errs, self.retried, self.since = [], [], 0, now
+        return out
+
+    def flush_if_due(self, now: float) -> None:
+        with self.lock:
+            if self.values and not self.stopped and now - self.first_at >= FLUSH_SECONDS:
+                self.report(*self.take())  # under the lock: the piece's last answer goes after it
+
+    def finish(self) -> tuple[list, list, float, int]:
+        with self.lock:
+            self.stopped = True
+            return self.take()
+
+
+class _FlushService:
+    """One thread per process that looks at the running `_Flusher`s every `FLUSH_SECONDS` (none: it sleeps)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.active: set[_Flusher] = set()
+        self.pid = 0  # the process whose thread serves (a forked worker starts its own)
+
+    def add(self, flusher: _Flusher) -> None:
+        with self.cond:
+            if self.pid != os.getpid():
+                self.pid = os.getpid()
+                threading.Thread(target=self._serve, name="ezflow-flush", daemon=True).start()
+            self.active.add(flusher)
+            if len(self.active) == 1:
+                self.cond.notify()
+
+    def remove(self, flusher: _Flusher) -> None:
+        with self.cond:
+            self.active.discard(flusher)
+
+    def _serve(self) -> None:
+        while True:
+            with self.cond:
+                while not self.active:
+                    self.cond.wait()
+            time.sleep(FLUSH_SECONDS)
+            with self.cond:
+                looking = list(self.active)
+            now = time.perf_counter()
+            for flusher in looking:
+                flusher.flush_if_due(now)
+
+
+_FLUSH = _FlushService()
+
+
+def _run_flushed(rt: Runtime, items: list, special: bool, tried: int, report: Report) -> tuple[list, list, float, int]:
+    flusher = _Flusher(report)
+    lock = flusher.lock
+    _FLUSH.add(flusher)
+    try:
+        if rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None and not special:
+            call = rt.call  # as `_fast_map`, one item at a time, each result handed over at once
+            for item in items:
+                try:
+                    value = call(item)
+                    failed = None
+                except BaseException as exc:
+                    if not item_failed(exc):
+                        raise
+                    value, failed = None, exc
+                with lock:
+                    values = flusher.values
+                    if not values:
+                        flusher.first_at = time.perf_counter()
+                    if failed is not None:
+                        flusher.errs.append(_error(rt, failed, 1, len(values)))
+                    values.append(value)
+        else:
+            for i in range(len(items)):
+                v, e, _, r = _run(rt, items[i : i + 1], special, tried)
+                flusher.add(v, e, r)
+    finally:
+        _FLUSH.remove(flusher)
+    return flusher.finish()
+
+
+def next_block(block: int, spent: float, done: int, n: int, every: float = PARTIAL_SECONDS) -> int:
     """How many items to run before looking at the clock again.
 
     All the rest when, at the pace so far, they take less than
@@ -293,16 +432,19 @@ def next_block(block: int, spent: float, done: int, n: int) -> int:
     report is due, growing at most 4x a block, so items that turn slow are
     noticed after about as many items as ran so far.
     """
+    if every <= 0:
+        return 1  # every result on its own
     per = spent / done
-    if per * (n - done) <= PARTIAL_SECONDS:
+    if per * (n - done) <= every:
         return n - done
-    return max(1, min(4 * block, int(PARTIAL_SECONDS / per)))
+    return max(1, min(4 * block, int(every / per)))
 
 
 def _fast_map_reporting(rt: Runtime, items: list, report: Report) -> tuple[list, list, float, int]:
     # `_fast_map` in blocks, on one iterator and one list: nothing is copied per item,
     # and a piece as fast as expected runs as one block after its first item.
     n = len(items)
+    every = rt.report_after
     call = rt.call
     it = iter(items)
     values: list = []
@@ -326,13 +468,13 @@ def _fast_map_reporting(rt: Runtime, items: list, report: Report) -> tuple[list,
                 append(None)
         done = stop
         now = time.perf_counter()
-        if done < n and now - last >= PARTIAL_SECONDS:
+        if done < n and now - last >= every:
             report(values, errs, now - last, 0)
             values, errs = [], []
             append = values.append
             last = now
         if done < n:
-            block = next_block(block, now - t0, done, n)
+            block = next_block(block, now - t0, done, n, every)
     return values, errs, time.perf_counter() - last, 0
 
 

@@ -91,7 +91,8 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
         Elastic.__init__(self)
         Timed.__init__(self, spec.item_timeout)
         # a rate-limited item must start when it is sent: no queue in the worker
-        self.prefetch = 1 if spec.rate is not None else 2
+        # ezflow.Executor's calls: none waits behind a busy worker while another is free
+        self.prefetch = 1 if spec.rate is not None or spec.start_when_free else 2
         self.bucket = TokenBucket(spec.rate, spec.burst) if spec.rate is not None else None
         self.token = next(_tokens)
         self.pool: ProcessPool | None = None

@@ -58,6 +58,9 @@ class StageSpec:
     # workers=None on a process stage: `workers` is then the most it may get, and in a
     # flow of several such stages the run's CPU budget decides how many run at a time
     auto_workers: bool = False
+    # ezflow.Executor's stage: a piece goes to a worker process only when it holds none, so a
+    # call starts as soon as any worker is free and never waits in a busy worker's queue
+    start_when_free: bool = False
 
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up
