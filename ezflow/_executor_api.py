@@ -7,7 +7,12 @@
     future.result() <-- Handle: each result or Failure settles its item's Future <---------+
 
 Not a second engine: the executor is ``Flow().map(_call, errors="return", ordered=False)``
-started once, fed through its handle. Functions travel with dill when they
+started once, fed through its handle. Calls stream through it: the flow
+takes every waiting call at once and cuts them into pieces sized from the
+measured time per call (slow calls alone), shared out among the workers
+(`start_when_free`: none queues behind a busy worker). A call's future turns
+running only as a worker starts it (`claim`), so a waiting call stays
+cancellable; each result goes back as soon as it is done (`report_each`). Functions travel with dill when they
 must (lambdas, notebook code), numpy arrays through shared memory as in
 `ezflow.map`. A failed call raises an exception of the original type that is
 also a `TaskError`; a worker that dies fails only the call it was running,
@@ -20,11 +25,15 @@ import concurrent.futures
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from ._core.entry import public, public_iter
 from ._core.errors import short_repr
+from ._core.record import replace
+from ._engine.feed import claim
 from ._engine.handle import Handle
+from ._executors.items import report_each
 from ._flow import Flow
 
 __all__ = ["Executor"]
@@ -35,14 +44,19 @@ _MODES = ("process", "thread")
 class _Call:
     """One submitted call: what travels to a worker, and how errors name it."""
 
-    __slots__ = ("args", "fn", "kwargs")
+    __slots__ = ("args", "fn", "future", "kwargs")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.future: Future | None = None  # set in the parent; never travels
 
     def __reduce__(self) -> tuple:
+        # pickled by the sender thread as it hands the call to a free worker process: the
+        # moment its future turns running; a call cancelled before that travels as a no-op
+        if self.future is not None and not claim(self.future):
+            return (_Call, (_skipped, (), {}))
         return (_Call, (self.fn, self.args, self.kwargs))
 
     def __repr__(self) -> str:
@@ -51,7 +65,15 @@ class _Call:
         return f"{name}({', '.join(parts)})"
 
 
+def _skipped() -> None:
+    return None  # a cancelled call: its future is cancelled already, this result is dropped
+
+
+@report_each  # a finished call's result never waits for the calls sent with it
 def _call(call: _Call) -> Any:
+    future = call.future
+    if future is not None and not claim(future):  # a worker thread starts it (mode="thread")
+        return None
     return call.fn(*call.args, **call.kwargs)
 
 
@@ -97,11 +119,14 @@ class Executor(concurrent.futures.Executor):
         opts: dict[str, Any] = {"start_method": start_method}
         if max_tasks_per_worker is not None or max_memory is not None:  # thread mode refuses them, saying why
             opts.update(max_tasks_per_worker=max_tasks_per_worker, max_memory=max_memory)
-        # built (and its options checked) now; its workers start with the first submit.
-        # chunksize=1: a call's result must not wait for another call sent in the same message
-        self._flow = Flow().map(
-            _call, workers=max_workers, mode=mode, name="Executor", errors="return", ordered=False, chunksize=1, **opts
+        # built (and its options checked) now; its workers start with the first submit. Calls that
+        # queue up travel several to a message, sized from the measured time per call (slow calls
+        # one at a time); each result is delivered as it is done, not with its message's
+        flow = Flow().map(
+            _call, workers=max_workers, mode=mode, name="Executor", errors="return", ordered=False, **opts
         )
+        flow._stages = (replace(flow.stages[0], start_when_free=True),)
+        self._flow = flow
         self._lock = threading.Lock()
         self._handle: Handle | None = None
         self._shutdown = False
@@ -110,9 +135,9 @@ class Executor(concurrent.futures.Executor):
         # under self._lock
         if self._handle is None:
             handle = self._flow.start(progress=False)
-            # a call is taken (and can no longer be cancelled) only when a worker is free: none
-            # waits in a busy worker's queue while another worker idles
-            handle.limit_ahead(self._flow.stages[0].workers)
+            # calls stream through the flow, but each future turns running (and can no longer be
+            # cancelled) only as a worker starts it: see _Call.__reduce__ and _call
+            handle.start_on_claim()
             self._handle = handle
             # dropped without shutdown(): end the input, so the run (and its workers) ends too
             weakref.finalize(self, handle.close)
@@ -131,7 +156,11 @@ class Executor(concurrent.futures.Executor):
             handle = self._started()
             if handle.done():
                 raise RuntimeError(f"cannot schedule new futures: the executor's run ended ({handle!r})")
-            return handle.submit(_Call(fn, args, kwargs))
+            call = _Call(fn, args, kwargs)
+            future: Future = Future()
+            call.future = future  # before the flow can take the call
+            handle.feed(call, future)
+            return future
 
     @public
     def map(

@@ -138,6 +138,24 @@ def test_a_waiting_call_can_be_cancelled_and_never_runs(make, tmp_path):
     assert not Path(files[-1]).exists()  # a cancelled call never ran
 
 
+def test_a_finished_call_is_not_held_by_a_slow_one_queued_with_it(make):
+    # after many trivial calls, waiting calls travel several to a message: a call's result
+    # must still come back as soon as it is done, not when a slow call after it ends
+    with make(1) as ex:
+        assert [f.result(timeout=60) for f in [ex.submit(square, i) for i in range(300)]][-1] == 299**2
+        futures = [ex.submit(square, 3), ex.submit(nap, 6.0)] + [ex.submit(square, i) for i in range(30)]
+        assert futures[0].result(timeout=4) == 9
+        assert [f.result(timeout=60) for f in futures[2:]] == [i * i for i in range(30)]
+
+
+def test_many_calls_stream_and_stay_in_step(make):
+    # thousands of calls in flight at once: each future gets its own call's result
+    with make(2) as ex:
+        futures = [ex.submit(operator.add, i, 1) for i in range(3000)]
+        assert [f.result(timeout=120) for f in futures] == list(range(1, 3001))
+        assert list(ex.map(square, range(3000), timeout=120)) == [i * i for i in range(3000)]
+
+
 def test_shutdown_cancel_futures_cancels_what_has_not_started(make):
     ex = make(1)
     futures = [ex.submit(nap, 0.2) for _ in range(10)]
