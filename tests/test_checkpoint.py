@@ -676,7 +676,7 @@ def test_run_and_checkpoint_run_are_one_typed_runner(tmp_path):
     # CheckpointRun offers it explicitly, with no attribute lookup passed on to its inner run.
     from ezflow._engine.checkpoint import CheckpointRun
     from ezflow._engine.run import Run, Runner
-    from ezflow._flow import checkpoint_options
+    from ezflow._engine.checkpoint import checkpoint_options
 
     flow = ezflow.Flow(range(10)).map(_triple, mode="thread")
     plain = flow._run(False)

@@ -196,7 +196,7 @@ def test_as_completed_and_wait(make):
         assert got == [(False, 0), (False, 1), (False, 2), (False, 4), (False, 5), (True, None)]
         done, not_done = cf.wait(futures, timeout=60, return_when=cf.ALL_COMPLETED)
         assert len(done) == 6 and not not_done
-        slow = ex.submit(nap, 30)
+        slow = ex.submit(nap, 3)  # outlives the failing call; the exit waits for it
         done, not_done = cf.wait([slow, ex.submit(fail_on_3, 3)], timeout=60, return_when=cf.FIRST_EXCEPTION)
         assert slow in not_done and len(done) == 1
         slow.cancel()
