@@ -23,7 +23,10 @@ from typing import Any
 import psutil
 import pytest
 
-import ezflow
+# before ezflow is imported: its locks check the lock order they are taken in (`_core.locks`)
+os.environ.setdefault("EZFLOW_CHECK_LOCKS", "1")
+
+import ezflow  # noqa: E402
 from ezflow._executors import pool as _pool
 from ezflow._transport import flush_kept
 

@@ -19,10 +19,11 @@ reused segments, the worker reading or mapping them).
 from __future__ import annotations
 
 import collections
-import threading
 from typing import Any
 
+from .._core.locks import ordered_lock
 from .._core.threads import Job
+from .lockorder import BACKLOGS
 
 __all__ = ["PIPE_ROOM", "Backlogs"]
 
@@ -34,7 +35,7 @@ class Backlogs:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._lock = threading.Lock()
+        self._lock = ordered_lock("backlogs", BACKLOGS)
         self._queues: dict[int, collections.deque] = {}  # id(worker) -> messages not written yet
 
     def put(self, w: Any, data: bytes) -> None:

@@ -84,7 +84,7 @@ class Executor:
         """Run `workers` workers from now on (the flow's CPU budget moved some).
 
         Only a backend whose workers can follow a budget acts on it (process
-        stages, `elastic.Elastic`); the others keep their fixed `spec.workers`.
+        stages, `elastic.ElasticSizing`); the others keep their fixed `spec.workers`.
         """
 
     def sched_seconds(self) -> tuple[float, float | None] | None:

@@ -26,7 +26,7 @@ import time
 from multiprocessing.sharedctypes import RawArray
 from typing import Any, NamedTuple
 
-__all__ = ["Marker", "Running", "Timed", "Watch", "new_slot", "piece_field", "split_overrun"]
+__all__ = ["Deadlines", "Marker", "Running", "Watch", "new_slot", "piece_field", "split_overrun"]
 
 _PIECE_BITS = 40  # a piece id is kept modulo 2**40 in the tag: enough to tell the pieces a worker holds apart
 _ATTEMPT_MASK = 0xFF
@@ -141,23 +141,22 @@ def split_overrun(pieces: list[Any], run: Running) -> tuple[Any, list[Any]] | No
     return bad, again + rest
 
 
-class Timed:
-    """The part of a process executor that stops a worker whose item overran (its collector's side)."""
+class Deadlines:
+    """A process executor's policy that stops a worker whose item overran (its collector's side)."""
 
-    port: Any
-    rules: Any
-
-    def __init__(self, limit: float | None) -> None:
+    def __init__(self, port: Any, rules: Any, limit: float | None) -> None:
+        self.port = port
+        self.rules = rules
         self._timed_out: dict[int, Running] = {}  # id(worker) -> the attempt it was stopped for
         self._watch = Watch(limit) if limit is not None else None
 
-    def _next_deadline(self, workers: list[Any]) -> float | None:
+    def next_wait(self, workers: list[Any]) -> float | None:
         """How long the collector may wait for messages before looking at the slots again."""
         if self._watch is None:
             return None
         return self._watch.wait(any(w.outstanding for w in workers))
 
-    def _check_timeouts(self, workers: list[Any]) -> None:
+    def check(self, workers: list[Any]) -> None:
         """Stop every worker whose attempt ran past the limit (its death is handled as any other)."""
         if self._watch is None:
             return
@@ -169,13 +168,13 @@ class Timed:
             except Exception:
                 pass
 
-    def _stopped_for(self, w: Any) -> Running | None:
+    def stopped_for(self, w: Any) -> Running | None:
         """A worker is gone: the attempt it was stopped for overrunning, if it was."""
         if self._watch is not None:
             self._watch.forget(id(w))
         return self._timed_out.pop(id(w), None)
 
-    def _overran(self, pieces: list[Any], run: Running) -> None:
+    def overran(self, pieces: list[Any], run: Running) -> None:
         """A worker was stopped because attempt `run` overran: it fails or runs again (the rules),
         every other item the worker held runs again."""
         cut = split_overrun(pieces, run)

@@ -14,26 +14,24 @@ its workers run, and no budget touches it.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .._transport.serialize import dumps
 from .meter import proc_cpu_seconds, proc_sched_seconds
 from .pool import ProcessPool, WorkerProc, stop_worker
 from .wire import Exit, encode
 
-__all__ = ["Elastic"]
+if TYPE_CHECKING:
+    from .host import Host
+
+__all__ = ["ElasticSizing"]
 
 
-class Elastic:
-    """The part of a process executor that lets a CPU budget set how many of its workers run."""
+class ElasticSizing:
+    """A process executor's policy that lets a CPU budget set how many of its workers run."""
 
-    pool: ProcessPool | None
-    spec: Any
-    _lock: threading.Lock
-    _tally: Any
-
-    def __init__(self) -> None:
+    def __init__(self, host: Host) -> None:
+        self.host = host
         self.active: int | None = None  # None: every worker of the pool runs (workers= chosen by the user)
         self._sched_last: dict[int, tuple[float, float | None]] = {}  # pid -> (CPU, core wait) at the last look
         self._sched_used: tuple[float, float | None] = (0.0, 0.0)
@@ -47,29 +45,30 @@ class Elastic:
 
         The budget may go past `spec.workers` (a stage that waits on I/O): the pool grows.
         """
+        host = self.host
         n = max(1, int(workers))
-        with self._lock:
+        with host._lock:
             self.active = n
-            pool = self.pool
-            if pool is None or self.cancelled or self.closing:
+            pool = host.pool
+            if pool is None or host.cancelled or host.closing:
                 return  # setup() starts the pool at this size
             missing = n - len(pool.workers)
         # started outside the lock: a spawned worker takes ~0.1 s to start, and the
         # sender and collector must not wait for it
         fresh = [pool.spawn() for _ in range(max(0, missing))]
-        with self._lock:
-            late = self.cancelled or self.closing or self.pool is not pool
+        with host._lock:
+            late = host.cancelled or host.closing or host.pool is not pool
             for w in fresh if not late else ():
                 pool.workers.append(w)
                 pool.size = len(pool.workers)
-                self._send_setup(w)  # before the sender can see it: its first message must be the setup
-                self._tally.up(w, fresh=True)
+                host._send_setup(w)  # before the sender can see it: its first message must be the setup
+                host._tally.up(w, fresh=True)
         if late:
             for w in fresh:
                 stop_worker(w, timeout=0.0)  # the stage ended meanwhile: these never joined it
             return
-        self._wake()  # the collector waits on the pipes it knew: it must list the new ones
-        self.port.wake()  # the sender may have room now
+        host._wake()  # the collector waits on the pipes it knew: it must list the new ones
+        host.port.wake()  # the sender may have room now
 
     def shed_growth(self, pool: ProcessPool) -> None:
         """Stop the workers the budget added past `spec.workers` (a stage that waited on I/O) before the pool goes back.
@@ -79,9 +78,10 @@ class Elastic:
         """
         if self.active is None:
             return
-        with self._lock:
-            extra = pool.workers[self.spec.workers :]
-            del pool.workers[self.spec.workers :]
+        workers = self.host.spec.workers
+        with self.host._lock:
+            extra = pool.workers[workers:]
+            del pool.workers[workers:]
             pool.size = len(pool.workers)
         bye = dumps(encode(Exit()))
         for w in extra:  # all told first: they exit side by side, and the joins below are short
@@ -100,10 +100,10 @@ class Elastic:
         where /proc/<pid>/schedstat is missing (CPU from /proc/<pid>/stat then).
         None: nothing measured (no pool yet, or no /proc).
         """
-        pool = self.pool
+        pool = self.host.pool
         if pool is None:
             return None
-        with self._lock:
+        with self.host._lock:
             pids = [w.proc.pid for w in pool.workers]
         seen: dict[int, tuple[float, float | None]] = {}  # only the workers there now: a recycled one's pid is not kept
         cpu, wait = self._sched_used
@@ -125,14 +125,3 @@ class Elastic:
         self._sched_last = seen
         self._sched_used = (cpu, wait)
         return self._sched_used if seen else None
-
-    # provided by the executor
-    cancelled: bool
-    closing: bool
-    port: Any
-
-    def _send_setup(self, w: WorkerProc) -> None:
-        raise NotImplementedError
-
-    def _wake(self) -> None:
-        raise NotImplementedError

@@ -20,9 +20,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .._core import sigterm
+from .._core.locks import ordered_lock
 from .._core.procs import close_end, start_child
 from .._transport import flush_kept
 from .deadline import new_slot
+from .lockorder import SEND
 from .wire import Exit, encode
 from .worker import worker_main
 
@@ -43,7 +45,7 @@ class WorkerProc:
         self.slot = slot  # which item it runs since when (deadline.py): per-item time limits
         # held while a task is written and while the pipe is closed: a descriptor closed
         # under a write could be reused at once by a new worker's pipe, and the write land there
-        self.send_lock = threading.Lock()
+        self.send_lock = ordered_lock("worker send", SEND)
         self.outstanding: collections.deque = collections.deque()
         self.sent_at = 0.0  # when the oldest outstanding piece was sent
         self.born = time.perf_counter()  # when it was started (a stage's insights time its start-up)

@@ -21,17 +21,11 @@ worker's piece of one item becomes a `WorkerDied` failure; a larger piece
 is re-run item by item to find the item that kills, and nothing else is
 lost. The worker is replaced and the run goes on.
 
-Worker lifespans (max_tasks_per_worker, max_memory; rules in `recycle`):
-a worker that used its items up or grew past the memory limit takes no
-more pieces and is replaced once it holds none: nothing it ran is lost or
-run again. A third thread samples each worker's RSS and stops one that
-crosses the limit mid-item.
-
-Per-item time limits (`timeout`): pieces are as large as without one. The
-worker marks each attempt it starts in a slot the parent reads (`deadline`);
-the parent kills a worker only when an attempt overruns. That attempt fails
-with `ItemTimeout` or is tried again (every attempt has the limit), and the
-other items of its piece run again.
+Policies, held as parts and called at fixed points (they see the executor
+through `host.Host`): recycling after N items (`recycle`), the memory guard
+and its sampler thread (`memguard`), the CPU budget's worker count
+(`elastic`), per-item time limits (`deadline`). One lock guards the pool's
+workers and what each holds; the lock order is `lockorder`, checked in tests.
 """
 
 from __future__ import annotations
@@ -39,7 +33,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import threading
 import time
 from functools import partial
 from multiprocessing.connection import wait
@@ -47,18 +40,23 @@ from typing import TYPE_CHECKING
 
 from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
-from .._transport.serialize import dumps, loads
+from .._core.locks import LockLike, ordered_lock
+from .._transport.serialize import dumps
 from .._transport.shm import StageLink
 from .backlog import Backlogs
-from .deadline import Timed
-from .elastic import Elastic
+from .base import Executor
+from .deadline import Deadlines
+from .elastic import ElasticSizing
 from .freshness import before_acquire
 from .limits import TokenBucket, make_limiter
+from .lockorder import EXECUTOR
+from .memguard import MemoryGuard
+from .pipes import await_closed, await_ready, left_in_pipe
 from .pool import ProcessPool, WorkerProc, acquire, release
 from .port import ItemError, Piece, StagePort
-from .recycle import RecyclingExecutor
+from .recycle import Lifespan, Recycling
+from .tally import WorkerTally
 from .wire import (
-    Closed,
     Partial,
     Ready,
     Result,
@@ -81,15 +79,26 @@ __all__ = ["ProcessExecutor"]
 _tokens = itertools.count(1)
 
 
-class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
-    """Runs a stage on a pool of worker processes."""
+class ProcessExecutor(Executor):
+    """Runs a stage on a pool of worker processes, with its policies held as parts.
+
+    recycling (`Recycling`), the memory guard (`MemoryGuard`), elastic sizing
+    (`ElasticSizing`) and per-item deadlines (`Deadlines`) are called at
+    defined points: the start, a piece sent, a piece done, a worker's death,
+    the collector's look at the time, the end. They reach the executor only
+    through `host.Host`; its one lock comes first in the lock order (`lockorder`).
+    """
 
     sends_to = "a worker process"
 
     def __init__(self, spec: StageSpec, port: StagePort) -> None:
-        RecyclingExecutor.__init__(self, spec, port)
-        Elastic.__init__(self)
-        Timed.__init__(self, spec.item_timeout)
+        super().__init__(spec, port)
+        self._life = Lifespan(spec, port.report_workers)  # the lifespan rules: recycling's and the memory guard's
+        self._tally = WorkerTally(port)  # worker numbers for the stage's insights
+        self.recycling = Recycling(self, self._life)
+        self.memory_guard = MemoryGuard(self, self._life)
+        self.sizing = ElasticSizing(self)
+        self.deadlines = Deadlines(port, self.rules, spec.item_timeout)
         # a rate-limited item must start when it is sent: no queue in the worker
         # ezflow.Executor's calls: none waits behind a busy worker while another is free
         self.prefetch = 1 if spec.rate is not None or spec.start_when_free else 2
@@ -98,13 +107,23 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
         self.pool: ProcessPool | None = None
         self._ids = itertools.count()
         # guards the pool's worker list and each worker's outstanding pieces (sender vs collector)
-        self._lock = threading.Lock()
+        self._lock: LockLike = ordered_lock("process executor", EXECUTOR)
         self._wake_r, self._wake_w = os.pipe()
         self._setup_msg = b""
         self._shm: StageLink = None  # type: ignore[assignment]  # set in setup()
         self._backlogs = Backlogs(spec.name)
         if spec.max_memory is not None:
             self.prefetch = 1  # a worker's RSS is checked between pieces: the next one waits for the check
+
+    # -- the budget (elastic sizing) ------------------------------------------
+
+    def resize(self, workers: int) -> None:
+        """Run `workers` of the pool's workers from now on; start more if the pool has fewer."""
+        self.sizing.resize(workers)
+
+    def sched_seconds(self) -> tuple[float, float | None] | None:
+        """Return the CPU seconds this stage's workers used, and the seconds they waited for a core."""
+        return self.sizing.sched_seconds()
 
     # -- start ------------------------------------------------------------
 
@@ -122,13 +141,14 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
         before_acquire(spec.fn)  # a module reloaded by the caller: no warm worker keeps the old one
         # under a CPU budget any warm pool with room for `active` will do: the rest wait, parked
         method = spec.start_method or default_start_method()
-        if self.active is None:
+        active = self.sizing.active
+        if active is None:
             pool = acquire(method, spec.workers)
         else:
-            pool = acquire(method, self.active, up_to=spec.workers)
+            pool = acquire(method, active, up_to=spec.workers)
         with self._lock:
             self.pool = pool
-        self._renew_spent(pool)
+        self.recycling.renew_spent(pool)
         for w in pool.workers:
             self._send_setup(w)
         # A class is built now, in every worker: its errors (and a slow start) must
@@ -141,12 +161,12 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
                 self._close_wake()
                 raise err
         if spec.is_class:
-            self._check_built(pool)
+            self.recycling.check_built(pool)
         for w in pool.workers:
             self._tally.up(w)
         self._spawn(self._send_loop, "send")
         self._spawn(self._collect_loop, "collect", after=self._finish)
-        self._spawn(lambda: self._life.watch(self._workers, self._over_limit), "memory")
+        self._spawn(self.memory_guard.watch, "memory")
 
     def _send_setup(self, w: WorkerProc) -> None:
         try:
@@ -155,31 +175,22 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             pass  # a worker already dead is found by its sentinel
 
     def _await_ready(self, w: WorkerProc) -> StageError | None:
-        while True:
-            ready = wait([w.conn, w.proc.sentinel])
-            if w.conn in ready:
-                try:
-                    msg = decode(loads(w.conn.recv_bytes()))
-                except (EOFError, OSError):
-                    msg = None
-                if type(msg) is Ready:
-                    return None
-                if type(msg) is SetupFailed:
-                    exc = msg.error
-                    exc.__cause__ = None
-                    return self._setup_error(attach_traceback(exc, msg.tb))
-                if msg is not None:
-                    continue
-            w.proc.join(1)
-            return StageError(self.spec.name, describe_exit(w.proc.exitcode, self.spec.name) + " while starting")
+        msg = await_ready(w)
+        if type(msg) is Ready:
+            return None
+        if type(msg) is SetupFailed:
+            exc = msg.error
+            exc.__cause__ = None
+            return self._setup_error(attach_traceback(exc, msg.tb))
+        return StageError(self.spec.name, describe_exit(w.proc.exitcode, self.spec.name) + " while starting")
 
     # -- sending ------------------------------------------------------------
 
     def _free_worker(self, pool: ProcessPool) -> WorkerProc | None:
         best = None
-        for w in self.candidates(pool):
+        for w in self.sizing.candidates(pool):
             n = len(w.outstanding)
-            if self._life.limits and self._life.room(w) == 0:
+            if not self.recycling.may_take(w):
                 continue  # retiring: replaced once it holds no piece
             if n < self.prefetch and (best is None or n < len(best.outstanding)):
                 best = w
@@ -204,13 +215,10 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             with self._lock:
                 w = None if self.cancelled else self._free_worker(pool)
                 if w is not None:
-                    if piece in self._refresh:  # stopped over max_memory on a used worker: a fresh one decides
-                        self._refresh.discard(piece)
-                        self._second.add(piece)
-                        if self._life.used(w):
-                            old, w = w, self._swap_locked(w)
+                    if self.memory_guard.wants_fresh(piece, w):
+                        old, w = w, self.recycling.swap_locked(w)
                     limit = self._shm.max_items()  # items carrying big arrays go a few at a time
-                    left = self._life.room(w)  # no worker runs past max_tasks_per_worker
+                    left = self.recycling.room(w)  # no worker runs past max_tasks_per_worker
                     if left is not None:
                         limit = left if limit is None else min(limit, left)
                     if limit is not None and len(piece.items) > limit:
@@ -222,7 +230,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
                         if self.spec.item_timeout is not None:
                             self._wake()  # the collector must look at this worker's items' deadlines
             if old is not None:
-                self._retired(old)
+                self.recycling.retired(old)
             if w is None:
                 port.give_back([piece])  # its worker died while we waited for a token
                 continue
@@ -251,7 +259,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
                 break
             conns = {w.conn: w for w in workers}
             sentinels = {w.proc.sentinel: w for w in workers}
-            ready = wait([*conns, *sentinels, self._wake_r], self._next_deadline(workers))
+            ready = wait([*conns, *sentinels, self._wake_r], self.deadlines.next_wait(workers))
             if self.cancelled:
                 break
             if self._wake_r in ready:
@@ -262,12 +270,12 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             for obj in ready:
                 if obj in sentinels:
                     self._died(sentinels[obj])
-            self._check_timeouts(workers)
+            self.deadlines.check(workers)
 
     def _pop(self, w: WorkerProc) -> Piece:
         with self._lock:
             piece = w.outstanding.popleft()
-            self._life.finished(w, len(piece.items))  # before its slot is free: it may have to retire
+            self.recycling.finished(w, len(piece.items))  # before its slot is free: it may have to retire
             if w.outstanding:
                 self._tally.began(w, w.outstanding[0])
         self.port.wake()  # the worker has a free slot
@@ -288,10 +296,8 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             if piece.id != msg.piece_id:  # pragma: no cover - a protocol bug, never data loss in silence
                 raise RuntimeError(f"worker answered piece {msg.piece_id}, expected {piece.id}")
             self.port.done(piece, msg.values, msg.errs, msg.busy, msg.retries, worker=self._tally.of(w))
-            if self._second:
-                self._second.discard(piece)
-            if self._life.limits and not w.outstanding and self._life.retiring(w):
-                self._retire(w)
+            self.memory_guard.done(piece)
+            self.recycling.after_result(w)
         elif kind is Unloadable:
             self._unloadable(w, msg.error, msg.tb)
         elif kind is SetupFailed:
@@ -307,7 +313,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             head, rest = piece.split(len(msg.values))
             rest.id, rest.attempts = piece.id, piece.attempts
             w.outstanding[0] = rest
-            self._life.finished(w, len(head.items))
+            self.recycling.finished(w, len(head.items))
         self.port.done(head, msg.values, msg.errs, msg.busy, msg.retries, worker=self._tally.of(w))
         self._tally.began(w, rest)
 
@@ -329,13 +335,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             self.port.fail(StageError(self.spec.name, "the process received SIGTERM; its workers were stopped"))
             return
         # results the worker sent before it died are still in the pipe
-        while True:
-            try:
-                if not w.conn.poll():
-                    break
-                msg = decode(loads(w.conn.recv_bytes()))
-            except (EOFError, OSError):
-                break
+        for msg in left_in_pipe(w):
             if type(msg) is Partial:
                 self._partial(w, msg)
             elif type(msg) is Result:
@@ -345,7 +345,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
         code = w.proc.exitcode
         peak = self._life.killed(w)  # the memory guard stopped it at this RSS
         first = not self._life.used(w)  # the piece it was running was its first
-        run = self._stopped_for(w)
+        run = self.deadlines.stopped_for(w)
         with self._lock:
             pieces = list(w.outstanding)
             w.outstanding.clear()
@@ -359,10 +359,10 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
         err: BaseException
         if peak and run is None:
             self.port.report_workers(recycled=1)
-            self._memory_stopped(pieces, peak, first)
+            self.memory_guard.stopped(pieces, peak, first)
             return
         if run is not None:
-            self._overran(pieces, run)
+            self.deadlines.overran(pieces, run)
             return
         err = WorkerDied(code, self.spec.name)
         if code == -signal.SIGKILL:  # perhaps the OOM killer: say how big it was, and the machine's memory
@@ -374,7 +374,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
     def _finish(self) -> None:
         with self._lock:
             self._life.stop.set()  # before the pool goes back: the sampler must not stop another run's worker
-        self._join_retired()
+        self.recycling.join_retired()
         pool = self.pool
         if pool is None:
             return
@@ -393,7 +393,7 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
             for w in pool.workers:
                 if healthy and not self._await_closed(w, wait_close=self.spec.is_class):
                     healthy = False
-            self.shed_growth(pool)
+            self.sizing.shed_growth(pool)
         release(pool, healthy)
         self._shm.close()
         self._close_wake()
@@ -401,19 +401,12 @@ class ProcessExecutor(Elastic, Timed, RecyclingExecutor):
     def _await_closed(self, w: WorkerProc, wait_close: bool) -> bool:
         if not wait_close:
             return True  # a function stage's teardown sends no answer
-        while True:
-            ready = wait([w.conn, w.proc.sentinel], 30)
-            if w.conn not in ready:
-                return False
-            try:
-                msg = decode(loads(w.conn.recv_bytes()))
-            except (EOFError, OSError):
-                return False
-            if type(msg) is not Closed:
-                continue
-            if msg.error is not None:
-                self._close_failed(msg.error, msg.tb)
-            return True
+        msg = await_closed(w)
+        if msg is None:
+            return False
+        if msg.error is not None:
+            self._close_failed(msg.error, msg.tb)
+        return True
 
     def _wake(self) -> None:
         try:

@@ -32,19 +32,22 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.errors import MemoryLimitExceeded, StageError, format_bytes, short_repr
+from .._core.locks import ordered_lock
 from .._core.threads import Job
 from .._transport.serialize import dumps
-from .base import Executor
+from .lockorder import LIVES
 from .meter import available, memory_meter
 from .pool import ProcessPool, WorkerProc, stop_worker
-from .port import Piece, StagePort
-from .tally import WorkerTally
+from .port import Piece
 from .wire import Teardown, encode
 
-__all__ = ["GUARD_SECONDS", "WATCH_SECONDS", "Lifespan", "RecyclingExecutor"]
+if TYPE_CHECKING:
+    from .host import Host
+
+__all__ = ["GUARD_SECONDS", "WATCH_SECONDS", "Lifespan", "Recycling"]
 
 # How often the parent samples each worker's RSS while a stage runs. With max_memory an
 # item that allocates faster than this can overshoot the limit by what it allocates in
@@ -69,7 +72,7 @@ class _Life:
 
 
 _lives: weakref.WeakKeyDictionary[WorkerProc, _Life] = weakref.WeakKeyDictionary()
-_lives_lock = threading.Lock()  # a leaf lock: nothing else is taken while it is held
+_lives_lock = ordered_lock("worker lives", LIVES)  # a leaf: nothing else is taken while it is held
 
 
 def _life(w: WorkerProc) -> _Life:
@@ -94,7 +97,7 @@ class Lifespan:
         self._report = report
         self._meter = memory_meter()
         if self._meter is None and self.max_memory is not None:
-            raise RuntimeError('max_memory= measures workers with psutil, which is not installed: pip install psutil')
+            raise RuntimeError("max_memory= measures workers with psutil, which is not installed: pip install psutil")
 
     # -- the sender: how many items a worker may still take -------------------
 
@@ -226,146 +229,111 @@ class Lifespan:
         )
 
 
-class RecyclingExecutor(Executor):
-    """The part of the process executor that replaces its workers on purpose (`Lifespan`'s rules).
+class Recycling:
+    """A process executor's policy that replaces its workers on purpose (`Lifespan`'s rules).
 
-    The subclass owns the pool, the pipes and the lock (`pool`, `_lock`, `token`)
-    and sends the stage's setup to a worker (`_send_setup`); this class decides
-    when a worker goes and replaces it without losing or repeating an item:
-    only a worker that holds no piece is swapped, and the old one closes the
-    stage (a class's ``close()``) and exits off the caller's thread.
+    The host owns the pool, the pipes and the lock, and sends the stage's setup
+    to a worker; this policy decides when a worker goes and replaces it
+    without losing or repeating an item: only a worker that holds no piece is
+    swapped, and the old one closes the stage (a class's ``close()``) and
+    exits off the caller's thread.
+
+        at start         renew_spent(pool), check_built(pool)
+        sender (locked)  may_take(w), room(w), swap_locked(w); retired(old) after the lock
+        collector        finished(w, n) (locked), after_result(w)
+        at the end       join_retired()
     """
 
-    pool: ProcessPool | None
-    token: int
-    _lock: threading.Lock
-
-    def __init__(self, spec: Any, port: StagePort) -> None:
-        super().__init__(spec, port)
-        self._life = Lifespan(spec, port.report_workers)
-        self._tally = WorkerTally(port)  # worker numbers for the stage's insights
-        self._refresh: set[Piece] = set()  # stopped over max_memory on a used worker: run next on a fresh one
-        self._second: set[Piece] = set()  # sent to a fresh worker after that: stopped again, the item is blamed
+    def __init__(self, host: Host, life: Lifespan) -> None:
+        self.host = host
+        self.life = life
         self._retirements: list[threading.Thread | Job] = []
 
-    def _send_setup(self, w: WorkerProc) -> None:
-        raise NotImplementedError
-
-    def _await_closed(self, w: WorkerProc, wait_close: bool) -> bool:
-        raise NotImplementedError
-
-    def _close_wake(self) -> None:
-        raise NotImplementedError
-
-    def _renew_spent(self, pool: ProcessPool) -> None:
-        # warm workers that used their items up, or grew past max_memory, in an earlier run
+    def renew_spent(self, pool: ProcessPool) -> None:
+        """Replace the warm workers that used their items up, or grew past max_memory, in an earlier run."""
+        host = self.host
         for old in list(pool.workers):
             w = old
-            self._life.sample(w, machine=True)  # a first figure, for a worker SIGKILLed before the first tick
-            if self._life.spent(w):
-                with self._lock:
+            self.life.sample(w, machine=True)  # a first figure, for a worker SIGKILLed before the first tick
+            if self.life.spent(w):
+                with host._lock:
                     w = pool.swap(old)
-                self._retired(old, teardown=False)
-            why = self._life.too_big_to_start(w)
+                self.retired(old, teardown=False)
+            why = self.life.too_big_to_start(w)
             if why is not None:
                 pool.kill()
-                self._close_wake()
-                raise StageError(self.spec.name, why)
+                host._close_wake()
+                raise StageError(host.spec.name, why)
 
-    def _check_built(self, pool: ProcessPool) -> None:
+    def check_built(self, pool: ProcessPool) -> None:
         """A class stage is built in every worker: fail the start if that alone passes max_memory."""
         for w in list(pool.workers):
-            why = self._life.too_big_to_start(w, built=True)
+            why = self.life.too_big_to_start(w, built=True)
             if why is not None:
                 pool.kill()
-                self._close_wake()
-                raise StageError(self.spec.name, why)
+                self.host._close_wake()
+                raise StageError(self.host.spec.name, why)
 
-    def _workers(self) -> list[WorkerProc]:
-        pool = self.pool
-        with self._lock:
-            return [] if pool is None else list(pool.workers)
+    def may_take(self, w: WorkerProc) -> bool:
+        """`w` may be sent a piece: it is not retiring (replaced once it holds no piece)."""
+        return not (self.life.limits and self.life.room(w) == 0)
 
-    def _over_limit(self, w: WorkerProc, rss: int) -> None:
-        """The sampler saw `w` above max_memory: stop it (its item is accounted for in `_died`)."""
-        with self._lock:
-            pool = self.pool
-            if self._life.stop.is_set() or self.cancelled or pool is None or w not in pool.workers:
-                return
-            if self._life.killed(w):
-                return  # stopped already
-            if not w.outstanding and (not self._life.used(w) or self._life.retiring(w)):
-                # fresh and idle: its first piece decides (no churn of new workers that start big);
-                # retiring and idle: it is about to be replaced gently, its close() will run
-                return
-            self._life.mark_killed(w, rss)
-            try:
-                w.proc.kill()  # SIGKILL: a worker deep in an allocation cannot be asked
-            except Exception:
-                pass
+    def room(self, w: WorkerProc) -> int | None:
+        """Items `w` may still be sent (None: no limit): no worker runs past max_tasks_per_worker."""
+        return self.life.room(w)
 
-    def _memory_stopped(self, pieces: list[Piece], peak: int, first: bool) -> None:
-        """The memory guard stopped a worker holding `pieces` (the first was running).
+    def finished(self, w: WorkerProc, n: int) -> None:
+        """`w` finished `n` items (under the host's lock, before its slot is free: it may have to retire)."""
+        self.life.finished(w, n)
 
-        A piece of several items runs again item by item (the base's rule for a
-        dead worker). A lone item is blamed if it was its worker's first, or ran
-        on a fresh worker already; otherwise a leak of earlier items may be to
-        blame, so it runs once more on a freshly started worker.
-        """
-        if not pieces:
-            return  # it had finished: an idle worker above the limit, replaced
-        running, rest = pieces[0], list(pieces[1:])
-        if len(running.items) > 1:
-            self._worker_died(pieces, self._life.memory_error(running, peak))  # split, nobody blamed yet
-            return
-        with self._lock:
-            blame = first or running in self._second
-            self._second.discard(running)
-            if not blame:
-                self._refresh.add(running)
-        if blame:
-            self._worker_died([running, *rest], self._life.memory_error(running, peak))
-        else:
-            self.port.give_back([running, *rest])
+    def after_result(self, w: WorkerProc) -> None:
+        """A piece of `w` came back: replace it if it holds no more and must retire."""
+        if self.life.limits and not w.outstanding and self.life.retiring(w):
+            self.retire(w)
 
-    def _swap_locked(self, w: WorkerProc) -> WorkerProc:
-        assert self.pool is not None
-        fresh = self.pool.swap(w)
-        self._send_setup(fresh)  # before the sender can see it: its first message must be the setup
-        self._tally.gone(w)
-        self._tally.up(fresh, fresh=True)
+    def swap_locked(self, w: WorkerProc) -> WorkerProc:
+        """Start a fresh worker in `w`'s place (the host's lock held); return it."""
+        host = self.host
+        assert host.pool is not None
+        fresh = host.pool.swap(w)
+        host._send_setup(fresh)  # before the sender can see it: its first message must be the setup
+        host._tally.gone(w)
+        host._tally.up(fresh, fresh=True)
         return fresh
 
-    def _retire(self, w: WorkerProc) -> None:
+    def retire(self, w: WorkerProc) -> None:
         """Replace `w`, which holds no piece, by a fresh worker (recycling)."""
-        with self._lock:
-            pool = self.pool
-            if pool is None or w not in pool.workers or self.cancelled:
+        host = self.host
+        with host._lock:
+            pool = host.pool
+            if pool is None or w not in pool.workers or host.cancelled:
                 return
-            self._swap_locked(w)
-        self._retired(w)
+            self.swap_locked(w)
+        self.retired(w)
 
-    def _retired(self, old: WorkerProc, teardown: bool = True) -> None:
-        # the old worker closes the stage (a class's close()) and exits off this thread
-        self.port.report_workers(recycled=1)
-        self.port.wake()
-        self._spawn(lambda: self._stop_retired(old, teardown), "retire", also=self._retirements)
+    def retired(self, old: WorkerProc, teardown: bool = True) -> None:
+        """`old` was swapped out: it closes the stage (a class's close()) and exits off this thread."""
+        host = self.host
+        host.port.report_workers(recycled=1)
+        host.port.wake()
+        host._spawn(lambda: self._stop_retired(old, teardown), "retire", also=self._retirements)
 
-    def _join_retired(self, timeout: float = 30.0) -> None:
+    def join_retired(self, timeout: float = 30.0) -> None:
         """Wait for retired workers to close the stage: its close() calls are over when the stage ends."""
         end = time.monotonic() + timeout
-        with self._threads_lock:
+        with self.host._threads_lock:
             threads = list(self._retirements)
             self._retirements.clear()  # the same list: `_spawn(also=...)` appends to it under this lock
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
 
     def _stop_retired(self, old: WorkerProc, teardown: bool) -> None:
-        if teardown and not self.cancelled:
+        host = self.host
+        if teardown and not host.cancelled:
             try:
-                old.conn.send_bytes(dumps(encode(Teardown(self.token, want_reply=self.spec.is_class))))
+                old.conn.send_bytes(dumps(encode(Teardown(host.token, want_reply=host.spec.is_class))))
             except OSError:
                 pass
             else:
-                self._await_closed(old, wait_close=self.spec.is_class)
+                host._await_closed(old, wait_close=host.spec.is_class)
         stop_worker(old)
