@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 __all__ = ["CHECK", "LockLike", "OrderedLock", "ordered_lock"]
 
@@ -25,19 +24,24 @@ CHECK = os.environ.get("EZFLOW_CHECK_LOCKS") == "1"
 
 _held = threading.local()  # .locks: the OrderedLocks this thread holds, in the order taken
 
+if TYPE_CHECKING:  # for the type checker only: `import ezflow` builds no Protocol class
+    from types import TracebackType
+    from typing import Protocol
 
-class LockLike(Protocol):
-    """What a lock offers: a plain `threading.Lock` or an `OrderedLock`."""
+    class LockLike(Protocol):
+        """What a lock offers: a plain `threading.Lock` or an `OrderedLock`."""
 
-    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+        def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
 
-    def release(self) -> None: ...
+        def release(self) -> None: ...
 
-    def locked(self) -> bool: ...
+        def locked(self) -> bool: ...
 
-    def __enter__(self) -> bool: ...
+        def __enter__(self) -> bool: ...
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None: ...
+        def __exit__(
+            self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+        ) -> None: ...
 
 
 def _stack() -> list[OrderedLock]:

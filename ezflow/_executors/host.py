@@ -13,13 +13,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .._core.locks import LockLike
 from .._core.threads import Job
 from .pool import ProcessPool, WorkerProc
 from .port import Piece, StagePort
 from .tally import WorkerTally
 
 if TYPE_CHECKING:
+    from .._core.locks import LockLike
     from .._plan.spec import StageSpec
 
 __all__ = ["Host"]

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from .._core.env import default_start_method
 from .._core.errors import StageError, WorkerDied, attach_traceback, describe_exit
-from .._core.locks import LockLike, ordered_lock
+from .._core.locks import ordered_lock
 from .._transport.serialize import dumps
 from .._transport.shm import StageLink
 from .backlog import Backlogs
@@ -72,6 +72,7 @@ from .wire import (
 from .worker import setup_payload
 
 if TYPE_CHECKING:
+    from .._core.locks import LockLike
     from .._plan.spec import StageSpec
 
 __all__ = ["ProcessExecutor"]
