@@ -674,9 +674,8 @@ def _triple(x: int) -> int:
 def test_run_and_checkpoint_run_are_one_typed_runner(tmp_path):
     # Flow and Handle see a run only through the Runner protocol (mypy checks the seam); a
     # CheckpointRun offers it explicitly, with no attribute lookup passed on to its inner run.
-    from ezflow._engine.checkpoint import CheckpointRun
+    from ezflow._engine.checkpoint import CheckpointRun, checkpoint_options
     from ezflow._engine.run import Run, Runner
-    from ezflow._engine.checkpoint import checkpoint_options
 
     flow = ezflow.Flow(range(10)).map(_triple, mode="thread")
     plain = flow._run(False)
