@@ -34,6 +34,8 @@ class FlowStopped(RuntimeError):
 class Feed:
     """A thread-safe, closable priority queue that a flow reads as its source."""
 
+    HANDS_OUT_WAITING = True  # source.ChunkReader takes what waits with take(n), without a reader thread
+
     def __init__(self, maxsize: int = 0) -> None:
         self._heap: list[tuple[int, int, Any, Future | None]] = []
         self._seq = itertools.count()

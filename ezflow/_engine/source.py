@@ -17,8 +17,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .feed import Feed
-
 __all__ = ["ChunkReader"]
 
 
@@ -27,8 +25,9 @@ class ChunkReader:
 
     def __init__(self, source: Iterable[Any]) -> None:
         self._seq = source if isinstance(source, (list, tuple, range)) else None
-        # a Feed hands out what waits in one call: no reader thread, no wait to fill a chunk
-        self._feed = source if isinstance(source, Feed) else None
+        # a Feed hands out what waits in one call: no reader thread, no wait to fill a chunk. Known by
+        # its flag, not its class: importing feed.py here would load it for every plain map
+        self._feed: Any = source if getattr(source, "HANDS_OUT_WAITING", False) is True else None
         self._pos = 0
         self._it = None if self._seq is not None or self._feed is not None else iter(source)
         self._buf: list = []
