@@ -268,8 +268,10 @@ class TaskError(Exception):
         return f"{type(self).__name__}({self._message!r})"
 
     def __reduce__(self) -> tuple:
-        # the combined class is made again on the other side from the original exception
-        return (task_error, (self.failure,))
+        # the combined class is made again on the other side from the original exception; the
+        # message travels too: some picklers lose an original's text (tblib, which dask installs,
+        # brings a UnicodeDecodeError back with an empty str())
+        return (_task_error_again, (self.failure, self._message))
 
 
 # original exception class -> the class deriving from TaskError and it (None: cannot be combined)
@@ -296,6 +298,14 @@ def task_error(failure: Failure) -> TaskError:
         except Exception:  # an original whose state will not copy: the plain record still says it all
             pass
     return TaskError(failure)
+
+
+def _task_error_again(failure: Failure, message: str) -> TaskError:
+    err = task_error(failure)
+    err._message = message
+    if type(err) is TaskError:
+        err.args = (message,)
+    return err
 
 
 def _combined(cause: type) -> type | None:
