@@ -85,7 +85,10 @@ def _tag(tag: str) -> None:
 @pytest.fixture(autouse=True)
 def _no_tag():
     yield
-    os.environ.pop("EZ_TAG", None)
+    if os.environ.pop("EZ_TAG", None) is not None:
+        # A worker keeps the environment it was started with, and warm pools outlive
+        # the test: stop the tagged ones, or the next test's first run writes this tag.
+        ezflow.shutdown()
 
 
 def _env(tag: str) -> dict:
