@@ -214,3 +214,15 @@ def test_functions_that_use_a_module_take_it_by_name(mode):
     # namespace (and fail on its locks); the worker imports it instead
     fn = lambda x: (ezflow.__version__, math.isqrt(x))  # noqa: E731
     assert ezflow.map(mode.fn(fn), [4, 9], workers=2, progress=False, **mode) == [(ezflow.__version__, 2), (ezflow.__version__, 3)]
+
+
+def test_a_function_made_by_exec_goes_by_value():
+    # exec() without a __name__ leaves __module__ None: by reference, pickle would look the name up
+    # in a warm worker's own (older) copy of __main__ and could run another function of that name
+    scope: dict = {}
+    exec("def f(x):\n    return x + 5\n", scope)
+    assert scope["f"].__module__ is None
+    assert ezflow.map(scope["f"], range(4), workers=2, progress=False) == [5, 6, 7, 8]
+    from ezflow._transport.serialize import _by_value
+
+    assert _by_value(scope["f"])

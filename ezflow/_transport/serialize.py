@@ -21,6 +21,7 @@ from __future__ import annotations
 import pickle
 import sys
 from functools import partial
+from types import FunctionType
 from typing import Any
 
 from .byvalue import dill_pickler
@@ -37,6 +38,10 @@ def _by_value(obj: Any) -> bool:
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", "") or ""
     if module in ("__main__", "__mp_main__") or "<lambda>" in qualname or "<locals>" in qualname:
+        return True
+    if module is None and isinstance(obj, FunctionType):
+        # made by exec() without a __name__: pickle would look it up in __main__ by name, and a warm
+        # worker's copy of __main__ may hold another function of that name
         return True
     # a bound method or partial of such a function
     inner = getattr(obj, "__func__", None) or getattr(obj, "func", None)
