@@ -64,6 +64,11 @@ class OrderedLock:
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; raise AssertionError if this thread holds a lock that comes after it in the order."""
         stack = _stack()
+        while stack and not stack[-1]._lock.locked():
+            # a signal handler (SIGTERM, Ctrl-C) raised between a release and its bookkeeping:
+            # the entry names a lock nobody holds; without this, every later take of the
+            # process's exit path failed the order check
+            stack.pop()
         if stack and stack[-1].level >= self.level:
             top = stack[-1]
             raise AssertionError(
