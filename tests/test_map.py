@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -159,6 +160,28 @@ def test_warm_pool_is_reused():
     pids1 = set(ezflow.map(lambda _: os.getpid(), range(200), chunksize=1, progress=False))
     pids2 = set(ezflow.map(lambda _: os.getpid(), range(200), chunksize=1, progress=False))
     assert pids1 == pids2 and len(pids1) >= 1
+
+
+def _fails_late(x: int) -> int:
+    if x == 5:
+        time.sleep(0.5)  # the first stage has long finished and given its pool back
+        raise ValueError(x)
+    return x
+
+
+def test_a_run_that_fails_later_leaves_a_finished_stages_warm_pool_alive():
+    from ezflow._executors import pool as _pool
+
+    first = ezflow.Flow(range(20)).map(lambda x: x, workers=2).map(_fails_late, workers=1)
+    with pytest.raises(ValueError):
+        first.collect(progress=False)
+    time.sleep(0.3)  # a kill sent when the run failed would have landed by now
+    with _pool._lock:
+        pools = [p for p in _pool._idle.values() if p.size == 2]
+    assert pools, "the finished stage's pool went back to the warm cache"
+    assert all(w.proc.is_alive() for p in pools for w in p.workers)
+    # and the next run takes it and runs on it
+    assert ezflow.Flow(range(20)).map(lambda x: x + 1, workers=2).collect(progress=False) == list(range(1, 21))
 
 
 def test_workers_validation_message():

@@ -106,6 +106,7 @@ class ProcessExecutor(Executor):
         self.bucket = TokenBucket(spec.rate, spec.burst) if spec.rate is not None else None
         self.token = next(_tokens)
         self.pool: ProcessPool | None = None
+        self._handed_back = False  # the pool went back to the warm cache (or was killed) in _finish
         self._ids = itertools.count()
         # guards the pool's worker list and each worker's outstanding pieces (sender vs collector)
         self._lock: LockLike = ordered_lock("process executor", EXECUTOR)
@@ -395,6 +396,12 @@ class ProcessExecutor(Executor):
                 if healthy and not self._await_closed(w, wait_close=self.spec.is_class):
                     healthy = False
             self.sizing.shed_growth(pool)
+        with self._lock:
+            # From here the pool is no longer this stage's to stop: a cancel after the stage
+            # ended (its run failed in a later stage) must not kill a warm pool that the
+            # next run may already hold. A cancel before this point made it unhealthy.
+            healthy = healthy and not self.cancelled
+            self._handed_back = True
         release(pool, healthy)
         self._shm.close()
         self._close_wake()
@@ -428,9 +435,10 @@ class ProcessExecutor(Executor):
         super()._wakeup()
 
     def cancel(self) -> None:
-        self.cancelled = True
+        with self._lock:
+            self.cancelled = True
+            pool = None if self._handed_back else self.pool
         self._life.stop.set()
-        pool = self.pool
         if pool is not None:
             # only signal here: the collector reaps and closes pipes it may be waiting on
             for w in list(pool.workers):
