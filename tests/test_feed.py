@@ -113,6 +113,25 @@ def test_nothing_left_pending_after_the_flow_stops():
             f.result(timeout=5)
 
 
+def odd(x: int) -> bool:
+    return x % 2 == 1
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_submitted_item_that_gives_no_result_gets_none_even_at_the_end(mode, ordered):
+    # the last items are dropped: no later result tells an ordered flow so, the flow's end does
+    handle = (
+        ezflow.Flow()
+        .map(mode.fn(square), ordered=ordered, errors="skip", **mode)
+        .filter(mode.fn(odd), ordered=ordered, **mode)
+        .start(progress=False)
+    )
+    futs = {x: handle.submit(x) for x in range(1, 9)}
+    handle.close()
+    handle.wait(60)
+    assert {x: f.result(10) for x, f in futs.items()} == {x: x * x if x % 2 else None for x in range(1, 9)}
+
+
 def test_flow_over_an_ezflow_q():
     q = ezflow.Q(kind="thread")
     for i in range(5):

@@ -167,8 +167,14 @@ class Feed:
                 earlier = [self._futures.pop(i) for i in [i for i in self._futures if i < before]]
         return found, earlier
 
-    def fail_pending(self, why: str) -> None:
-        """Fail every Future not resolved yet (the run has ended)."""
+    def fail_pending(self, why: str, *, taken_gave_none: bool = False) -> None:
+        """Fail every Future not resolved yet (the run has ended).
+
+        `taken_gave_none`: the run finished (it did not fail or stop), so an
+        item it took and gave no result for was dropped by a filter or skipped
+        (``errors="skip"``): its Future gets None, as an ordered flow gives it
+        as soon as a later item's result comes out.
+        """
         with self._cond:
             waiting = list(self._waiting)
             self._waiting.clear()
@@ -182,7 +188,10 @@ class Feed:
                 f.set_exception(FlowStopped(why))
         for f in taken:
             try:
-                f.set_exception(FlowStopped(why))
+                if taken_gave_none:
+                    f.set_result(None)
+                else:
+                    f.set_exception(FlowStopped(why))
             except InvalidStateError:
                 pass  # resolved meanwhile
 

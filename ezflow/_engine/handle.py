@@ -99,7 +99,7 @@ class Handle:
                 why = {"done": "the flow ended", "cancelled": "the flow was cancelled"}.get(
                     run.state, f"the flow failed: {self._error!r}"
                 )
-                feed.fail_pending(f"{why} before this item was processed")
+                feed.fail_pending(f"{why} before this item was processed", taken_gave_none=run.state == "done")
             self._finished.set()
 
     def _resolve(self, chunk: Chunk) -> None:
@@ -138,7 +138,7 @@ class Handle:
         self._need_feed().close()
 
     def submit(self, item: Any, *, priority: int = 0) -> Future:
-        """Feed one item and return a Future of its result (None if a filter dropped it)."""
+        """Feed one item and return a Future of its result (None if a filter dropped it or errors="skip" skipped it)."""
         fut: Future = Future()
         self._need_feed().put(item, priority, fut)
         return fut
