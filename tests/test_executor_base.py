@@ -15,8 +15,9 @@ import pytest
 import ezflow
 from ezflow._core.errors import Cancelled, StageError
 from ezflow._executors import _BACKENDS, Executor
-from ezflow._executors.items import build_runtime, run_piece
+from ezflow._executors.items import build_runtime
 from ezflow._executors.port import Chunk, Piece
+from ezflow._executors.reporting import run_piece
 from ezflow._plan.spec import make_stage
 
 

@@ -33,12 +33,12 @@ from .items import (
     build_runtime,
     close_runtime,
     item_failed,
-    next_block,
     shape,
     steps,
 )
 from .limits import TokenBucket, make_limiter
 from .port import ItemError, Piece, StagePort
+from .reporting import next_block
 
 if TYPE_CHECKING:
     from .._plan.spec import StageSpec
@@ -140,7 +140,7 @@ class AsyncExecutor(Executor):
             self.port.fail(exc)
 
     async def _run_reporting(self, piece: Piece, n: int) -> None:
-        """Run a piece and report it; a long one (chunksize=) goes back as its items finish, as `items.run_piece`'s."""
+        """Run a piece and report it; a long one (chunksize=) goes back as its items finish, as `reporting.run_piece`'s."""
         items = piece.items
         tried = piece.attempts
         total = len(items)

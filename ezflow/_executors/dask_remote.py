@@ -16,7 +16,8 @@ from typing import Any
 
 from .._core.errors import describe, pack_exception, short_repr
 from .._transport.serialize import dumps, loads
-from .items import Runtime, build_stage, close_runtime, run_piece
+from .items import Runtime, build_stage, close_runtime
+from .reporting import run_piece
 from .wire import StageSetup
 
 __all__ = ["_SetupFailed", "_hold", "_run_remote", "_setup_remote", "_teardown_remote"]

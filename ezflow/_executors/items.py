@@ -21,13 +21,11 @@ plus ``errs``: an `ItemError` (position, exception, traceback text, attempts) fo
 failed item (its ``values`` slot is None). Items that are a `Failure` from
 an earlier stage, or for which ``when`` is false, pass through untouched.
 A plain map with no rules takes `_fast_map`, which adds nothing per item.
+A piece's results sent back while it runs (in parts) are `reporting`'s.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
@@ -48,10 +46,10 @@ __all__ = [
     "build_stage",
     "call_item",
     "close_runtime",
+    "error_at",
     "item_failed",
-    "next_block",
     "report_each",
-    "run_piece",
+    "run_items",
     "steps",
 ]
 
@@ -69,8 +67,6 @@ Report = Callable[[list, list, float, int], None]  # values, errs, busy, retries
 # (~20 messages a second at most): results follow completion, not the cut.
 PARTIAL_SECONDS = 0.05
 
-# A `report_each` stage's finished result waits at most about this long for the rest of its piece.
-FLUSH_SECONDS = 0.002
 _REPORT_EACH = "__ezflow_report_each__"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,7 +157,8 @@ def item_failed(exc: BaseException) -> bool:
     return not isinstance(exc, KeyboardInterrupt)
 
 
-def _error(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> ItemError:
+def error_at(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> ItemError:
+    """The record of an item that failed at `pos` of its piece after `attempts` tries."""
     if rt.pack:
         exc, tb = pack_exception(exc)
     else:
@@ -214,7 +211,7 @@ def steps(rt: Runtime, items: list, tried: int = 0) -> Generator[Step, Any, Outc
             except BaseException as exc:
                 if not item_failed(exc):
                     raise
-                errs.append(_error(rt, exc, tried + 1, pos))
+                errs.append(error_at(rt, exc, tried + 1, pos))
                 values.append(None)
                 continue
             if not go:
@@ -238,7 +235,7 @@ def steps(rt: Runtime, items: list, tried: int = 0) -> Generator[Step, Any, Outc
                 break
             delay = rules.should_retry(out, attempt)
             if delay is None:
-                errs.append(_error(rt, out, attempt, pos))
+                errs.append(error_at(rt, out, attempt, pos))
                 values.append(None)
                 break
             retried += 1
@@ -260,225 +257,8 @@ def call_item(rt: Runtime, item: Any) -> tuple[bool, Any]:
         return False, exc
 
 
-def run_piece(
-    rt: Runtime, items: list, special: bool, tried: int = 0, report: Report | None = None
-) -> tuple[list, list, float, int]:
-    """Apply the stage to every item; return (values, errs, busy_seconds, retries).
-
-    ``special`` says the piece may hold pass-through items, or the stage has
-    rules (when, retries, a rate limit) that need the per-item path.
-    ``report(values, errs, busy, retries)``, if given, is called with the
-    results of the items done so far once `PARTIAL_SECONDS` passed since the
-    piece started or since the last report: a piece of slow items comes back
-    item by item, however it was cut. What is returned is then the rest.
-    Not with a time limit in a process worker (``rt.marker``): the parent
-    reads item positions in the piece as it sent it.
-    """
-    if report is None or len(items) < 2 or rt.marker is not None:
-        return _run(rt, items, special, tried)
-    if rt.report_after <= 0:
-        return _run_flushed(rt, items, special, tried, report)
-    if rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None and not special:
-        return _fast_map_reporting(rt, items, report)
-    # Items run in blocks that end about when the next report is due (see `next_block`).
-    n = len(items)
-    every = rt.report_after
-    t0 = last = time.perf_counter()
-    values: list = []
-    errs: list = []
-    retried = 0
-    done = base = 0  # items run; the first one not yet reported
-    block = 1
-    while done < n:
-        end = min(n, done + block)
-        v, e, _, r = _run(rt, items[done:end], special, tried)
-        if e:
-            shift = done - base
-            errs.extend(x._replace(pos=x.pos + shift) for x in e)
-        values += v
-        retried += r
-        done = end
-        now = time.perf_counter()
-        if done < n and now - last >= every:
-            report(values, errs, now - last, retried)
-            values, errs, retried = [], [], 0
-            base, last = done, now
-        block = next_block(block, now - t0, done, n, every)
-    return values, errs, time.perf_counter() - last, retried
-
-
-class _Flusher:
-    """A piece's finished results, sent back by `_FLUSH` once they waited `FLUSH_SECONDS`.
-
-    The thread running the piece only appends (no message, no clock per
-    item): tiny calls go back with their piece, and a call that finished
-    never waits long for a slow one after it in the same piece.
-    """
-
-    __slots__ = ("errs", "first_at", "lock", "report", "retried", "since", "stopped", "values")
-
-    def __init__(self, report: Report) -> None:
-        self.report = report
-        self.lock = threading.Lock()
-        self.values: list = []
-        self.errs: list = []
-        self.retried = 0
-        self.first_at = 0.0  # when the oldest unreported result finished
-        self.since = time.perf_counter()  # start of the busy time not reported yet
-        self.stopped = False
-
-    def add(self, v: list, e: list, r: int) -> None:
-        with self.lock:
-            if not self.values:
-                self.first_at = time.perf_counter()
-            if e:
-                shift = len(self.values)
-                self.errs.extend(x._replace(pos=x.pos + shift) for x in e)
-            self.values += v
-            self.retried += r
-
-    def take(self) -> tuple[list, list, float, int]:
-        # under self.lock
-        now = time.perf_counter()
-        out = (self.values, self.errs, now - self.since, self.retried)
-        self.values, self.errs, self.retried, self.since = [], [], 0, now
-        return out
-
-    def flush_if_due(self, now: float) -> None:
-        with self.lock:
-            if self.values and not self.stopped and now - self.first_at >= FLUSH_SECONDS:
-                self.report(*self.take())  # under the lock: the piece's last answer goes after it
-
-    def finish(self) -> tuple[list, list, float, int]:
-        with self.lock:
-            self.stopped = True
-            return self.take()
-
-
-class _FlushService:
-    """One thread per process that looks at the running `_Flusher`s every `FLUSH_SECONDS` (none: it sleeps)."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.active: set[_Flusher] = set()
-        self.pid = 0  # the process whose thread serves (a forked worker starts its own)
-
-    def add(self, flusher: _Flusher) -> None:
-        with self.cond:
-            if self.pid != os.getpid():
-                self.pid = os.getpid()
-                threading.Thread(target=self._serve, name="ezflow-flush", daemon=True).start()
-            self.active.add(flusher)
-            if len(self.active) == 1:
-                self.cond.notify()
-
-    def remove(self, flusher: _Flusher) -> None:
-        with self.cond:
-            self.active.discard(flusher)
-
-    def _serve(self) -> None:
-        while True:
-            with self.cond:
-                while not self.active:
-                    self.cond.wait()
-            time.sleep(FLUSH_SECONDS)
-            with self.cond:
-                looking = list(self.active)
-            now = time.perf_counter()
-            for flusher in looking:
-                flusher.flush_if_due(now)
-
-
-_FLUSH = _FlushService()
-
-
-def _run_flushed(rt: Runtime, items: list, special: bool, tried: int, report: Report) -> tuple[list, list, float, int]:
-    flusher = _Flusher(report)
-    lock = flusher.lock
-    _FLUSH.add(flusher)
-    try:
-        if rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None and not special:
-            call = rt.call  # as `_fast_map`, one item at a time, each result handed over at once
-            for item in items:
-                try:
-                    value = call(item)
-                    failed = None
-                except BaseException as exc:
-                    if not item_failed(exc):
-                        raise
-                    value, failed = None, exc
-                with lock:
-                    values = flusher.values
-                    if not values:
-                        flusher.first_at = time.perf_counter()
-                    if failed is not None:
-                        flusher.errs.append(_error(rt, failed, 1, len(values)))
-                    values.append(value)
-        else:
-            for i in range(len(items)):
-                v, e, _, r = _run(rt, items[i : i + 1], special, tried)
-                flusher.add(v, e, r)
-    finally:
-        _FLUSH.remove(flusher)
-    return flusher.finish()
-
-
-def next_block(block: int, spent: float, done: int, n: int, every: float = PARTIAL_SECONDS) -> int:
-    """How many items to run before looking at the clock again.
-
-    All the rest when, at the pace so far, they take less than
-    `PARTIAL_SECONDS` (a piece as fast as its size was cut for: one look at
-    the clock after its first item); else enough to end about when the next
-    report is due, growing at most 4x a block, so items that turn slow are
-    noticed after about as many items as ran so far.
-    """
-    if every <= 0:
-        return 1  # every result on its own
-    per = spent / done
-    if per * (n - done) <= every:
-        return n - done
-    return max(1, min(4 * block, int(every / per)))
-
-
-def _fast_map_reporting(rt: Runtime, items: list, report: Report) -> tuple[list, list, float, int]:
-    # `_fast_map` in blocks, on one iterator and one list: nothing is copied per item,
-    # and a piece as fast as expected runs as one block after its first item.
-    n = len(items)
-    every = rt.report_after
-    call = rt.call
-    it = iter(items)
-    values: list = []
-    errs: list = []
-    append = values.append
-    t0 = last = time.perf_counter()
-    done = 0
-    block = 1
-    while done < n:
-        stop = min(n, done + block)
-        src = it if stop == n else itertools.islice(it, stop - done)
-        while True:
-            try:
-                for item in src:
-                    append(call(item))
-                break
-            except BaseException as exc:  # the item fails; the same iterator resumes with the next
-                if not item_failed(exc):
-                    raise
-                errs.append(_error(rt, exc, 1, len(values)))
-                append(None)
-        done = stop
-        now = time.perf_counter()
-        if done < n and now - last >= every:
-            report(values, errs, now - last, 0)
-            values, errs = [], []
-            append = values.append
-            last = now
-        if done < n:
-            block = next_block(block, now - t0, done, n, every)
-    return values, errs, time.perf_counter() - last, 0
-
-
-def _run(rt: Runtime, items: list, special: bool, tried: int) -> tuple[list, list, float, int]:
+def run_items(rt: Runtime, items: list, special: bool, tried: int) -> tuple[list, list, float, int]:
+    """Apply the stage to every item of a piece at once; return (values, errs, busy_seconds, retries)."""
     t0 = time.perf_counter()
     plain = rt.kind == "map" and not rt.rules.retries and rt.when is None and rt.limiter is None
     try:
@@ -518,7 +298,7 @@ def _fast_map(rt: Runtime, items: list) -> tuple[list, list]:
         except BaseException as exc:
             if not item_failed(exc):
                 raise
-            errs.append(_error(rt, exc, 1, len(values)))
+            errs.append(error_at(rt, exc, 1, len(values)))
             append(None)
 
 
@@ -541,5 +321,5 @@ def _fast_map_marked(rt: Runtime, items: list) -> tuple[list, list]:
         except BaseException as exc:
             if not item_failed(exc):
                 raise
-            errs.append(_error(rt, exc, 1, len(values)))
+            errs.append(error_at(rt, exc, 1, len(values)))
             append(None)

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 from .._core.threads import Job
 from .base import Executor
-from .items import build_runtime, close_runtime, run_piece
+from .items import build_runtime, close_runtime
 from .limits import TokenBucket, make_limiter
 from .port import Piece, StagePort
+from .reporting import run_piece
 
 if TYPE_CHECKING:
     from .._plan.spec import StageSpec

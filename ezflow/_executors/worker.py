@@ -25,8 +25,9 @@ from .._core.errors import RemoteError, describe, pack_exception
 from .._transport import idle, set_worker_parent
 from .._transport.serialize import dumps, loads
 from .deadline import Marker
-from .items import Runtime, build_stage, close_runtime, run_piece
+from .items import Runtime, build_stage, close_runtime
 from .port import ItemError
+from .reporting import run_piece
 from .wire import (
     Closed,
     Exit,
