@@ -140,7 +140,7 @@ class AsyncExecutor(Executor):
             self.port.fail(exc)
 
     async def _run_reporting(self, piece: Piece, n: int) -> None:
-        """Run a piece and report it; a long one (chunksize=) goes back as its items finish, as `reporting.run_piece`'s."""
+        """Run a piece and report it; a long one (chunksize=) goes back as its items finish (`reporting.run_piece`)."""
         items = piece.items
         tried = piece.attempts
         total = len(items)
