@@ -234,3 +234,14 @@ def test_recycled_process_workers_keep_their_rows():
     assert len(gone) >= 2 and all(w.items <= 3 for w in s.worker_stats)
     assert sum(w.items for w in s.worker_stats) == 12
     assert len({w.id for w in s.worker_stats}) == len(s.worker_stats)
+
+
+def test_a_big_bytes_item_is_described_without_building_its_whole_repr():
+    from ezflow._core.errors import short_repr
+
+    big = b"ab" * 10_000_000
+    text = short_repr(big)
+    assert text.startswith("b'abab") and text.endswith("...<20,000,000 bytes>") and len(text) < 80
+    assert short_repr(bytearray(big)).endswith("...<20,000,000 bytes>)")
+    assert short_repr(memoryview(big)) == "<memoryview of 20,000,000 bytes>"
+    assert short_repr(b"abc") == "b'abc'"

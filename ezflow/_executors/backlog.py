@@ -38,7 +38,7 @@ class Backlogs:
         self._lock = ordered_lock("backlogs", BACKLOGS)
         self._queues: dict[int, collections.deque] = {}  # id(worker) -> messages not written yet
 
-    def put(self, w: Any, data: bytes) -> None:
+    def put(self, w: Any, data: bytes | memoryview) -> None:
         """Write `data` to worker `w`'s pipe now, or behind what waits for it, on another thread."""
         with self._lock:
             q = self._queues.get(id(w))
@@ -63,7 +63,7 @@ class Backlogs:
             write(w, data)
 
 
-def write(w: Any, data: bytes) -> None:
+def write(w: Any, data: bytes | memoryview) -> None:
     """Write one message to a worker's pipe; a dead worker is left to its sentinel."""
     try:
         with w.send_lock:  # not closed (and its descriptor reused) under this write

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._core.errors import RemoteError, describe, pack_exception
 from .._transport import idle, set_worker_parent
-from .._transport.serialize import dumps, loads
+from .._transport.serialize import dumps, dumps_view, loads
 from .deadline import Marker
 from .items import Runtime, build_stage, close_runtime
 from .port import ItemError
@@ -88,17 +88,17 @@ def _send(conn: Any, msg: Any) -> None:
     _send_bytes(conn, _pickle(msg))
 
 
-def _pickle(msg: Any) -> bytes:
+def _pickle(msg: Any) -> bytes | memoryview:
     try:
-        return dumps(encode(msg))
+        return dumps_view(encode(msg))
     except Exception:
         if type(msg) is not Result and type(msg) is not Partial:
             raise
         values, errs = sendable_result(msg.values, msg.errs)
-        return dumps(encode(msg._replace(values=values, errs=errs)))
+        return dumps_view(encode(msg._replace(values=values, errs=errs)))
 
 
-def _send_bytes(conn: Any, data: bytes) -> None:
+def _send_bytes(conn: Any, data: bytes | memoryview) -> None:
     try:
         conn.send_bytes(data)
     except (BrokenPipeError, ConnectionResetError):

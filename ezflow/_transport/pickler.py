@@ -294,14 +294,15 @@ def _sending(threshold: int | None) -> Iterator[_Ctx]:
 class Pickled(NamedTuple):
     """A pickle and the out-of-band buffers it refers to (``pickle.loads(data, buffers=...)``)."""
 
-    data: bytes
+    data: memoryview
     buffers: list[tuple[str, int, int, int]]  # (segment, offset, nbytes, flags) each
     unshared: str | None  # why a big buffer went in band after all (the receiver warns once)
 
 
-def _run_attempt(obj: Any, dill: bool = False) -> Pickled:
+def _run_attempt(obj: Any, dill: bool = False, head: bytes = b"") -> Pickled:
     ctx = getattr(_local, "ctx", None)
     buf = io.BytesIO()
+    buf.write(head)
     if dill:
         reducer = _Reducer()
         reducer._setup(ctx)
@@ -320,7 +321,8 @@ def _run_attempt(obj: Any, dill: bool = False) -> Pickled:
         p.clear_memo()
     if ctx is not None:
         ctx.keep(reducer.attempt)
-    return Pickled(buf.getvalue(), reducer.buffers, reducer.unshared)
+    # a view, not getvalue()'s copy: a big in-band item is not copied again
+    return Pickled(buf.getbuffer(), reducer.buffers, reducer.unshared)
 
 
 def last_attempt() -> Any:
@@ -336,9 +338,9 @@ def drop_attempt(attempt: Any) -> None:
         ctx.undo(attempt)
 
 
-def pickle_dumps(obj: Any) -> Pickled:
-    """Pickle (protocol 5) with shared buffers as references; automatic sharing if in a scope."""
-    return _run_attempt(obj)
+def pickle_dumps(obj: Any, head: bytes = b"") -> Pickled:
+    """Pickle (protocol 5) after `head`, with shared buffers as references; automatic sharing if in a scope."""
+    return _run_attempt(obj, head=head)
 
 
 def dill_dumps(obj: Any) -> Pickled:
