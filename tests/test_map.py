@@ -232,42 +232,6 @@ def test_script_classes_made_after_the_workers_started_travel(tmp_path, start_me
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-SCRIPT_BY_NAME = """
-import sys
-import ezflow
-
-def triple(x):
-    return x * 3
-
-def other(x):
-    return -x
-
-if __name__ == "__main__":
-    # a cold call: the workers are forked for it and share this __main__, so triple goes by name
-    assert ezflow.map(triple, range(4), workers=2, progress=False, start_method="fork") == [0, 3, 6, 9]
-    assert "dill" not in sys.modules, "a script's function went by value on a cold fork pool"
-    # a worker started later (here: recycled after each item) must still run the same function,
-    # even once the script has rebound its name: it gets the stage by value
-    handle = ezflow.Flow().map(triple, workers=1, max_tasks_per_worker=1, start_method="fork").start(progress=False)
-    assert handle.submit(1).result(30) == 3
-    triple = other
-    assert [handle.submit(x).result(30) for x in (2, 3)] == [6, 9]
-    handle.close()
-    handle.wait(30)
-    print("ok")
-"""
-
-
-def test_a_cold_fork_pool_takes_a_scripts_function_by_name_and_later_workers_by_value(tmp_path):
-    import subprocess
-    import sys
-
-    script = tmp_path / "by_name.py"
-    script.write_text(SCRIPT_BY_NAME)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
-
-
 def test_functions_that_use_a_module_take_it_by_name(mode):
     # ezflow itself is outside site-packages in an editable install: dill would copy its
     # namespace (and fail on its locks); the worker imports it instead

@@ -60,7 +60,6 @@ class ProcessPool:
         self.workers: list[WorkerProc] = []
         self.broken = False
         self.terminated = False  # its workers were killed by the SIGTERM clean-up: start no new one
-        self._used = False  # a stage has been set up on it
         _live.add(self)
         sigterm.arm()  # a SIGTERM must not leave these workers behind
         try:
@@ -69,11 +68,6 @@ class ProcessPool:
         except BaseException:
             self.kill()
             raise
-
-    def first_use(self) -> bool:
-        """Return True the first time a stage takes this pool: its workers were started for that stage."""
-        first, self._used = not self._used, True
-        return first
 
     @property
     def key(self) -> tuple[str, int]:

@@ -132,6 +132,14 @@ class ProcessExecutor(Executor):
     def setup(self) -> None:
         spec = self.spec
         self._tally.since = time.perf_counter()
+        try:
+            self._shm = StageLink(spec.share_arrays)
+            with self._shm.setup_scope():  # arrays the function holds go by shared memory too
+                payload = setup_payload(spec, make_limiter(spec, shared=True))
+        except Exception as exc:
+            raise StageError(spec.name, str(exc)) from exc
+        timed = spec.item_timeout is not None
+        self._setup_msg = dumps(encode(Setup(self.token, payload, want_ready=spec.is_class, timed=timed)))
         before_acquire(spec.fn)  # a module reloaded by the caller: no warm worker keeps the old one
         # under a CPU budget any warm pool with room for `active` will do: the rest wait, parked
         method = spec.start_method or default_start_method()
@@ -140,21 +148,11 @@ class ProcessExecutor(Executor):
             pool = acquire(method, spec.workers)
         else:
             pool = acquire(method, active, up_to=spec.workers)
-        # Workers forked by this very call share the caller's __main__ as it is now: a function
-        # of the script or notebook can go to them by name, without importing dill (~30 ms of a
-        # first call). Any worker started later gets the stage by value (`_setup_msg`).
-        by_name = method == "fork" and pool.first_use()
-        self._shm = StageLink(spec.share_arrays)
-        try:
-            first = self._setup_message(by_name)
-        except StageError:
-            release(pool, healthy=True)
-            raise
         with self._lock:
             self.pool = pool
         self.recycling.renew_spent(pool)
         for w in pool.workers:
-            self._send_setup(w, first)
+            self._send_setup(w)
         # A class is built now, in every worker: its errors (and a slow start) must
         # surface before any input is read. A function's setup only unpickles it:
         # tasks queue behind it, and the collector reports the rare failure.
@@ -172,26 +170,9 @@ class ProcessExecutor(Executor):
         self._spawn(self._collect_loop, "collect", after=self._finish)
         self._spawn(self.memory_guard.watch, "memory")
 
-    def _setup_message(self, by_name: bool = False) -> bytes:
-        """The message that sets a worker up for this stage (`by_name`: a function of __main__ may go by name)."""
-        spec = self.spec
+    def _send_setup(self, w: WorkerProc) -> None:
         try:
-            with self._shm.setup_scope():  # arrays the function holds go by shared memory too
-                payload = setup_payload(spec, make_limiter(spec, shared=True), main_by_name=by_name)
-        except Exception as exc:
-            raise StageError(spec.name, str(exc)) from exc
-        timed = spec.item_timeout is not None
-        msg = dumps(encode(Setup(self.token, payload, want_ready=spec.is_class, timed=timed)))
-        if not by_name:
-            self._setup_msg = msg
-        return msg
-
-    def _send_setup(self, w: WorkerProc, msg: bytes | None = None) -> None:
-        """Send `w` its setup (by default the by-value one every later worker gets)."""
-        if msg is None:
-            msg = self._setup_msg or self._setup_message()
-        try:
-            w.conn.send_bytes(msg)
+            w.conn.send_bytes(self._setup_msg)
         except OSError:
             pass  # a worker already dead is found by its sentinel
 

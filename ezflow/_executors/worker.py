@@ -50,14 +50,9 @@ PARENT_CHECK_SECONDS = 0.5
 IDLE_SECONDS = 1.0  # no message for this long: let go of shared-memory mappings kept for the next item
 
 
-def setup_payload(spec: Any, limiter: Any = None, *, main_by_name: bool = False) -> bytes:
-    """Serialize what a worker needs to build a stage.
-
-    `main_by_name`: the workers were forked just now, so they hold the
-    caller's ``__main__`` as it is: what pickle can send by name (it checks
-    that the name finds this very object) goes so, without dill.
-    """
-    from .._transport.serialize import dumps_by_value, dumps_pickle_only
+def setup_payload(spec: Any, limiter: Any = None) -> bytes:
+    """Serialize what a worker needs to build a stage."""
+    from .._transport.serialize import dumps_by_value
 
     setup = StageSetup(
         kind=spec.kind,
@@ -69,11 +64,6 @@ def setup_payload(spec: Any, limiter: Any = None, *, main_by_name: bool = False)
         backoff=spec.backoff,
         limiter=limiter,
     )
-    if main_by_name and not _plain(setup):
-        try:
-            return dumps_pickle_only(setup)
-        except Exception:
-            pass  # a lambda, a closure: by value
     return dumps(setup) if _plain(setup) else dumps_by_value(setup)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .byvalue import dill_pickler
 
-__all__ = ["dumps", "dumps_by_value", "dumps_fn", "dumps_pickle_only", "dumps_view", "loads"]
+__all__ = ["dumps", "dumps_by_value", "dumps_fn", "dumps_view", "loads"]
 
 _PICKLE = b"P"
 _DILL = b"D"
@@ -111,13 +111,6 @@ def dumps_view(obj: Any, *, to_worker: bool = False) -> bytes | memoryview:
             shm.drop_attempt(first)  # the segments of the pickle attempt go unused
         return _framed(_DILL, by_value)
     return _headed(data)
-
-
-def dumps_pickle_only(obj: Any) -> bytes:
-    """`dumps` with pickle alone: raise what pickle raises rather than fall back to dill."""
-    shm = _shm_engaged()
-    data = _pickle_headed(obj) if shm is None else shm.pickle_dumps(obj, head=_PICKLE)
-    return bytes(_headed(data))
 
 
 def _pickle_headed(obj: Any) -> memoryview:
