@@ -97,7 +97,17 @@ def test_readme_example_runs_as_pasted(ex: CodeExample, tmp_path: Path):
     first_line = ex.start_line + 1  # find_examples gives the fence's line; the code starts below it
     done = _run(ex.source, first_line, _kind(ex), tmp_path, ex.path)
     assert done.returncode == 0, f"{_where(ex)} failed:\n{done.stdout}\n{done.stderr}"
-    assert "Traceback (most recent call last)" not in done.stderr, f"{_where(ex)}:\n{done.stderr}"
+    stderr = _DASK_HEARTBEAT_AT_CLOSE.sub("", done.stderr)
+    assert "Traceback (most recent call last)" not in stderr, f"{_where(ex)}:\n{done.stderr}"
+
+
+# distributed's own log when a worker's heartbeat is in flight while `cluster.close()` stops the
+# scheduler (a race inside LocalCluster's shutdown, after the example's work is done): not ours
+_DASK_HEARTBEAT_AT_CLOSE = re.compile(
+    r"^.*distributed\.worker - ERROR - Failed to communicate with scheduler during heartbeat\.\n"
+    r"(?:.*\n)*?.*CommClosedError: in <TCP \(closed\) ConnectionPool\.heartbeat_worker.*(?:\n|$)",
+    re.MULTILINE,
+)
 
 
 def test_a_failing_block_points_at_its_readme_line(tmp_path: Path):
