@@ -343,9 +343,9 @@ def pickle_dumps(obj: Any, head: bytes = b"") -> Pickled:
     return _run_attempt(obj, head=head)
 
 
-def dill_dumps(obj: Any) -> Pickled:
-    """dill by value (recurse=True), with shared buffers as references."""
-    return _run_attempt(obj, dill=True)
+def dill_dumps(obj: Any, head: bytes = b"") -> Pickled:
+    """dill by value (recurse=True) after `head`, with shared buffers as references."""
+    return _run_attempt(obj, dill=True, head=head)
 
 
 def buffers_of(refs: list[tuple[str, int, int, int]], unshared: str | None) -> list[memoryview]:

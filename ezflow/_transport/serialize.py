@@ -68,7 +68,7 @@ def dumps_fn(obj: Any) -> bytes:
 def dumps_by_value(obj: Any) -> bytes:
     """Serialize with dill by value: for what only exists in this process."""
     try:
-        return _framed(_DILL, _dill_dumps(obj, _shm_engaged()))
+        return bytes(_headed(_dill_dumps(obj, _shm_engaged())))
     except Exception as exc:
         raise TypeError(
             f"cannot send {obj!r} to worker processes: {type(exc).__name__}: {exc}. "
@@ -99,7 +99,7 @@ def dumps_view(obj: Any, *, to_worker: bool = False) -> bytes | memoryview:
     try:
         data = _pickle_headed(obj) if shm is None else shm.pickle_dumps(obj, head=_PICKLE)
     except Exception:
-        return _framed(_DILL, _dill_dumps(obj, shm))
+        return _headed(_dill_dumps(obj, shm))
     # a false alarm (the string in an item) only costs speed; a regex reads a buffer without a copy
     if to_worker and _MAIN_IN.search(_body(data)) is not None:
         first = shm.last_attempt() if shm is not None else None
@@ -109,7 +109,7 @@ def dumps_view(obj: Any, *, to_worker: bool = False) -> bytes | memoryview:
             return _headed(data)  # dill cannot either: the worker reports what it cannot load
         if shm is not None:
             shm.drop_attempt(first)  # the segments of the pickle attempt go unused
-        return _framed(_DILL, by_value)
+        return _headed(by_value)
     return _headed(data)
 
 
@@ -125,23 +125,13 @@ def _body(data: Any) -> Any:
 
 
 def _headed(data: Any) -> bytes | memoryview:
-    """A pickle written after its P header: itself, or after the references of its out-of-band buffers."""
+    """A pickle written after its P or D header: itself, or after the references of its out-of-band buffers."""
     if type(data) is memoryview:
         return data
     if not data.buffers and data.unshared is None:
         return data.data
     refs = pickle.dumps((data.buffers, data.unshared), protocol=5)
     return b"".join((_BUFFERS, len(refs).to_bytes(4, "little"), refs, data.data))
-
-
-def _framed(head: bytes, data: Any) -> bytes:
-    """The payload: `head` and the pickle, after the references of its out-of-band buffers if any."""
-    if type(data) is bytes:
-        return head + data
-    if not data.buffers and data.unshared is None:
-        return head + data.data
-    refs = pickle.dumps((data.buffers, data.unshared), protocol=5)
-    return b"".join((_BUFFERS, len(refs).to_bytes(4, "little"), refs, head, data.data))
 
 
 def _shm_engaged() -> Any:
@@ -155,12 +145,11 @@ def _shm_engaged() -> Any:
 
 def _dill_dumps(obj: Any, shm: Any) -> Any:
     if shm is not None:
-        return shm.dill_dumps(obj)
-    import io
-
+        return shm.dill_dumps(obj, head=_DILL)
     buf = io.BytesIO()
+    buf.write(_DILL)
     dill_pickler(buf).dump(obj)
-    return buf.getvalue()
+    return buf.getbuffer()
 
 
 def loads(data: bytes | memoryview) -> Any:
