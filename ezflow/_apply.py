@@ -5,7 +5,9 @@
         v
     ezflow.map(per-chunk work, chunks, ordered=True, ...)   the one engine, every map option
         |  each chunk crosses to its worker through shared memory (numeric blocks,
-        |  Arrow columns: pickle-5 buffers), and so does its result
+        |  Arrow columns: pickle-5 buffers), and so does its result; a big frame
+        |  under fork does not cross at all: workers forked for the call inherit
+        |  it and tasks name spans of rows (`_inherit`)
         v
     pd.concat(results)  ==  what pandas itself returns
 
@@ -21,12 +23,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ._api import map as _map
 from ._core.entry import public
-from ._core.env import NUM_CPUS
+from ._core.env import NUM_CPUS, default_start_method
 from ._core.errors import Failure
 from ._core.record import replace
-from ._plan.stage_options import MapOptions, refuse_keywords
+from ._flow import Flow
+from ._inherit import INHERIT_BYTES, Span, held, run_span
+from ._plan.spec import StageSpec, make_stage
+from ._plan.stage_options import MapOptions, refuse_keywords, split_options
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -103,10 +107,35 @@ def apply(
     spans = _spans(plan, workers or NUM_CPUS, chunksize)
     if not spans:  # nothing to split: pandas answers (an empty frame keeps its shape)
         return plan.whole()
-    chunks = _Chunks(plan, spans)
     view = _RowsView.around(progress, plan.rows, len(spans))
-    results = _map(plan.work, chunks, progress=view if view is not None else False, **opts)
+    stage, run = split_options(opts)
+    spec = make_stage("map", plan.work, **stage)
+    if not _inherits(spec, run, plan):
+        results = Flow(_Chunks(plan, spans))._with(spec).collect(progress=view or False, **run)
+        return plan.combine(pd, results, spans, errors)
+    with held(plan) as plan_key:  # the workers are forked after this: they hold the data as it is now
+        spec = replace(spec, fn=run_span, private_pool=True)
+        items = [Span(plan_key, a, b, plan.unit) for a, b in spans]
+        results = Flow(items)._with(spec).collect(progress=view or False, **run)
     return plan.combine(pd, results, spans, errors)
+
+
+def _inherits(spec: StageSpec, run: dict, plan: _Plan) -> bool:
+    """Whether workers forked for this call should take the data from the memory they inherit.
+
+    Only fork can give it to them; a big frame gains (no copy through shared
+    memory), a small one would wait for the fork. A checkpoint keys results by
+    the chunks' values, and a worker's memory limit counts the pages it
+    inherits: both keep the shared-memory path.
+    """
+    return (
+        spec.mode == "process"
+        and spec.backend is None
+        and (spec.start_method or default_start_method()) == "fork"
+        and spec.max_memory is None
+        and run.get("checkpoint") is None
+        and plan.nbytes >= INHERIT_BYTES
+    )
 
 
 class _Chunks:
@@ -128,6 +157,8 @@ class _Plan:
     The data is a sequence of units a chunk never splits (rows, columns or
     groups); ``sizes`` gives each unit's rows (None: one each).
     """
+
+    unit = "rows"  # what an error names a chunk by (`_inherit.Span`)
 
     def __init__(self, work: Callable[[Any], Any], units: int, nbytes: int, sizes: list[int] | None = None) -> None:
         self.work = work  # what a worker runs on one chunk
@@ -183,6 +214,8 @@ class _Rows(_Plan):
 class _Columns(_Plan):
     """``df.apply(fn, axis=0)``: chunks of whole columns."""
 
+    unit = "columns"
+
     def __init__(self, df: Any, fn: Callable[[Any], Any]) -> None:
         super().__init__(partial(_apply_columns, fn), df.shape[1], _nbytes(df))
         self.rows = len(df) * df.shape[1]  # what the views count: values
@@ -202,6 +235,8 @@ class _Columns(_Plan):
 
 class _Groups(_Plan):
     """``df.groupby(...).apply(fn)``: chunks of whole groups, grouped again in the worker the same way."""
+
+    unit = "groups"
 
     def __init__(self, pd: Any, gb: Any, fn: Callable[[Any], Any]) -> None:
         import numpy as np

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -216,6 +217,82 @@ def test_progress_counts_rows_not_chunks():
     assert stage.items_in == stage.items_out == 5000
 
 
+# -- a big frame under fork: workers forked for the call inherit it ----------------------
+
+
+@pytest.fixture
+def inherit_any_size(monkeypatch):
+    """Take the inheriting path for any frame (it starts at INHERIT_BYTES; these frames are small)."""
+    import ezflow._apply
+
+    monkeypatch.setattr(ezflow._apply, "INHERIT_BYTES", 0)
+
+
+def float_address(d):
+    """In the worker: (pid, address of its chunk's float column, whether that lies in a segment)."""
+    addr = d["f"].to_numpy().__array_interface__["data"][0]
+    return pd.Series([(os.getpid(), addr, where([addr])[0] is not None)] * len(d), index=d.index)
+
+
+def test_under_fork_a_big_frame_reaches_workers_forked_for_the_call(inherit_any_size):
+    df = frame()
+    kw = {"workers": 2, "progress": False, "start_method": "fork"}
+    # the same answers as pandas, for every kind of plan
+    pd.testing.assert_series_equal(ezflow.apply(df, row_fn, axis=1, **kw), df.apply(row_fn, axis=1))
+    pd.testing.assert_series_equal(ezflow.apply(df, chunk_fn, chunksize=333, **kw), chunk_fn(df))
+    pd.testing.assert_series_equal(ezflow.apply(df.groupby("k"), group_sum, **kw), df.groupby("k").apply(group_sum))
+    num = df[["a", "f", "k"]]
+    pd.testing.assert_series_equal(ezflow.apply(num, np.sum, axis=0, **kw), num.apply(np.sum, axis=0))
+    k = 3  # a closure: it is never pickled, the workers hold it as the caller does
+    pd.testing.assert_series_equal(ezflow.apply(df, lambda d: d["a"] * k, **kw), df["a"] * k)
+
+    warm = {p.pid for p in __import__("psutil").Process().children()}
+    got = ezflow.apply(df, float_address, chunksize=1000, **kw)
+    pids = {pid for pid, _, _ in got}
+    for (pid, addr, in_segment), start in zip(got.iloc[::1000], range(0, len(df), 1000)):
+        # no copy: the worker reads the very address the caller's frame has, outside any segment
+        assert addr == df["f"].iloc[start:].to_numpy().__array_interface__["data"][0]
+        assert not in_segment
+    assert pids.isdisjoint(warm), "the call ran on a warm pool, forked before the frame was held"
+    import psutil
+
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], (
+        "the call's own workers outlived it (they hold the caller's memory as it was)"
+    )
+
+
+def test_inherited_chunks_fail_and_skip_as_the_shared_ones_do(inherit_any_size):
+    df = frame()
+    kw = {"workers": 2, "progress": False, "chunksize": 500, "start_method": "fork"}
+    with pytest.raises(ValueError, match="big") as info:  # the original type, as ever
+        ezflow.apply(df, fails_on_big, **kw)
+    assert isinstance(info.value, ezflow.TaskError)
+    assert re.search(r"item [67] \(<rows 3[05]00\.\.3[49]99>\)", str(info.value))  # the chunk, by its rows
+    kept = ezflow.apply(df, fails_on_big, errors="skip", **kw)
+    assert list(kept.index) == list(range(3000))
+    got = ezflow.apply(df, fails_on_big, errors="return", **kw)
+    assert len(got) == len(df) and all(isinstance(v, ezflow.Failure) for v in got.iloc[3000:])
+
+
+def test_a_worker_started_during_the_call_holds_the_frame_too(inherit_any_size):
+    # a worker recycled after every chunk: each replacement is forked from the caller mid-call
+    df = frame()
+    got = ezflow.apply(
+        df, float_address, workers=2, progress=False, chunksize=500, max_tasks_per_worker=1, start_method="fork"
+    )
+    assert len({pid for pid, _, _ in got}) >= 4
+    assert not any(in_segment for _, _, in_segment in got)
+
+
+def test_other_start_methods_and_checkpoints_keep_shared_memory(inherit_any_size, tmp_path):
+    df = frame(400_000)  # chunks of 200,000 floats (1.6 MB): above the size that goes by shared memory
+    got = ezflow.apply(df, float_address, workers=2, progress=False, chunksize=200_000, start_method="spawn")
+    assert all(in_segment for _, _, in_segment in got)  # spawned workers inherit nothing: the segment
+    path = tmp_path / "ck"
+    first = ezflow.apply(df, chunk_fn, workers=2, progress=False, start_method="fork", checkpoint=path)
+    pd.testing.assert_series_equal(first, chunk_fn(df))  # a checkpoint keys chunks by value: shared memory
+
+
 # -- pickle-5 buffers through shared memory: no copy --------------------------------
 
 
@@ -319,8 +396,10 @@ SMALL_SHM = textwrap.dedent(
         df = pd.DataFrame({{"a": np.arange(n), "f": np.ones(n), "s": pd.array(["abcdefghij"] * n, dtype="str")}})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            got = ezflow.apply(df, chunk_fn, workers=2, progress=False, chunksize=500_000)
-            again = ezflow.apply(df, chunk_fn, workers=2, progress=False, chunksize=500_000)
+            # forkserver: the chunks go through /dev/shm (under fork the workers would inherit them)
+            kw = dict(workers=2, progress=False, chunksize=500_000, start_method="forkserver")
+            got = ezflow.apply(df, chunk_fn, **kw)
+            again = ezflow.apply(df, chunk_fn, **kw)
         assert got.equals(chunk_fn(df)) and again.equals(got)
         mine = [w for w in caught if issubclass(w.category, ezflow.SharedMemoryWarning)]
         print("WARNINGS", len(mine))

@@ -169,12 +169,15 @@ _idle: collections.OrderedDict[int, ProcessPool] = collections.OrderedDict()
 _live: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
-def acquire(start_method: str, size: int, up_to: int | None = None) -> ProcessPool:
+def acquire(start_method: str, size: int, up_to: int | None = None, *, fresh: bool = False) -> ProcessPool:
     """Return a warm idle pool of this kind, or start a new one.
 
     `up_to`: a pool of `size` to `up_to` workers will do (a stage under a CPU
     budget runs some and parks the rest); the smallest warm one is taken.
+    `fresh`: start a new one in any case (its workers inherit the caller's memory as it is now).
     """
+    if fresh:
+        return ProcessPool(start_method, size)
     with _lock:
         fits = [
             (pool.size, pid)

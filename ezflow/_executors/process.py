@@ -145,9 +145,9 @@ class ProcessExecutor(Executor):
         method = spec.start_method or default_start_method()
         active = self.sizing.active
         if active is None:
-            pool = acquire(method, spec.workers)
+            pool = acquire(method, spec.workers, fresh=spec.private_pool)
         else:
-            pool = acquire(method, active, up_to=spec.workers)
+            pool = acquire(method, active, up_to=spec.workers, fresh=spec.private_pool)
         with self._lock:
             self.pool = pool
         self.recycling.renew_spent(pool)
@@ -402,7 +402,10 @@ class ProcessExecutor(Executor):
             # next run may already hold. A cancel before this point made it unhealthy.
             healthy = healthy and not self.cancelled
             self._handed_back = True
-        release(pool, healthy)
+        if self.spec.private_pool:  # its workers hold the caller's memory as it was when they were forked
+            pool.close() if healthy else pool.kill()
+        else:
+            release(pool, healthy)
         self._shm.close()
         self._close_wake()
 

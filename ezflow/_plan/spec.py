@@ -61,6 +61,9 @@ class StageSpec:
     # ezflow.Executor's stage: a piece goes to a worker process only when it holds none, so a
     # call starts as soon as any worker is free and never waits in a busy worker's queue
     start_when_free: bool = False
+    # workers forked for this stage alone, after the caller set up what they inherit, and
+    # stopped at its end (never warm: they hold the caller's memory as it was): ezflow.apply
+    private_pool: bool = False
 
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up

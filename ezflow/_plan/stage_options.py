@@ -103,6 +103,11 @@ def declared(options: type) -> dict[str, Opt]:
     return got
 
 
+def _names(options: type) -> frozenset[str]:
+    """Return the option names of a declaration, without evaluating its types (a first call's cost)."""
+    return frozenset(options.__annotations__)  # a TypedDict's annotations hold its bases' keys too
+
+
 def _written(tp: Any) -> str:
     text = getattr(tp, "__name__", None) if isinstance(tp, type) else None
     text = text or repr(tp)
@@ -113,7 +118,7 @@ def _written(tp: Any) -> str:
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``ezflow.map``'s keywords into (stage options, run options)."""
-    run_keys = declared(RunOptions)
+    run_keys = _names(RunOptions)
     stage = {k: v for k, v in options.items() if k not in run_keys}
     run = {k: v for k, v in options.items() if k in run_keys}
     return stage, run
@@ -136,7 +141,7 @@ def refuse_keywords(where: str, given: Iterable[str], options: type) -> None:
         given: the keywords the call received.
         options: the declaration they must come from (`StageOptions`, ...).
     """
-    known = declared(options)
+    known = _names(options)
     for key in given:
         if key in known:
             continue
@@ -144,7 +149,7 @@ def refuse_keywords(where: str, given: Iterable[str], options: type) -> None:
             raise TypeError(f"{where}() got {key!r}: {RENAMED[key]}")
         import difflib  # only on this error path: it is not needed to start
 
-        close = difflib.get_close_matches(key, list(known), n=1)
+        close = difflib.get_close_matches(key, list(declared(options)), n=1)
         hint = f"; did you mean {close[0]}=?" if close else ""
         raise TypeError(f"{where}() got an unexpected keyword argument {key!r}{hint}")
 
