@@ -23,6 +23,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ._apply_view import RowsView
 from ._core.entry import public
 from ._core.env import NUM_CPUS, default_start_method
 from ._core.errors import Failure
@@ -107,7 +108,7 @@ def apply(
     spans = _spans(plan, workers or NUM_CPUS, chunksize)
     if not spans:  # nothing to split: pandas answers (an empty frame keeps its shape)
         return plan.whole()
-    view = _RowsView.around(progress, plan.rows, len(spans))
+    view = RowsView.around(progress, plan.rows, len(spans))
     stage, run = split_options(opts)
     spec = make_stage("map", plan.work, **stage)
     if not _inherits(spec, run, plan):
@@ -405,58 +406,3 @@ def _failed(pd: Any, failure: Failure, index: Any, like: Any) -> Any:
     if like is not None:
         return pd.DataFrame({c: [failure] * len(index) for c in like.columns}, index=index, dtype=object)
     return pd.Series([failure] * len(index), index=index, dtype=object)
-
-
-class _RowsView:
-    """An observer that shows rows where the run counts chunks (it forwards to the real view)."""
-
-    def __init__(self, view: Any, rows: int, chunks: int) -> None:
-        self._view = view
-        self._scale = rows / max(chunks, 1)
-        self._rows = rows
-        self._chunks = chunks
-
-    @staticmethod
-    def around(progress: Any, rows: int, chunks: int) -> Any:
-        """The view `progress` asks for, counting rows; None for no view."""
-        if progress is False:
-            return None
-        from ._views.choose import make_observer
-
-        view = make_observer(progress)
-        return None if view is None else _RowsView(view, rows, chunks)
-
-    def _count(self, x: int) -> int:
-        return self._rows if x >= self._chunks else min(self._rows, round(x * self._scale))
-
-    def _stats(self, stats: Any) -> Any:
-        stages = tuple(
-            replace(
-                s,
-                items_in=self._count(s.items_in),
-                items_out=self._count(s.items_out),
-                errors=self._count(s.errors),
-                skipped=self._count(s.skipped),
-                in_flight=round(s.in_flight * self._scale),
-                queue_depth=round(s.queue_depth * self._scale),
-                queue_max=round(s.queue_max * self._scale),
-                total=self._rows if s.total is not None else None,
-            )
-            for s in stats.stages
-        )
-        total = self._rows if stats.total is not None else None
-        return replace(stats, stages=stages, total=total)
-
-    def open(self, stats: Any) -> None:
-        self._view.open(self._stats(stats))
-
-    def update(self, stats: Any) -> None:
-        self._view.update(self._stats(stats))
-
-    def close(self, stats: Any) -> None:
-        self._view.close(self._stats(stats))
-
-    def __getattr__(self, name: str) -> Any:  # bind_stop and whatever else the view offers
-        return getattr(self._view, name)
-
-
