@@ -298,37 +298,43 @@ def run(ctx, wl) -> Table:
     out: list = []
     frame = 0
     for func in ("rows", "chunks"):
-        table_rows = []
-        ref = None
+        # every row's runs interleaved (run 1 of each, then run 2 of each, ...): a machine
+        # that slows down for a minute slows every row alike, not the rows measured then
+        table_rows, live = [], []
         for name, (kind, _fn) in RUNNERS.items():
             label = f"{name} [{func}]"
             row = {"impl": label, "kind": kind, "status": "ok", "detail": "", "note": ""}
             python, why = _python_for(name)
             if name == "pandarallel" and func != "rows":
                 python, why = None, "no per-chunk call in pandarallel (parallel_apply is per row or per group)"
+            table_rows.append(row)
             if python is None:
                 row.update(status="not available", detail=why)
-                table_rows.append(row)
                 continue
             row["note"] = why
-            times, got = [], None
-            for _ in range(ctx.repeat):
+            live.append((row, name, python, []))
+        last: dict = {}
+        for _ in range(ctx.repeat):
+            for row, name, python, times in live:
+                if row["status"] != "ok" or sum(times) > ctx.budget:
+                    continue
                 try:
                     got = _child(python, name, func, rows, ctx.timeout)
                 except Exception as e:
                     row.update(status="error", detail=str(e))
-                    break
+                    continue
                 times.append(got["seconds"])
-                ctx.log(f"[W8] {label}: {got['seconds']:.2f} s, parent peak {got['parent_peak'] >> 20} MiB")
-                if sum(times) > ctx.budget:
-                    break
+                last[row["impl"]] = got
+                ctx.log(f"[W8] {row['impl']}: {got['seconds']:.2f} s, parent peak {got['parent_peak'] >> 20} MiB")
+        ref = next((last.get(row["impl"]) for row, *_ in live if row["kind"] == "serial"), None)
+        for row, _name, _python, times in live:
+            got = last.get(row["impl"])
             if got is None or row["status"] != "ok":
-                table_rows.append(row)
                 continue
             frame = got["frame"]
-            if ref is None and kind == "serial":
-                ref = got
-            elif ref is not None and (got["n"] != ref["n"] or abs(got["sum"] - ref["sum"]) > 1e-6 * abs(ref["sum"])):
+            if ref is not None and got is not ref and (
+                got["n"] != ref["n"] or abs(got["sum"] - ref["sum"]) > 1e-6 * abs(ref["sum"])
+            ):
                 row.update(status="WRONG", detail=f"n={got['n']} sum={got['sum']!r}, expected {ref['sum']!r}")
             times.sort()
             row.update(
@@ -336,8 +342,8 @@ def run(ctx, wl) -> Table:
                 parent=(got["parent_peak"] - got["interpreter"]) / got["frame"],
                 worker=got["worker_peak"] / got["frame"],
                 parent_mib=got["parent_peak"] >> 20, before_mib=got["before"] >> 20,
+                samples=[round(t, 3) for t in times],
             )
-            table_rows.append(row)
         add_ratios(table_rows)
         out.extend(table_rows)
     notes = [
