@@ -65,5 +65,3 @@ class RowsView:
 
     def __getattr__(self, name: str) -> Any:  # bind_stop and whatever else the view offers
         return getattr(self._view, name)
-
-

@@ -402,10 +402,12 @@ class ProcessExecutor(Executor):
             # next run may already hold. A cancel before this point made it unhealthy.
             healthy = healthy and not self.cancelled
             self._handed_back = True
-        if self.spec.private_pool:  # its workers hold the caller's memory as it was when they were forked
-            pool.close() if healthy else pool.kill()
-        else:
+        if not self.spec.private_pool:
             release(pool, healthy)
+        elif healthy:  # never warm: its workers hold the caller's memory as it was when they were forked
+            pool.close()
+        else:
+            pool.kill()
         self._shm.close()
         self._close_wake()
 
