@@ -21,7 +21,7 @@ than being taken as something else.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, KeysView
 from typing import Annotated, Any, TypedDict
 
 __all__ = [
@@ -103,9 +103,9 @@ def declared(options: type) -> dict[str, Opt]:
     return got
 
 
-def _names(options: type) -> frozenset[str]:
-    """Return the option names of a declaration, without evaluating its types (a first call's cost)."""
-    return frozenset(options.__annotations__)  # a TypedDict's annotations hold its bases' keys too
+def _names(options: type) -> KeysView[str]:
+    """Return the option names of a declaration, in order, without evaluating its types (a first call's cost)."""
+    return options.__annotations__.keys()  # a TypedDict's annotations hold its bases' keys too
 
 
 def _written(tp: Any) -> str:
@@ -149,7 +149,7 @@ def refuse_keywords(where: str, given: Iterable[str], options: type) -> None:
             raise TypeError(f"{where}() got {key!r}: {RENAMED[key]}")
         import difflib  # only on this error path: it is not needed to start
 
-        close = difflib.get_close_matches(key, list(declared(options)), n=1)
+        close = difflib.get_close_matches(key, list(known), n=1)
         hint = f"; did you mean {close[0]}=?" if close else ""
         raise TypeError(f"{where}() got an unexpected keyword argument {key!r}{hint}")
 
