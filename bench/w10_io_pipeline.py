@@ -9,8 +9,10 @@ CPUs / 0.4 ms. Rows, every output checked against serial:
 - serial: the three composed, one item at a time;
 - ``multiprocessing.Pool(2)``: chained ``imap``, chunksize 16;
 - ezflow ``Flow(xs).map(f1).map(wait).map(f3)`` with default workers: the
-  CPU budget starts at one worker per CPU per stage and gives the waiting
-  stage more (up to 4 per CPU) while its workers sleep inside items;
+  three run fused (one chain in the same workers, ``ezflow/_plan/chain.py``)
+  and the CPU budget starts the chain at one worker per CPU and gives it
+  more (up to 4 per CPU) while its workers sleep inside items;
+- the same with fusing off: the budget gives the waiting stage alone more;
 - the same with ``workers=NUM_CPUS`` on each stage: the static split, no budget.
 
 The note under the table gives the budget row's speed over the static one
@@ -35,6 +37,7 @@ IMAP_CHUNKSIZE = 16
 
 _calibrated: dict = {}
 _peaks: list = []  # most workers the waiting stage ran, per budget run
+_separate_peaks: list = []  # ... with each stage in its own workers
 
 
 def make_inputs(quick: bool) -> PipeInput:
@@ -102,12 +105,24 @@ def ezflow_static(inp: PipeInput):
     return _flow(inp, workers=WORKERS).collect(progress=False)
 
 
+def ezflow_separate(inp: PipeInput):
+    from .w6_pipeline import separate_stages
+
+    peak = _Peak()
+    with separate_stages():
+        out = _flow(inp).collect(progress=peak)
+    _separate_peaks.append(peak.most)
+    return out
+
+
 ROW_BUDGET = "ezflow Flow 3 stages (CPU budget)"
 ROW_STATIC = "ezflow Flow 3 stages, workers=2 each"
+ROW_SEPARATE = "ezflow Flow 3 stages, not fused (CPU budget)"
 
 
 def impls(inp: PipeInput) -> list:
     _peaks.clear()
+    _separate_peaks.clear()
     return [
         Impl("serial (f3(wait(f1(x))))", serial, kind="serial"),
         Impl(f"Pool(2) chained imap chunksize={IMAP_CHUNKSIZE}", pool_imap_chain),
@@ -115,6 +130,8 @@ def impls(inp: PipeInput) -> list:
              note="default workers"),
         Impl(ROW_STATIC, ezflow_static, kind="ezflow", unavailable=ezflow_unavailable,
              note="static split, no budget"),
+        Impl(ROW_SEPARATE, ezflow_separate, kind="ezflow", unavailable=ezflow_unavailable,
+             note="default workers, each stage its own: how it ran before fusing"),
     ]
 
 
@@ -125,7 +142,13 @@ def run(ctx, wl):
     if budget.get("rate") and static.get("rate"):
         table.notes.append(f"CPU budget vs static split (workers=2 each), same run: "
                            f"{budget['rate'] / static['rate']:.2f}x the items/s; the waiting stage "
-                           f"ran at most {max(_peaks, default=0)} workers")
+                           f"ran at most {max(_peaks, default=0)} workers (the three run fused: "
+                           f"one chain, sized as one stage)")
+    separate = rows.get(ROW_SEPARATE, {})
+    if budget.get("rate") and separate.get("rate"):
+        table.notes.append(f"fused vs each stage in its own workers (both with the budget), same run: "
+                           f"{budget['rate'] / separate['rate']:.2f}x the items/s; the waiting stage "
+                           f"alone ran at most {max(_separate_peaks, default=0)} workers")
     return table
 
 

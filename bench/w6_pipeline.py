@@ -9,7 +9,12 @@ Rows, every output checked against serial:
   (process stages, default workers: the CPU budget starts them at one worker
   per CPU each and keeps that for CPU-bound stages; W10 is the case where it
   adds workers);
-- the same with ``workers=2`` on each stage: the static split, no budget;
+  The three are plain process maps with default options: they run fused,
+  one chain in the same 2 workers (``ezflow/_plan/chain.py``);
+- the same with ``workers=2`` on each stage: the static split, no budget,
+  each stage its own workers;
+- the same with default workers and fusing off: each stage its own workers,
+  the CPU budget sharing them (how such a flow ran before chains);
 - the same with a progress view forced on although stdout is not a tty: a
   real ``TqdmObserver`` writing to /dev/null, and the notebook panel
   (``WidgetObserver``) built headless (no kernel: ipywidgets uses a dummy
@@ -103,6 +108,23 @@ def ezflow_flow(inp: PipeInput):
     out = flow.collect(progress=False)
     _last["off"] = flow.stats
     return out
+
+
+@contextlib.contextmanager
+def separate_stages():
+    """Each stage in its own workers, as before consecutive process maps ran fused (the reference row)."""
+    from ezflow._plan import chain
+
+    was, chain.FUSE = chain.FUSE, False
+    try:
+        yield
+    finally:
+        chain.FUSE = was
+
+
+def ezflow_flow_separate(inp: PipeInput):
+    with separate_stages():
+        return _ezflow_flow(inp).collect(progress=False)
 
 
 def ezflow_flow_tqdm(inp: PipeInput):
@@ -238,6 +260,7 @@ def cpu_counted(name: str, fn):
 
 ROW_OFF = "ezflow Flow 3 stages"
 ROW_FIXED = "ezflow Flow 3 stages, workers=2 each"
+ROW_SEPARATE = "ezflow Flow 3 stages, not fused"
 ROW_TQDM = "ezflow Flow 3 stages, tqdm view"
 ROW_WIDGET = "ezflow Flow 3 stages, widget view"
 
@@ -253,6 +276,8 @@ def impls(inp: PipeInput) -> list:
              note="process stages, default workers, progress=False"),
         Impl(ROW_FIXED, ezflow_flow_fixed, kind="ezflow", unavailable=ezflow_unavailable,
              note="workers=2 per stage: the static split, no CPU budget"),
+        Impl(ROW_SEPARATE, ezflow_flow_separate, kind="ezflow", unavailable=ezflow_unavailable,
+             note="default workers, each stage its own (2 each): how flows ran before fusing"),
         Impl(ROW_TQDM, ezflow_flow_tqdm, kind="ezflow", unavailable=ezflow_unavailable,
              note="TqdmObserver(file=/dev/null)"),
         Impl(ROW_WIDGET, ezflow_flow_widget, kind="ezflow", unavailable=widget_unavailable,

@@ -17,6 +17,18 @@ from ezflow._executors.meter import machine_idle_seconds, proc_cpu_seconds, proc
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.fixture(autouse=True)
+def separate_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget shares the CPUs among separate stages: keep each stage in its own workers.
+
+    (Consecutive plain process maps otherwise run fused, one chain in the same workers:
+    tests/test_fused.py has the budget sizing such a chain.)
+    """
+    from ezflow._plan import chain
+
+    monkeypatch.setattr(chain, "FUSE", False)
+
+
 def spin(n: int) -> int:
     s = 0
     for i in range(n):

@@ -112,8 +112,8 @@ def decide(s: Look, idle: float | None, settled: bool) -> int:
 class Budget:
     """Sizes a run's process stages that left `workers` to ezflow: one per CPU each, more or fewer as measured."""
 
-    def __init__(self, members: list[tuple[int, Any]], snapshot: Callable[[], FlowStats], cpus: int) -> None:
-        self.members = members  # (stage index in the flow, its StageDriver)
+    def __init__(self, members: list[tuple[range, Any]], snapshot: Callable[[], FlowStats], cpus: int) -> None:
+        self.members = members  # (the stages it runs: their indices in the flow, its StageDriver)
         self.snapshot = snapshot
         self.cpus = cpus
         self.started = time.perf_counter()
@@ -122,18 +122,23 @@ class Budget:
         self._more = [0] * len(members)  # looks in a row that saw the stage wait on I/O
 
     @classmethod
-    def of(cls, drivers: Sequence[Any], snapshot: Callable[[], FlowStats]) -> Budget | None:
-        """Return the budget of a run's stages, or None when fewer than two stages share one."""
+    def of(cls, drivers: Sequence[tuple[range, Any]], snapshot: Callable[[], FlowStats]) -> Budget | None:
+        """Return the budget of a run's stages, or None when fewer than two stages share one.
+
+        `drivers`: each driver with the flow's stages it runs (several for a chain of fused
+        stages, `plan.chain`: it is sized as one stage, and may grow when it waits on I/O).
+        """
         members = [
-            (i, d)
-            for i, d in enumerate(drivers)
+            (r, d)
+            for r, d in drivers
             if d.spec.auto_workers and d.spec.kind in ("map", "filter", "flat_map") and d.spec.mode == "process"
         ]
-        if len(members) < 2 or machine_idle_seconds() is None:
+        if sum(len(r) for r, _ in members) < 2 or machine_idle_seconds() is None:
             return None  # nothing to share; or no /proc to measure with: one worker per CPU each, as before
         budget = cls(members, snapshot, max(d.spec.workers for _, d in members))
         for _, d in members:  # the static split: one worker per CPU each
-            d.counters.auto_workers = True
+            for c in d.all_counters:
+                c.auto_workers = True
             _set(d, d.spec.workers)
         return budget
 
@@ -183,12 +188,12 @@ class Budget:
         window = now - t0
         if window <= 0:
             return
-        if not any(s.state == "running" for s in (stats.stages[i] for i, _ in self.members)):
+        if not any(stats.stages[r.start].state == "running" for r, _ in self.members):
             return
         idle = None if idle_now is None or idle0 is None else (idle_now - idle0) / (window * self.cpus)
         settled = now - self.started >= SETTLE_SECONDS
-        for k, (i, d) in enumerate(self.members):
-            s = _look(i, d.spec.workers, used[k], used0[k], stats, before, window)
+        for k, (r, d) in enumerate(self.members):
+            s = _look(r, d.spec.workers, used[k], used0[k], stats, before, window)
             n = decide(s, idle, settled)
             # past one per CPU only once two looks in a row saw the stage wait on I/O (a piece that
             # finished late, or a worker held up by the parent, can make one window look so);
@@ -204,7 +209,7 @@ class Budget:
 
 
 def _look(
-    i: int,
+    stages: range,
     static: int,
     used: tuple[float, float | None],
     used0: tuple[float, float | None],
@@ -212,15 +217,21 @@ def _look(
     before: FlowStats,
     window: float,
 ) -> Look:
+    i, last = stages.start, stages.stop - 1
     s, b = now.stages[i], before.stages[i]
     had = s.worker_time - b.worker_time
     working = s.working_seconds - b.working_seconds
+    inside = s.busy_seconds - b.busy_seconds
+    for j in stages[1:]:  # a chain's workers (plan.chain): each stage has its steps' busy time,
+        # the first one the pieces running now
+        more = now.stages[j].busy_seconds - before.stages[j].busy_seconds
+        working += more
+        inside += more
     cpu = max(0.0, used[0] - used0[0])
     off_cpu = None
     # time inside items as the workers timed the pieces that finished: the parent's clock on
     # pieces still out also counts a piece queued behind another in its worker, and a result
     # waiting in the pipe for the parent; those only when few pieces finished (long items)
-    inside = s.busy_seconds - b.busy_seconds
     if inside < 0.25 * working:
         inside = working
     if used[1] is not None and used0[1] is not None and inside > 0:
@@ -233,11 +244,11 @@ def _look(
         off_cpu=off_cpu,
         cpu_per_busy=cpu / working if working > 0 else 1.0,
         waiting=s.queue_depth > 0,
-        blocked=(now.blocked_on_output(i) - before.blocked_on_output(i)) / window,
+        blocked=(now.blocked_on_output(last) - before.blocked_on_output(last)) / window,
     )
 
 
 def _set(driver: Any, n: int) -> None:
     n = max(1, min(n, WAIT_FACTOR * driver.spec.workers))
     driver.executor.resize(n)
-    driver.counters.set_workers(n)
+    driver.set_workers(n)

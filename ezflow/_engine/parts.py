@@ -34,8 +34,13 @@ def build_part(
     start: int,
     values: list[Any],
     errs: Sequence[ItemError],
+    steps: Sequence[tuple[str, _Counters]] | None = None,
 ) -> Chunk:
     """Return the output of items [start, start + len(values)) of `chunk`, counting its failures.
+
+    `steps`: the (name, counters) of each stage a chain of fused stages runs
+    (`plan.chain`): a failure is that step's, named and counted there, with
+    the item as that step received it.
 
     Raises:
         Aborted: an item failed in a stage with errors="raise" (`abort` was called with its error).
@@ -47,9 +52,10 @@ def build_part(
     span = chunk.span if whole else span_of(chunk, start, start + n)
     if kind == "map" and not errs:
         return Chunk(chunk.seq, idx if whole else idx[start : start + n], values, chunk.special, span)
-    c = counters
-    # tallied here and added once: workers build parts at the same time
-    errors = skipped = filtered = memory = 0
+    stages = steps or ((spec.name, counters),)
+    # tallied here and added once per stage: workers build parts at the same time
+    tally = [[0, 0, 0] for _ in stages]  # errors, skipped, memory failures, per stage
+    filtered = 0
     items = chunk.items
     out: list = []
     out_idx: list = []
@@ -61,22 +67,27 @@ def build_part(
         if errmap is not None and i in errmap:
             err = errmap[i]
             exc, tb = err.error, err.tb
-            c.book.failed(idx[p], items[p], exc, tb)
+            name, c = stages[err.step]
+            item = err.item if err.step else items[p]
+            c.book.failed(idx[p], item, exc, tb)
+            t = tally[err.step]
             if isinstance(exc, MemoryLimitExceeded):
-                memory += 1
-            failure = Failure(items[p], idx[p], spec.name, attach_traceback(exc, tb), tb, err.attempts)
+                t[2] += 1
+            failure = Failure(item, idx[p], name, attach_traceback(exc, tb), tb, err.attempts)
             if spec.errors == "raise":
-                c.add(errors=errors + 1, skipped=skipped, filtered=filtered, memory_failures=memory)
-                abort(failure.to_error(), stage=spec.name)
+                t[0] += 1
+                _count(stages, tally, 0)
+                abort(failure.to_error(), stage=name)
                 raise Aborted
             if spec.errors == "skip":
-                skipped += 1
+                t[1] += 1
                 continue
-            errors += 1
+            t[0] += 1
             out.append(failure)
             out_idx.append(idx[p])
             special = True
-            made += 1
+            if err.step == len(stages) - 1:  # a failure an earlier step made passes the later ones
+                made += 1
         elif kind == "map":
             out.append(v)
             out_idx.append(idx[p])
@@ -89,11 +100,18 @@ def build_part(
         else:  # flat_map
             out.extend(v)
             out_idx.extend([idx[p]] * len(v))
-    if errors or skipped or filtered or memory:
-        c.add(errors=errors, skipped=skipped, filtered=filtered, memory_failures=memory)
+    _count(stages, tally, filtered)
     result = Chunk(chunk.seq, out_idx, out, special, span)
     result.made = made
     return result
+
+
+def _count(stages: Sequence[tuple[str, _Counters]], tally: list[list[int]], filtered: int) -> None:
+    # `filtered`: a filter stage's, never fused, so always the first (only) stage's
+    for k, ((_, c), (errors, skipped, memory)) in enumerate(zip(stages, tally, strict=True)):
+        drop = filtered if k == 0 else 0
+        if errors or skipped or memory or drop:
+            c.add(errors=errors, skipped=skipped, filtered=drop, memory_failures=memory)
 
 
 def span_of(chunk: Chunk, s: int, e: int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from .._core.observe import TICK_SECONDS
 from .._core.stats import FlowStats, _Counters
 from .._core.threads import Job, spawn
 from .._executors.port import Chunk
+from .._plan.chain import runs
 from .._plan.spec import StageSpec
 from .channel import Channel, EndOfStream
 from .source import ChunkReader
@@ -137,7 +138,20 @@ class Run:
         ]
         self.channels.append(Channel(4))
         self.drivers: list[StageDriver | BatchDriver | UnbatchDriver] = []
-        for i, spec in enumerate(specs):
+        self.stages_of: list[range] = []  # the stages each driver runs (several: a chain, plan.chain)
+        for r in runs(specs):
+            i = r.start
+            if len(r) > 1:  # consecutive plain process maps: one stage of workers runs them all
+                from .fused import FusedDriver
+
+                fused = FusedDriver(
+                    specs[i : r.stop], self, self.channels[i], self.channels[r.stop], self.counters[i : r.stop],
+                    total=self.counters[i].total,
+                )
+                self.drivers.append(fused)
+                self.stages_of.append(r)
+                continue
+            spec = specs[i]
             cls: type[StageDriver] | type[BatchDriver] | type[UnbatchDriver] = StageDriver
             if spec.kind in ("batch", "unbatch"):
                 from .batch import BatchDriver, UnbatchDriver
@@ -146,12 +160,13 @@ class Run:
             self.drivers.append(
                 cls(spec, self, self.channels[i], self.channels[i + 1], self.counters[i], total=self.counters[i].total)
             )
+            self.stages_of.append(r)
         # process stages left at workers=None follow one CPU budget (set before setup: it sizes their pools)
         self.budget: Budget | None = None
-        if sum(s.auto_workers for s in specs) >= 2:
+        if sum(d.spec.auto_workers * len(r) for d, r in zip(self.drivers, self.stages_of, strict=True)) >= 2:
             from .budget import Budget
 
-            self.budget = Budget.of(self.drivers, self.snapshot)
+            self.budget = Budget.of(list(zip(self.stages_of, self.drivers, strict=True)), self.snapshot)
         self._threads: list[Job] = []
         self._reader: ChunkReader | None = None
 
@@ -321,12 +336,14 @@ class Run:
             ch.cancel()
         if self._reader is not None:
             self._reader.cancel()
-        for d, c in zip(self.drivers, self.counters, strict=True):
+        for d, r in zip(self.drivers, self.stages_of, strict=True):
             d.cancel()
-            if state == "failed" and stage == c.name:
-                c.finish("failed", f"{type(self.error).__name__}: {self.error}")
-            else:
-                c.finish("cancelled" if c.state in ("pending", "running") else c.state)
+            for c in self.counters[r.start : r.stop]:
+                # a chain's workers that could not start: each of its stages failed (`d.spec.name`)
+                if state == "failed" and stage in (c.name, d.spec.name):
+                    c.finish("failed", f"{type(self.error).__name__}: {self.error}")
+                else:
+                    c.finish("cancelled" if c.state in ("pending", "running") else c.state)
         self._end()
 
     def _end(self) -> None:

@@ -69,6 +69,11 @@ class StageDriver:
         self.inbox = inbox
         self.outbox = outbox
         self.counters = counters
+        # the figures this driver writes: its stage's; a chain of fused stages (`FusedDriver`) writes
+        # each of its stages' (items in to the first, out from the last, each step's busy time)
+        self.all_counters: tuple[_Counters, ...] = (counters,)
+        self.out_counters = counters
+        self.steps: tuple[tuple[str, _Counters], ...] | None = None  # a chain's (name, counters) per step
         self.total = total
         self.window = 2 * spec.workers + 2
         counters.window = self.window
@@ -224,8 +229,9 @@ class StageDriver:
             # machine's CPUs for a dask stage: let a larger cluster have enough
             # chunks to cut `pieces` pieces from.
             self.window = max(self.window, pieces)
-            with self.counters.lock:  # `set_workers` (the budget) writes it under this lock
-                self.counters.workers = workers  # utilisation is per worker (per cluster thread)
+            for c in self.all_counters:
+                with c.lock:  # `set_workers` (the budget) writes it under this lock
+                    c.workers = workers  # utilisation is per worker (per cluster thread)
             self.cond.notify_all()
 
     def wake(self) -> None:
@@ -235,14 +241,15 @@ class StageDriver:
 
     def report_workers(self, recycled: int = 0, peak_rss: int = 0) -> None:
         """Count workers replaced on purpose; keep the largest worker RSS seen."""
-        c = self.counters
         with self.cond:
-            c.workers_recycled += recycled
-            c.peak_worker_rss = max(c.peak_worker_rss, peak_rss)
+            for c in self.all_counters:
+                c.workers_recycled += recycled
+                c.peak_worker_rss = max(c.peak_worker_rss, peak_rss)
 
     def worker_up(self, worker: int, pid: int | None = None, startup: float = 0.0) -> None:
         """A worker is ready (insights)."""
-        self.counters.book.up(worker, pid, startup)
+        for c in self.all_counters:
+            c.book.up(worker, pid, startup)
 
     def began(self, worker: int, piece: Piece) -> None:
         """A worker starts a piece (insights: its current item and age)."""
@@ -250,7 +257,13 @@ class StageDriver:
 
     def worker_gone(self, worker: int) -> None:
         """A worker was replaced (insights)."""
-        self.counters.book.gone(worker)
+        for c in self.all_counters:
+            c.book.gone(worker)
+
+    def set_workers(self, n: int) -> None:
+        """The stage runs `n` workers from now on (the CPU budget moved some): say so in its figures."""
+        for c in self.all_counters:
+            c.set_workers(n)
 
     def _take_locked(self) -> Piece | None:
         if self._redo:
@@ -292,11 +305,13 @@ class StageDriver:
         piece: Piece,
         values: list[Any],
         errs: Sequence[ItemError],
-        busy: float,
+        busy: float | tuple[float, ...],
         retries: int = 0,
         worker: int | None = None,
     ) -> None:
         """Record a finished piece (or the first part of one); emit its results as soon as order allows."""
+        if isinstance(busy, tuple):  # per step: only a chain's workers send that (`FusedDriver`)
+            busy = sum(busy)
         chunk = piece.chunk
         n = len(piece.items)
         c = self.counters
@@ -311,7 +326,7 @@ class StageDriver:
 
     def _deliver(self, chunk: Chunk, start: int, values: list[Any], errs: Sequence[ItemError]) -> None:
         try:
-            out = build_part(self.spec, self.counters, self.run.abort, chunk, start, values, errs)
+            out = build_part(self.spec, self.counters, self.run.abort, chunk, start, values, errs, self.steps)
         except Aborted:
             return
         if self.on_done is not None:
@@ -356,7 +371,7 @@ class StageDriver:
         out.seq = self._out_seq
         self._out_seq += 1
         self.outbox.put(out, len(out.items))
-        self.counters.add(items_out=len(out.items) - out.made)
+        self.out_counters.add(items_out=len(out.items) - out.made)
 
     def _maybe_finish(self) -> None:
         with self.cond:
@@ -364,8 +379,9 @@ class StageDriver:
                 return
             self._finished = True
             self.cond.notify_all()
-        self.counters.start()
-        self.counters.finish("done")
+        for c in self.all_counters:
+            c.start()
+            c.finish("done")
         self.executor.close()
         self.outbox.close()
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 from .._core.errors import Failure, pack_exception
+from .._plan.chain import Chain
 from .limits import TokenBucket
 from .port import ItemError
 from .rules import ItemRules
@@ -84,7 +85,7 @@ def report_each(fn: F) -> F:
 class Runtime:
     """A stage as a worker holds it: the ready callable and its rules."""
 
-    __slots__ = ("call", "instance", "kind", "limiter", "marker", "pack", "report_after", "rules", "when")
+    __slots__ = ("call", "chain", "instance", "kind", "limiter", "marker", "pack", "report_after", "rules", "when")
 
     def __init__(
         self,
@@ -107,6 +108,8 @@ class Runtime:
         self.marker: Any = None  # a process worker's deadline.Marker when the stage has a time limit
         # how long a finished result may wait for the rest of its piece (see `report_each`)
         self.report_after = 0.0 if getattr(call, _REPORT_EACH, False) else PARTIAL_SECONDS
+        # fused stages (plan.chain): an error names the step, busy time is split among them
+        self.chain: Chain | None = call if isinstance(call, Chain) else None
 
     @property
     def retries(self) -> int:
@@ -166,6 +169,9 @@ def error_at(rt: Runtime, exc: BaseException, attempts: int, pos: int) -> ItemEr
 
         # traceback survives an exception whose __str__ raises ("<exception str() failed>")
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if rt.chain is not None:
+        step, item = rt.chain.take_failure()
+        return ItemError(pos, exc, tb, attempts, step, item if step else None)
     return ItemError(pos, exc, tb, attempts)
 
 

@@ -30,6 +30,10 @@ class ItemError(NamedTuple):
     error: BaseException
     tb: str  # the traceback text where it was raised ("" when the parent saw it: a timeout, a death)
     attempts: int  # tries so far, in the worker and in the parent
+    # a chain of fused stages (plan.chain): the step that raised, and the item as it received it
+    # (`item` only for a step after the first: the parent holds the first step's input)
+    step: int = 0
+    item: Any = None
 
 
 class Chunk:
@@ -106,11 +110,13 @@ class StagePort(Protocol):
         piece: Piece,
         values: list[Any],
         errs: Sequence[ItemError],
-        busy: float,
+        busy: float | tuple[float, ...],
         retries: int = 0,
         worker: int | None = None,
     ) -> None:
         """Report a finished piece: one value per item, the failed ones in `errs`, `busy` seconds of work.
+
+        Fused stages (`plan.chain`) report `busy` step by step, a tuple.
 
         A worker still running a piece may report its first items early
         (`piece.split(k)[0]`) and keep the rest as the piece it holds: each

@@ -104,7 +104,7 @@ class Result(NamedTuple):
     piece_id: int
     values: list[Any]
     errs: list[ItemError]
-    busy: float  # seconds of work
+    busy: float | tuple[float, ...]  # seconds of work (fused stages, plan.chain: per step)
     retries: int
 
 
@@ -114,7 +114,7 @@ class Partial(NamedTuple):
     piece_id: int
     values: list[Any]
     errs: list[ItemError]
-    busy: float
+    busy: float | tuple[float, ...]
     retries: int
 
 

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from .._core.errors import RemoteError, describe, pack_exception
+from .._plan.chain import Chain
 from .._transport import idle, set_worker_parent
 from .._transport.serialize import dumps, dumps_view, loads
 from .deadline import Marker
@@ -123,8 +124,29 @@ def sendable_result(values: list[Any], errs: list[ItemError]) -> tuple[list[Any]
             dumps(e.error)
         except Exception:
             # keep its type name, message and the worker's traceback text
-            errs[i] = e._replace(error=RemoteError(type(e.error).__qualname__, describe(e.error).partition(": ")[2]))
+            remote = RemoteError(type(e.error).__qualname__, describe(e.error).partition(": ")[2])
+            e = errs[i] = e._replace(error=remote)
+        if e.step:  # a fused step's input (plan.chain) that cannot travel: its repr stands in
+            try:
+                dumps(e.item)
+            except Exception:
+                errs[i] = e._replace(item=_Unsent(e.item))
     return values, errs
+
+
+class _Unsent:
+    """Stands in for an item that could not be sent back: its repr, as the failure shows it."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, item: Any) -> None:
+        try:
+            self.text = repr(item)
+        except Exception:
+            self.text = f"<{type(item).__qualname__} object: its repr failed>"
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def _result_scope(share: tuple | None) -> Any:
@@ -139,17 +161,19 @@ def _result_scope(share: tuple | None) -> Any:
 class _Reporter:
     """Send a task's first results back while the rest run (`wire.Partial`)."""
 
-    __slots__ = ("conn", "piece_id", "share")
+    __slots__ = ("chain", "conn", "piece_id", "share")
 
-    def __init__(self, conn: Any, piece_id: int, share: tuple | None) -> None:
+    def __init__(self, conn: Any, piece_id: int, share: tuple | None, chain: Chain | None) -> None:
         self.conn = conn
         self.piece_id = piece_id
+        self.chain = chain
         # the spares lent for the result stay for the final answer: big arrays here go in new segments
         self.share = None if share is None else (share[0], ())
 
     def __call__(self, values: list[Any], errs: list[ItemError], busy: float, retries: int) -> None:
+        spent = busy if self.chain is None else self.chain.split(busy)
         with _result_scope(self.share):
-            answer = _pickle(Partial(self.piece_id, values, errs, busy, retries))
+            answer = _pickle(Partial(self.piece_id, values, errs, spent, retries))
             _send_bytes(self.conn, answer)
 
 
@@ -189,10 +213,12 @@ def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
             if rt.marker is not None:
                 rt.marker.begin(msg.piece_id)
             piece_id, share = msg.piece_id, msg.share
-            report = _Reporter(conn, piece_id, share)
+            report = _Reporter(conn, piece_id, share, rt.chain)
             values, errs, busy, retries = run_piece(rt, msg.items, msg.special, msg.tried, report)
+            # fused stages (plan.chain): the piece's seconds, step by step, for each stage's figures
+            spent = busy if rt.chain is None else rt.chain.split(busy)
             with _result_scope(share):
-                answer = _pickle(Result(piece_id, values, errs, busy, retries))
+                answer = _pickle(Result(piece_id, values, errs, spent, retries))
                 # let go of shared inputs before answering: their owner finds them free
                 # when the answer arrives, and reuses them at once
                 del msg, values, errs

@@ -52,7 +52,10 @@ def _by_value(obj: Any) -> bool:
     # a partial that carries such a function (ezflow.apply's per-chunk work wraps the user's)
     if isinstance(obj, partial):
         return any(callable(a) and a is not obj and _by_value(a) for a in (*obj.args, *obj.keywords.values()))
-    return False
+    # consecutive stages fused into one call (plan.chain.Chain): by value if any of them is
+    if getattr(type(obj), "__ezflow_parts__", None) is None:
+        return False
+    return any(_by_value(f) for f in obj.__ezflow_parts__)
 
 
 def dumps_fn(obj: Any) -> bytes:
