@@ -77,8 +77,12 @@ def test_a_stage_busy_again_gets_its_workers_back_at_once():
 def test_a_stage_that_waits_on_io_grows_past_one_worker_per_cpu():
     io = look(2, 0.97, off_cpu=0.9)
     assert waits_elsewhere(io, idle=None)  # the scheduler's counts say it: the machine's load does not matter
-    assert decide(io, idle=0.0, settled=False) == 3
-    assert decide(look(6, 0.97, off_cpu=0.9), idle=0.0, settled=False) == 8  # by half, at most WAIT_FACTOR per CPU
+    # at once as many as keep the CPUs busy at the share of item time on one: 2 / 0.1, at most
+    # WAIT_FACTOR per CPU
+    assert decide(io, idle=0.0, settled=False) == 8
+    assert decide(look(2, 0.97, off_cpu=0.6), idle=0.0, settled=False) == 5  # 2 / 0.4
+    assert decide(look(4, 0.97, off_cpu=0.6), idle=0.0, settled=False) == 6  # at least by half
+    assert decide(look(6, 0.97, off_cpu=0.9), idle=0.0, settled=False) == 8
     assert decide(look(8, 0.97, off_cpu=0.9), idle=0.0, settled=False) == 8
     assert not waits_elsewhere(look(2, 0.97, off_cpu=0.1), idle=0.9)  # running or queued for a core: CPU-bound
     assert not waits_elsewhere(look(2, 0.6, off_cpu=0.9), idle=0.9)  # not busy

@@ -22,7 +22,9 @@ measured:
   worker queued behind other processes on a busy machine is not mistaken
   for one that waits on I/O; the time inside items is the workers' own
   timing of the pieces that finished. Once two looks in a row (0.25 s
-  apart) saw that, it grows by half at each look while it holds.
+  apart) saw that, it grows at once to as many workers as keep its CPUs
+  busy at the share of item time its workers run on one (at least by half),
+  and by half at each look while it holds.
 - **Fewer**: only workers the stage did not use. A stage whose workers were
   busy less than `KEEP_BUSY` of the time keeps enough to stay under that
   (`ceil(busy workers / KEEP_BUSY)`, at least one), once the run is
@@ -98,7 +100,13 @@ def decide(s: Look, idle: float | None, settled: bool) -> int:
     `settled`: the run is old enough (`SETTLE_SECONDS`) to give idle workers back.
     """
     if waits_elsewhere(s, idle):
-        return min(WAIT_FACTOR * s.static, s.workers + max(1, s.workers // 2))
+        grow = s.workers + max(1, s.workers // 2)
+        if s.off_cpu is not None and s.off_cpu < 1.0:
+            # at once as many as keep its CPUs busy at the share of item time its workers run (a
+            # chain of fused stages whose middle one waits: 0.2 ms CPU, 1 ms sleep, 0.2 ms CPU -> 7);
+            # a run of a second or two is over before growing by half at each look gets there
+            grow = max(grow, math.ceil(s.static / (1.0 - s.off_cpu)))
+        return min(WAIT_FACTOR * s.static, grow)
     if s.workers < s.static and s.busy >= NEEDY_BUSY and s.waiting:
         return s.static  # busy again: the workers it gave back, at once
     keep = max(1, math.ceil(s.busy * s.workers / KEEP_BUSY))
