@@ -288,6 +288,38 @@ def new_processes_after(before: dict, grace: float = 1.0) -> dict:
         time.sleep(0.05)
 
 
+def _idle_share(window: float) -> float | None:
+    """The share of the machine's CPU time that was idle over the next `window` seconds (None: no /proc)."""
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return fields[3] + fields[4], sum(fields[:8])  # idle + iowait, all but guest time
+
+    a = read()
+    time.sleep(window)
+    b = read()
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+def quiesce(most: float = 3.0, idle: float = 0.9, window: float = 0.1) -> None:
+    """Wait (at most `most` seconds) until the CPUs are idle: what the last row left running has settled.
+
+    A row's processes may still be winding down when the next row starts (a
+    pool's workers exiting, a manager process); the row after it would pay
+    for them. On a machine others use too this gives up after `most`.
+    """
+    end = time.monotonic() + most
+    while time.monotonic() < end:
+        share = _idle_share(window)
+        if share is None or share >= idle:
+            return
+
+
 def _median(xs):
     return statistics.median(xs) if xs else None
 
@@ -327,6 +359,7 @@ def run_throughput(ctx: Context, wl: Workload) -> Table:
                 continue
             before = descendants() if rep == 0 else None
             gc.collect()
+            quiesce()
             try:
                 with alarm(ctx.timeout):
                     t0 = time.perf_counter()
