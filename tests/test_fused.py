@@ -88,6 +88,12 @@ def test_each_item_goes_through_every_step_in_one_worker():
     assert first.items_in == first.items_out == second.items_in == second.items_out == 300
     assert first.workers == second.workers == NUM_CPUS
     assert first.state == second.state == "done"
+    assert first.fused_with == second.fused_with == ("tag", "tag_again")
+    # the end-of-run summary says they shared their workers, and what busy means then
+    from ezflow._views.figures import summary
+
+    assert (f"fused: tag and tag_again run as one chain in the same {NUM_CPUS} worker processes, each item "
+            "through both there") in summary(flow.stats)
 
 
 def test_each_stage_keeps_its_own_busy_time():
@@ -108,6 +114,9 @@ def test_stages_with_rules_or_chosen_workers_keep_their_own_workers():
         assert [g[0] for g in got] == [x * 2 for x in range(400)]
         # each stage its own processes: no item ran both steps in one
         assert not any(a == b for _, a, b in got), second
+    plain = ezflow.Flow(range(10)).map(tag).map(tag_again, workers=2)
+    plain.collect(progress=False)
+    assert [s.fused_with for s in plain.stats] == [(), ()]
 
 
 def test_an_error_names_the_step_and_the_item_it_received(separate):

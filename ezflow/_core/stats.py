@@ -81,6 +81,9 @@ class StageStats:
     # it is then the number of workers running now, and `capacity_seconds` sums it over time
     auto_workers: bool = False
     capacity_seconds: float = 0.0  # worker seconds the stage had so far; 0.0: elapsed x workers
+    # the stages that run fused with this one, itself included, in flow order (one chain in the
+    # same workers: `busy` is then this stage's share of their time); () when it runs alone
+    fused_with: tuple[str, ...] = ()
     # insights (`_core.insights`): each worker's time and current item, the
     # slowest pieces, and the first `FAILURES_KEPT` failures (later ones counted)
     worker_stats: tuple[WorkerStats, ...] = ()
@@ -331,6 +334,7 @@ class _Counters:
     workers_recycled: int = 0
     memory_failures: int = 0
     auto_workers: bool = False  # `workers` follows the flow's CPU budget (`set_workers`)
+    fused_with: tuple[str, ...] = ()  # the chain this stage runs in (`StageStats.fused_with`)
     worker_seconds: float = 0.0  # worker time up to `workers_since`, when `workers` last changed
     workers_since: float | None = None
     lock: threading.Lock = Factory(factory=threading.Lock)  # type: ignore[assignment]  # made per record
@@ -409,5 +413,6 @@ class _Counters:
             memory_failures=self.memory_failures,
             auto_workers=self.auto_workers,
             capacity_seconds=self._capacity(end) if self.auto_workers else 0.0,
+            fused_with=self.fused_with,
             **self.book.snapshot(end),
         )

@@ -44,6 +44,9 @@ class FusedDriver(StageDriver):
         self.all_counters = tuple(counters)
         self.out_counters = counters[-1]
         self.steps = tuple((s.name, c) for s, c in zip(specs, counters, strict=True))
+        names = tuple(s.name for s in specs)
+        for c in counters:
+            c.fused_with = names
         self._passes_failures = self.spec.errors == "return"
 
     def done(

@@ -39,6 +39,7 @@ __all__ = [
     "eta",
     "format_table",
     "fraction",
+    "fused_notes",
     "human",
     "losses",
     "memory_notes",
@@ -268,6 +269,7 @@ def summary(stats: FlowStats) -> str:
         title += f"; {note}"
     out = [title, *format_table(rows)]
     out += [f"stage {s.name!r}: {', '.join(memory_notes(s))}" for s in stats.stages if memory_notes(s)]
+    out += fused_notes(stats)
     if any(s.auto_workers for s in stats.stages):
         out.append(BUDGET_NOTE)
     failed = [s for s in stats.stages if s.state == "failed" and s.error]
@@ -276,6 +278,21 @@ def summary(stats: FlowStats) -> str:
     if stats.error and not any(s.error and s.error in stats.error for s in failed):
         out.append(f"error: {stats.error}")
     return "\n".join(out)
+
+
+def fused_notes(stats: FlowStats) -> list[str]:
+    """Return a line for each chain of stages that ran fused: which, and what their busy share means."""
+    out = []
+    for s in stats.stages:
+        chain = s.fused_with
+        if chain and chain[0] == s.name:
+            names = " and ".join((", ".join(chain[:-1]), chain[-1]))
+            through = "both" if len(chain) == 2 else f"all {len(chain)}"
+            out.append(
+                f"fused: {names} run as one chain in the same {s.workers} worker processes, each item "
+                f"through {through} there; each one's busy is its share of their time"
+            )
+    return out
 
 
 def rates(samples: list[tuple[float, int]]) -> list[float]:
