@@ -76,7 +76,7 @@ def build_part(
             failure = Failure(item, idx[p], name, attach_traceback(exc, tb), tb, err.attempts)
             if spec.errors == "raise":
                 t[0] += 1
-                _count(stages, tally, 0)
+                _count(stages, tally, filtered)
                 abort(failure.to_error(), stage=name)
                 raise Aborted
             if spec.errors == "skip":
