@@ -486,6 +486,29 @@ def test_ctrl_c_leaves_nothing():
     assert segments(pid) == []
 
 
+def test_ctrl_c_inside_a_mappings_finalizer_still_stops_the_caller(monkeypatch):
+    """A SIGINT that lands while a mapping's finalizer runs is not lost as an exception "ignored in" it."""
+    import time
+    import weakref
+
+    from ezflow._transport import segments as seg
+
+    def hit_by_ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt  # where a real one lands when the signal arrives mid-finalizer
+
+    monkeypatch.setattr(seg, "_unmap", hit_by_ctrl_c)
+
+    class Mapping:
+        pass
+
+    view = Mapping()
+    weakref.finalize(view, seg._unmapped, "ezf_x", 0, 0, -1, "own", os.getpid(), False, 0)
+    with pytest.raises(KeyboardInterrupt):
+        del view  # the finalizer runs here; Python would print and drop what it raises
+        for _ in range(200):
+            time.sleep(0.005)  # the Ctrl-C delivered again arrives at the next check
+
+
 def test_killed_process_group_is_cleaned_at_next_start():
     proc = _script(RUNNING_SCRIPT, start_new_session=True)
     line = proc.stdout.readline()

@@ -360,6 +360,28 @@ class _Mapping:
 
 def _unmapped(name: str, addr: int, length: int, fd: int, role: str, pid: int, private: bool, ino: int) -> None:
     # A finalizer: no locks here (it may run inside any code, on any thread).
+    try:
+        _unmap(name, addr, length, fd, role, pid, private, ino)
+    except KeyboardInterrupt:
+        # Ctrl-C landed while this finalizer ran in the main thread: Python would print it as an
+        # exception ignored in a finalizer and go on, and the run would not stop. Deliver it again,
+        # from another thread a moment later: delivered now, it would land in the finalizer's own
+        # machinery, and be dropped there. (What was left undone here is undone by the owner's
+        # end: it unlinks what it owns.)
+        import _thread
+
+        _thread.start_new_thread(_interrupt_soon, ())
+
+
+def _interrupt_soon() -> None:
+    import _thread
+    import time
+
+    time.sleep(0.005)
+    _thread.interrupt_main()
+
+
+def _unmap(name: str, addr: int, length: int, fd: int, role: str, pid: int, private: bool, ino: int) -> None:
     if pid != os.getpid():
         _munmap(addr, length)
         return  # an inherited copy in a forked child: only the child's mapping goes
