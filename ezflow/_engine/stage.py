@@ -309,19 +309,43 @@ class StageDriver:
         retries: int = 0,
         worker: int | None = None,
     ) -> None:
-        """Record a finished piece (or the first part of one); emit its results as soon as order allows."""
-        if isinstance(busy, tuple):  # per step: only a chain's workers send that (`FusedDriver`)
-            busy = sum(busy)
+        """Record a finished piece (or the first part of one); emit its results as soon as order allows.
+
+        A chain of fused stages (`FusedDriver`) writes each stage's figures: `busy` comes
+        step by step; an item that failed at a step reaches no later one, but with
+        errors="return" (its `Failure` passes on, as between separate stages).
+        """
+        counters = self.all_counters
+        last = len(counters) - 1
+        # one figure: a single stage's, or a chain's piece the parent failed (a dead worker)
+        spent = busy if isinstance(busy, tuple) else (busy,) + (0.0,) * last
+        reached = [len(piece.items)] * len(counters)  # items that reached each step
+        if last:
+            failed = [0] * len(counters)
+            for e in errs:
+                failed[e.step] += 1
+            n = len(piece.items)
+            for k, c in enumerate(counters):
+                reached[k] = n
+                if k:
+                    c.start()
+                    c.add(items_in=n)
+                if k < last:
+                    c.add(items_out=n - failed[k])  # the last stage's: when its output is emitted
+                if self.spec.errors != "return":
+                    n -= failed[k]
         chunk = piece.chunk
-        n = len(piece.items)
-        c = self.counters
+        first = chunk.idx[piece.start]
         with self.cond:
-            c.items_done += n
-            c.busy_seconds += busy
-            c.retries += retries
-            if busy > 0 and not errs:
-                self._measure(n, busy)
-        c.book.done(worker, chunk.idx[piece.start], piece.items, busy)
+            for k, c in enumerate(counters):
+                c.items_done += reached[k]
+                c.busy_seconds += spent[k]
+            counters[0].retries += retries
+            total = sum(spent)
+            if total > 0 and not errs:
+                self._measure(len(piece.items), total)
+        for k, c in enumerate(counters):
+            c.book.done(worker, first, piece.items, spent[k])
         self._deliver(chunk, piece.start, values, errs)
 
     def _deliver(self, chunk: Chunk, start: int, values: list[Any], errs: Sequence[ItemError]) -> None:
