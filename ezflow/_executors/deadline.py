@@ -19,22 +19,41 @@ it never stops one early, and late by at most its polling interval
 (limit/20, at least 2 ms): a generous limit costs a glance every few seconds.
 """
 
-from __future__ import annotations
-
-import ctypes
 import time
-from multiprocessing.sharedctypes import RawArray
+from multiprocessing.heap import BufferWrapper
 from typing import Any, NamedTuple
 
-__all__ = ["Deadlines", "Marker", "Running", "Watch", "new_slot", "piece_field", "split_overrun"]
+__all__ = ["Deadlines", "Marker", "Running", "Slot", "Watch", "new_slot", "piece_field", "split_overrun"]
 
 _PIECE_BITS = 40  # a piece id is kept modulo 2**40 in the tag: enough to tell the pieces a worker holds apart
 _ATTEMPT_MASK = 0xFF
 
 
-def new_slot() -> Any:
-    """Make a worker's slot: shared memory its process inherits or receives at start (every start method)."""
-    return RawArray(ctypes.c_int64, 2)
+class Slot:
+    """A worker's slot: two int64 words of shared memory its process inherits or receives at start.
+
+    Made from `multiprocessing.heap` blocks, as `RawArray` makes them, but read
+    and written through a memoryview: `ctypes` would cost every first call
+    about 2 ms of imports for two words.
+    """
+
+    __slots__ = ("view", "wrapper")
+
+    def __init__(self, wrapper: Any = None) -> None:
+        fresh = wrapper is None
+        self.wrapper = BufferWrapper(16) if fresh else wrapper  # its block is freed with it: the pool keeps it
+        self.view = self.wrapper.create_memoryview().cast("q")
+        if fresh:
+            self.view[0] = self.view[1] = 0  # a heap block may be a freed one: 0 is "no attempt running"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled only to start a spawn/forkserver worker: the arena's file descriptor travels with it
+        return Slot, (self.wrapper,)
+
+
+def new_slot() -> Slot:
+    """Make a worker's slot (every start method)."""
+    return Slot()
 
 
 def piece_field(piece_id: int) -> int:
@@ -59,8 +78,8 @@ class Marker:
 
     __slots__ = ("base", "view")
 
-    def __init__(self, slot: Any) -> None:
-        self.view = memoryview(slot).cast("B").cast("q")  # a memoryview store is the cheapest write there is
+    def __init__(self, slot: Slot) -> None:
+        self.view = slot.view  # a memoryview store is the cheapest write there is
         self.base = 0
 
     def begin(self, piece_id: int) -> None:
@@ -161,7 +180,7 @@ class Deadlines:
         if self._watch is None:
             return
         held = {id(w): w for w in workers if w.outstanding and id(w) not in self._timed_out}
-        for key, run in self._watch.overdue({k: w.slot for k, w in held.items()}, time.monotonic()):
+        for key, run in self._watch.overdue({k: w.slot.view for k, w in held.items()}, time.monotonic()):
             self._timed_out[key] = run
             try:
                 held[key].proc.kill()  # SIGKILL: works even on C code that ignores signals

@@ -16,8 +16,6 @@ not the run, not the driver's lock, not another stage. `Chunk` and `Piece`
 live here, below the engine, because both sides hold them.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -80,12 +78,12 @@ class Piece:
         self.id = 0
         self.attempts = 0  # tries a lone item already had when the parent gave it back (rules.ItemRules.on_lost)
 
-    def split(self, n: int) -> tuple[Piece, Piece]:
+    def split(self, n: int) -> "tuple[Piece, Piece]":
         """Return the first n items as one piece and the rest as another."""
         head = Piece(self.chunk, self.start, self.items[:n], self.isolated)
         return head, Piece(self.chunk, self.start + n, self.items[n:], self.isolated)
 
-    def singles(self) -> list[Piece]:
+    def singles(self) -> "list[Piece]":
         """Return one isolated piece per item: each runs alone, to find an item that kills its worker."""
         return [Piece(self.chunk, self.start + i, [item], isolated=True) for i, item in enumerate(self.items)]
 

@@ -27,8 +27,6 @@ clean piece. ``token`` names a stage: one pool of workers serves stage after
 stage, and a worker keeps one runtime per token.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 from .port import ItemError

@@ -18,8 +18,6 @@ multiprocessing, Dask) sees an ordinary numpy array and carries its data,
 so a reference can never reach a process that cannot open it.
 """
 
-from __future__ import annotations
-
 import contextlib
 import contextvars
 import copyreg
