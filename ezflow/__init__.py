@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._api import imap
 from ._api import map as map  # public as ezflow.map, kept out of __all__ (see below)
-from ._apply import apply
 from ._core.env import NUM_CPUS, NUM_THREADS
 from ._core.errors import Cancelled, Failure, ItemTimeout, MemoryLimitExceeded, RemoteError, TaskError, WorkerDied
 from ._core.insights import FailedItem, SlowItem, WorkerStats
@@ -17,6 +16,7 @@ from ._executors.pool import shutdown
 from ._flow import Flow
 
 if _TYPE_CHECKING:  # what loads on first use, named here for type checkers and the API reference
+    from ._apply import apply
     from ._engine.checkpoint_store import CheckpointError
     from ._engine.feed import FlowStopped
     from ._executor_api import Executor
@@ -31,6 +31,7 @@ _SHM = frozenset({"share", "SharedMemoryWarning"})
 _FEED = frozenset({"FlowStopped"})  # raised by handle.process / submit futures: loads with the feed
 _CHECKPOINT = frozenset({"CheckpointError"})  # loads with the checkpoint store (a flow with checkpoint=)
 _EXECUTOR = frozenset({"Executor"})  # concurrent.futures (and its logging import) load on first use
+_APPLY = frozenset({"apply"})  # DataFrame rows: not on a plain map's path
 
 
 def __getattr__(name: str) -> object:
@@ -54,6 +55,10 @@ def __getattr__(name: str) -> object:
         from . import _executor_api
 
         value = _executor_api.Executor
+    elif name in _APPLY:
+        from . import _apply
+
+        value = _apply.apply
     else:
         raise AttributeError(f"module 'ezflow' has no attribute {name!r}")
     globals()[name] = value
@@ -62,7 +67,7 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     """The module's names, the lazily loaded ones too (dir() and Tab completion list them)."""
-    return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT | _EXECUTOR)
+    return sorted(set(globals()) | _EZQ | _SHM | _FEED | _CHECKPOINT | _EXECUTOR | _APPLY)
 
 
 # `map` is public (``ezflow.map``) but not in __all__: `from ezflow import *` must not replace the builtin.

@@ -9,8 +9,10 @@
 Type checkers read each option's type from these TypedDicts (PEP 692: an IDE
 completes and checks every keyword, and ``timeout=`` on ``map`` is an error
 before anything runs); ``Opt`` carries the default and the one-line meaning
-that the docs print. Annotations stay strings until `declared()` first needs
-them (``import ezflow`` pays nothing for this table).
+that the docs print. At run time the declarations are plain classes whose
+annotations are built once, at import (about 0.2 ms): a TypedDict, or
+string annotations read with `typing.get_type_hints`, compile each one
+(about 1.5 ms of every first call). Type checkers see the TypedDicts.
 
 ``timeout`` only ever means how long a caller waits (``handle.wait``, a
 partial batch, the start-up wait), as in the standard library; the limit on
@@ -18,11 +20,19 @@ one item is ``item_timeout``. The old per-item spelling fails loudly rather
 than being taken as something else.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Iterable, KeysView
-from typing import Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any
+
+if TYPE_CHECKING:
+    from typing import TypedDict as _Declaration
+else:
+
+    class _Declaration:
+        """A declaration's base at run time: its annotations and nothing else."""
+
+        def __init_subclass__(cls, total: bool = True) -> None:
+            pass
 
 __all__ = [
     "RENAMED",
@@ -48,7 +58,7 @@ class Opt:
         self.annotation = ""  # the type as written, filled in by declared()
 
 
-class StageOptions(TypedDict, total=False):
+class StageOptions(_Declaration, total=False):
     """The options of a stage (`Flow.map`, `filter`, `flat_map`; keywords of `ezflow.map`)."""
 
     workers: Annotated[int | None, Opt(None, "parallel workers (default: CPUs; NUM_THREADS for threads; 16 async)")]
@@ -71,7 +81,7 @@ class StageOptions(TypedDict, total=False):
     max_memory: Annotated[int | str | None, Opt(None, 'memory per worker process, e.g. "2GB"; an item past it fails')]
 
 
-class RunOptions(TypedDict, total=False):
+class RunOptions(_Declaration, total=False):
     """The options of a run (`Flow.collect`, `iter`, `start`; keywords of `ezflow.map`)."""
 
     progress: Annotated[Any, Opt(None, 'None (auto), True, False, "tqdm", "notebook", or an observer')]
@@ -91,11 +101,10 @@ def declared(options: type) -> dict[str, Opt]:
     """Return name -> `Opt` (default, meaning, type as written) of a declaration, in order."""
     got = _declared.get(options)
     if got is None:
-        import typing
-
-        hints = typing.get_type_hints(options, include_extras=True)
+        hints = {k: v for c in reversed(options.__mro__) for k, v in vars(c).get("__annotations__", {}).items()}
         got = {}
-        for name, hint in hints.items():
+        for name in _names(options):
+            hint = hints[name]
             opt = hint.__metadata__[0]
             opt.annotation = _written(hint.__origin__)
             got[name] = opt
@@ -105,7 +114,18 @@ def declared(options: type) -> dict[str, Opt]:
 
 def _names(options: type) -> KeysView[str]:
     """Return the option names of a declaration, in order, without evaluating its types (a first call's cost)."""
-    return options.__annotations__.keys()  # a TypedDict's annotations hold its bases' keys too
+    names = _name_cache.get(options)
+    if names is None:  # its bases' in order, then its own: as a TypedDict lists them
+        names = {}
+        for base in options.__bases__:
+            if base is not object:
+                names.update(dict.fromkeys(_names(base)))
+        names.update(dict.fromkeys(vars(options).get("__annotations__", ())))
+        _name_cache[options] = names
+    return names.keys()
+
+
+_name_cache: dict[type, dict[str, None]] = {}
 
 
 def _written(tp: Any) -> str:
