@@ -46,10 +46,22 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._harness import CallTimeout, Context, Table, Workload, add_ratios, alarm, fmt_plain, fmt_ratio, fmt_seconds
+from ._harness import (
+    CallTimeout,
+    Context,
+    Table,
+    Workload,
+    add_ratios,
+    alarm,
+    fmt_plain,
+    fmt_ratio,
+    fmt_seconds,
+    quiesce,
+)
 from ._peers import ezflow_unavailable
 
 N_ITEMS = 10
+MIN_REPEAT = 7  # a fresh interpreter is ~50 ms and noisy: a median of 3 moves by 10%
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER_VAR = "EZFLOW_BENCH_MARKER"
 EZFLOW_WARM_TARGET = 5.0
@@ -236,11 +248,13 @@ def run(ctx: Context, wl: Workload) -> Table:
         state[impl.name] = {"impl": impl.name, "kind": impl.kind, "note": impl.note,
                             "status": "not available" if reason else "ok",
                             "detail": reason or "", "samples": [], "leftover": []}
-    for rep in range(ctx.repeat):
+    repeat = max(ctx.repeat, MIN_REPEAT)
+    for rep in range(repeat):
         for impl in IMPLS:
             st = state[impl.name]
             if st["status"] != "ok":
                 continue
+            quiesce()  # the previous interpreter's pool may still be exiting
             m = run_fresh(impl, ctx.timeout)
             if m["status"] != "ok":
                 st["status"], st["detail"] = m["status"], m["detail"]
@@ -256,7 +270,7 @@ def run(ctx: Context, wl: Workload) -> Table:
                 continue
             st["leftover"].extend(m["leftover"])
             st["samples"].append(m)
-            ctx.log(f"[W5] run {rep + 1}/{ctx.repeat} {impl.name}: first result "
+            ctx.log(f"[W5] run {rep + 1}/{repeat} {impl.name}: first result "
                     f"{m['outside_first']:.3f} s (inside {m['first']:.3f}), "
                     f"cold {m['cold']:.4f} s, warm {m['warm']:.4f} s")
 
