@@ -26,6 +26,7 @@ from .._plan.chain import Chain
 from .._transport import idle, set_worker_parent
 from .._transport.serialize import dumps, dumps_view, loads
 from .deadline import Marker
+from .inbox import Inbox
 from .items import Runtime, build_stage, close_runtime
 from .port import ItemError
 from .reporting import run_piece
@@ -189,11 +190,13 @@ def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
         target=_watch_parent, args=(os.getppid(),), daemon=True, name="ezflow-parent-watch"
     ).start()
     runtimes: dict[int, Runtime] = {}
+    inbox = Inbox(conn)  # a big task is read into the buffer the last one used (inbox.py)
     while True:
         try:
             if not conn.poll(IDLE_SECONDS):
                 idle()
-            data = conn.recv_bytes()
+                inbox.drop()
+            data = inbox.recv()
         except (EOFError, OSError):
             return
         try:
@@ -204,7 +207,7 @@ def worker_main(conn: Any, owner: int, slot: Any = None) -> None:
             _send(conn, Unloadable(*pack_exception(exc)))
             continue
         finally:
-            data = None
+            del data  # a view of the inbox's buffer: the next message is read into it
         kind = type(msg)
         if kind is Task:
             rt = runtimes.get(msg.token)
