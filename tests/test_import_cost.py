@@ -33,6 +33,8 @@ NOT_ON_A_PLAIN_MAP = (
     "ezflow._engine.batch",
     "ezflow._engine.budget",
     "ezflow._engine.feed",
+    "ezflow._apply",  # DataFrames: loads with ezflow.apply
+    "ctypes",  # a worker's time-limit slot is a heap block read through a memoryview
 )
 # not at `import ezflow` either: what a first process stage loads
 NOT_ON_IMPORT = (*NOT_ON_A_PLAIN_MAP, "ezflow._executors.process", "ezflow._transport.shm", "numbers")

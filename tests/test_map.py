@@ -217,6 +217,11 @@ if __name__ == "__main__":
     assert out == [Frame(2), Frame(3)] and all(type(o) is Frame for o in out), out
     flow = ezflow.Flow([Frame(5)]).map(lambda f: f.v, workers=1, start_method=sm)
     assert flow.collect(progress=False) == [5]
+    # the class named after megabytes of payload (a bytes, many strings): still seen, still by value
+    big = [(bytes(1_000_000), [f"{i:040d}" for i in range(20_000)], Frame(7))]
+    assert ezflow.map(lambda t: t[2].v, big, workers=2, progress=False, start_method=sm) == [7]
+    import numpy  # noqa: F401  (shared memory engages: ezflow's own pickler writes the items)
+    assert ezflow.map(lambda t: t[2].v, big, workers=2, progress=False, start_method=sm) == [7]
     print("ok")
 """
 
@@ -230,6 +235,40 @@ def test_script_classes_made_after_the_workers_started_travel(tmp_path, start_me
     script.write_text(SCRIPT_CLASSES)
     out = subprocess.run([sys.executable, str(script), start_method], capture_output=True, text=True, timeout=90)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("writer", ["MainScan", "Gather"])
+def test_the_main_scan_skips_big_payloads_but_never_a_name(monkeypatch, writer):
+    import pickle
+    import sys
+
+    from ezflow._transport import frames
+
+    def scanned(obj):
+        buf = getattr(frames, writer)()
+        pickle.Pickler(buf, protocol=5).dump(obj)
+        if writer == "Gather":
+            data = b"".join(buf.parts)
+            assert len(data) == len(buf)
+        else:
+            data = buf.getbuffer()
+        assert pickle.loads(data) == obj
+        return buf.names_main
+
+    text = b"__main__" * 100_000  # 800 KB written as one payload: not searched
+    assert not scanned(text)
+    gathered = frames.Gather()
+    pickle.Pickler(gathered, protocol=5).dump([text])
+    assert any(part is text for part in gathered.parts)  # kept by reference: never copied here
+    assert scanned(b"__main__")  # a small one is: a false alarm costs only speed
+    assert not scanned([text, list(range(100_000))])
+
+    class Frame:  # as if a script defined it
+        pass
+
+    Frame.__module__, Frame.__qualname__ = "__main__", "Frame"
+    monkeypatch.setattr(sys.modules["__main__"], "Frame", Frame, raising=False)
+    assert scanned([text, [f"{i:040d}" for i in range(20_000)], Frame])  # named after megabytes of frames
 
 
 def test_functions_that_use_a_module_take_it_by_name(mode):

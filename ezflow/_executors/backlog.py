@@ -19,11 +19,15 @@ reused segments, the worker reading or mapping them).
 from __future__ import annotations
 
 import collections
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from .._core.locks import ordered_lock
 from .._core.threads import Job
 from .lockorder import BACKLOGS
+
+if TYPE_CHECKING:
+    from .._transport.frames import Gather
 
 __all__ = ["PIPE_ROOM", "Backlogs"]
 
@@ -38,7 +42,7 @@ class Backlogs:
         self._lock = ordered_lock("backlogs", BACKLOGS)
         self._queues: dict[int, collections.deque] = {}  # id(worker) -> messages not written yet
 
-    def put(self, w: Any, data: bytes | memoryview) -> None:
+    def put(self, w: Any, data: bytes | memoryview | Gather) -> None:
         """Write `data` to worker `w`'s pipe now, or behind what waits for it, on another thread."""
         with self._lock:
             q = self._queues.get(id(w))
@@ -63,10 +67,33 @@ class Backlogs:
             write(w, data)
 
 
-def write(w: Any, data: bytes | memoryview) -> None:
+def write(w: Any, data: bytes | memoryview | Gather) -> None:
     """Write one message to a worker's pipe; a dead worker is left to its sentinel."""
     try:
         with w.send_lock:  # not closed (and its descriptor reused) under this write
-            w.conn.send_bytes(data)
+            if isinstance(data, (bytes, memoryview)):
+                w.conn.send_bytes(data)
+            else:
+                _writev(w.conn.fileno(), data)
     except OSError:
         pass  # the worker died: the collector accounts for the piece
+
+
+_IOV = 512  # parts per writev call (Linux takes up to 1024)
+
+
+def _writev(fd: int, data: Gather) -> None:
+    """Write a pickle's parts as one message in `Connection`'s format: its length, then the bytes."""
+    n = data.nbytes
+    head = n.to_bytes(4, "big") if n <= 0x7FFFFFFF else b"\xff\xff\xff\xff" + n.to_bytes(8, "big")
+    views = [memoryview(head)] + [memoryview(p) for p in data.parts if p]
+    i = 0
+    while i < len(views):
+        done = os.writev(fd, views[i : i + _IOV])
+        while done:  # a blocking socket writes it all, unless a signal cut the call short
+            first = len(views[i])
+            if done < first:
+                views[i] = views[i][done:]
+                break
+            done -= first
+            i += 1

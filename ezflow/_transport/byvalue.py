@@ -14,7 +14,6 @@ from typing import Any
 
 __all__ = ["dill_pickler"]
 
-
 def dill_pickler(file: Any, reducer: Any = None, buffer_callback: Any = None) -> Any:
     """A dill pickler by value (recurse=True) that takes modules by name.
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .cleanup import _reap
+from .frames import Gather
 from .pickler import _sending
 from .registry import (
     _drain,
@@ -23,7 +24,7 @@ from .registry import (
     stage_started,
 )
 from .segments import DEFAULT_THRESHOLD, PIECE_BYTES, S
-from .serialize import dumps_view, loads
+from .serialize import dumps_parts, loads
 
 
 def stage_threshold(value: Any) -> int | None:
@@ -59,7 +60,7 @@ class StageLink:
         self._setup: Any = None  # releases what the stage's own pickling made
         self._closed = False  # after close() a sender thread may still finish pickling one piece
 
-    def dumps_task(self, pid: int, n: int, message: Callable[[tuple | None], Any]) -> bytes | memoryview:
+    def dumps_task(self, pid: int, n: int, message: Callable[[tuple | None], Any]) -> bytes | memoryview | Gather:
         """Pickle the task for piece `pid` of `n` items: ``message(options)`` builds it.
 
         ``options`` is what the worker needs to share its result arrays:
@@ -70,14 +71,14 @@ class StageLink:
             stage_started()
         opts: tuple | None = None if self.threshold is None else (self.threshold, ())
         if "numpy" not in sys.modules:  # no arrays here: only the worker's results may share
-            return dumps_view(message(opts), to_worker=True)
+            return dumps_parts(message(opts), to_worker=True)
         auto = None if S.disabled else self.threshold
         spares = self._lend(n) if auto is not None else ()
         if spares:
             opts = (self.threshold, spares)
         with _sending(auto) as ctx:
             try:
-                data = dumps_view(message(opts), to_worker=True)
+                data = dumps_parts(message(opts), to_worker=True)
             except BaseException:
                 self._settle(spares)
                 raise

@@ -21,7 +21,6 @@ so a reference can never reach a process that cannot open it.
 import contextlib
 import contextvars
 import copyreg
-import io
 import os
 import pickle
 import sys
@@ -32,6 +31,7 @@ from typing import Any, NamedTuple
 from .._core.forks import at_fork
 from . import kept as _kept
 from .byvalue import dill_pickler
+from .frames import Gather, MainScan
 from .mapping import _attach, _containing, _unshared
 from .registry import _create, _release, owns
 from .segments import (
@@ -292,14 +292,15 @@ def _sending(threshold: int | None) -> Iterator[_Ctx]:
 class Pickled(NamedTuple):
     """A pickle and the out-of-band buffers it refers to (``pickle.loads(data, buffers=...)``)."""
 
-    data: memoryview
+    data: memoryview | Gather  # Gather: the pickler's writes as they came (frames.py)
     buffers: list[tuple[str, int, int, int]]  # (segment, offset, nbytes, flags) each
     unshared: str | None  # why a big buffer went in band after all (the receiver warns once)
+    names_main: bool = False  # the pickle may name something of __main__ (byvalue.MainScan)
 
 
-def _run_attempt(obj: Any, dill: bool = False, head: bytes = b"") -> Pickled:
+def _run_attempt(obj: Any, dill: bool = False, head: bytes = b"", gather: bool = False) -> Pickled:
     ctx = getattr(_local, "ctx", None)
-    buf = io.BytesIO()
+    buf = Gather() if gather else MainScan()
     buf.write(head)
     if dill:
         reducer = _Reducer()
@@ -320,7 +321,8 @@ def _run_attempt(obj: Any, dill: bool = False, head: bytes = b"") -> Pickled:
     if ctx is not None:
         ctx.keep(reducer.attempt)
     # a view, not getvalue()'s copy: a big in-band item is not copied again
-    return Pickled(buf.getbuffer(), reducer.buffers, reducer.unshared)
+    data = buf.getbuffer() if isinstance(buf, MainScan) else buf
+    return Pickled(data, reducer.buffers, reducer.unshared, buf.names_main)
 
 
 def last_attempt() -> Any:
@@ -336,9 +338,12 @@ def drop_attempt(attempt: Any) -> None:
         ctx.undo(attempt)
 
 
-def pickle_dumps(obj: Any, head: bytes = b"") -> Pickled:
-    """Pickle (protocol 5) after `head`, with shared buffers as references; automatic sharing if in a scope."""
-    return _run_attempt(obj, head=head)
+def pickle_dumps(obj: Any, head: bytes = b"", gather: bool = False) -> Pickled:
+    """Pickle (protocol 5) after `head`, with shared buffers as references; automatic sharing if in a scope.
+
+    `gather`: the pickle as its parts (`frames.Gather`), to be written with writev.
+    """
+    return _run_attempt(obj, head=head, gather=gather)
 
 
 def dill_dumps(obj: Any, head: bytes = b"") -> Pickled:

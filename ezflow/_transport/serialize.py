@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import io
 import pickle
-import re
 import sys
 from functools import partial
 from types import FunctionType
-from typing import Any
+from typing import Any, cast
 
 from .byvalue import dill_pickler
+from .frames import Gather, MainScan
 
-__all__ = ["dumps", "dumps_by_value", "dumps_fn", "dumps_view", "loads"]
+__all__ = ["dumps", "dumps_by_value", "dumps_fn", "dumps_parts", "dumps_view", "loads"]
 
 _PICKLE = b"P"
 _DILL = b"D"
 _BUFFERS = b"B"  # out-of-band buffers in shared memory, then a P or D payload
-_MAIN_IN = re.compile(b"__main__")
 
 
 def _by_value(obj: Any) -> bool:
@@ -71,7 +70,7 @@ def dumps_fn(obj: Any) -> bytes:
 def dumps_by_value(obj: Any) -> bytes:
     """Serialize with dill by value: for what only exists in this process."""
     try:
-        return bytes(_headed(_dill_dumps(obj, _shm_engaged())))
+        return bytes(cast("bytes | memoryview", _headed(_dill_dumps(obj, _shm_engaged()))))
     except Exception as exc:
         raise TypeError(
             f"cannot send {obj!r} to worker processes: {type(exc).__name__}: {exc}. "
@@ -98,13 +97,28 @@ def dumps_view(obj: Any, *, to_worker: bool = False) -> bytes | memoryview:
     multiprocessing's own pickler does: a 20 MB item costs one copy, not
     three (each a fresh 20 MB of pages to fault in, ~10 ms).
     """
+    return cast("bytes | memoryview", _dumps(obj, to_worker, gather=False))
+
+
+def dumps_parts(obj: Any, *, to_worker: bool = False) -> bytes | memoryview | Gather:
+    """`dumps_view` with no copy at all: the pickle as the pickler wrote it (`frames.Gather`), when it has parts.
+
+    For a writer that writes parts (a task to a worker: `backlog.write`).
+    """
+    return _dumps(obj, to_worker, gather=True)
+
+
+def _dumps(obj: Any, to_worker: bool, gather: bool) -> bytes | memoryview | Gather:
     shm = _shm_engaged()
     try:
-        data = _pickle_headed(obj) if shm is None else shm.pickle_dumps(obj, head=_PICKLE)
+        if shm is None:
+            data, names_main = _pickle_headed(obj, gather)
+        else:
+            data = shm.pickle_dumps(obj, head=_PICKLE, gather=gather)
+            names_main = data.names_main
     except Exception:
         return _headed(_dill_dumps(obj, shm))
-    # a false alarm (the string in an item) only costs speed; a regex reads a buffer without a copy
-    if to_worker and _MAIN_IN.search(_body(data)) is not None:
+    if to_worker and names_main:
         first = shm.last_attempt() if shm is not None else None
         try:
             by_value = _dill_dumps(obj, shm)
@@ -116,25 +130,31 @@ def dumps_view(obj: Any, *, to_worker: bool = False) -> bytes | memoryview:
     return _headed(data)
 
 
-def _pickle_headed(obj: Any) -> memoryview:
-    buf = io.BytesIO()
+def _pickle_headed(obj: Any, gather: bool = False) -> tuple[memoryview | Gather, bool]:
+    """The pickle after its header, and whether it may name something of ``__main__``."""
+    if gather:
+        parts = Gather()
+        parts.write(_PICKLE)
+        pickle.Pickler(parts, protocol=5).dump(obj)
+        return parts, parts.names_main
+    buf = MainScan()
     buf.write(_PICKLE)
     pickle.Pickler(buf, protocol=5).dump(obj)
-    return buf.getbuffer()
+    return buf.getbuffer(), buf.names_main
 
 
-def _body(data: Any) -> Any:
-    return data if type(data) is memoryview else data.data
-
-
-def _headed(data: Any) -> bytes | memoryview:
+def _headed(data: Any) -> bytes | memoryview | Gather:
     """A pickle written after its P or D header: itself, or after the references of its out-of-band buffers."""
-    if type(data) is memoryview:
+    if type(data) is memoryview or type(data) is Gather:
         return data
     if not data.buffers and data.unshared is None:
         return data.data
     refs = pickle.dumps((data.buffers, data.unshared), protocol=5)
-    return b"".join((_BUFFERS, len(refs).to_bytes(4, "little"), refs, data.data))
+    head = b"".join((_BUFFERS, len(refs).to_bytes(4, "little"), refs))
+    if type(data.data) is Gather:
+        data.data.prepend(head)
+        return data.data
+    return b"".join((head, data.data))
 
 
 def _shm_engaged() -> Any:
