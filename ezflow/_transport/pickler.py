@@ -295,7 +295,7 @@ class Pickled(NamedTuple):
     data: memoryview | Gather  # Gather: the pickler's writes as they came (frames.py)
     buffers: list[tuple[str, int, int, int]]  # (segment, offset, nbytes, flags) each
     unshared: str | None  # why a big buffer went in band after all (the receiver warns once)
-    names_main: bool = False  # the pickle may name something of __main__ (byvalue.MainScan)
+    names_main: bool = False  # the pickle may name something of __main__ (frames.py)
 
 
 def _run_attempt(obj: Any, dill: bool = False, head: bytes = b"", gather: bool = False) -> Pickled:
