@@ -7,7 +7,7 @@
     Marker.idle()  sleeping (backoff, rate), done    that attempt fails or is retried (rules.ItemRules);
                                                      the piece's other items run again on a worker
 
-Each worker process has a slot in shared memory, made with it (`new_slot`):
+Each worker process has a slot in shared memory, made with it (`Slot`):
 the tag of the attempt it runs, in two words: its piece and try (0: none
 runs), and its position in the piece. A plain map marks an item with one
 store of a small int (about 40 ns; reading the clock there would cost three
@@ -23,7 +23,7 @@ import time
 from multiprocessing.heap import BufferWrapper
 from typing import Any, NamedTuple
 
-__all__ = ["Deadlines", "Marker", "Running", "Slot", "Watch", "new_slot", "piece_field", "split_overrun"]
+__all__ = ["Deadlines", "Marker", "Running", "Slot", "Watch", "piece_field", "split_overrun"]
 
 _PIECE_BITS = 40  # a piece id is kept modulo 2**40 in the tag: enough to tell the pieces a worker holds apart
 _ATTEMPT_MASK = 0xFF
@@ -49,11 +49,6 @@ class Slot:
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled only to start a spawn/forkserver worker: the arena's file descriptor travels with it
         return Slot, (self.wrapper,)
-
-
-def new_slot() -> Slot:
-    """Make a worker's slot (every start method)."""
-    return Slot()
 
 
 def piece_field(piece_id: int) -> int:

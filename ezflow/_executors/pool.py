@@ -23,7 +23,7 @@ from .._core import sigterm
 from .._core.locks import ordered_lock
 from .._core.procs import close_end, start_child
 from .._transport import flush_kept
-from .deadline import new_slot
+from .deadline import Slot
 from .lockorder import SEND
 from .wire import Exit, encode
 from .worker import worker_main
@@ -75,7 +75,7 @@ class ProcessPool:
 
     def spawn(self) -> WorkerProc:
         """Start one worker process."""
-        slot = new_slot()
+        slot = Slot()
         proc, conn = start_child(
             worker_main,
             start_method=self.start_method,

@@ -44,6 +44,10 @@ class MainScan(io.BytesIO):
             self.names_main = True
         return super().write(data)
 
+    def pickled(self) -> memoryview:
+        """The pickle: a view of the buffer, not getvalue()'s copy (a big in-band item is not copied again)."""
+        return self.getbuffer()
+
 
 class Gather:
     """A pickle as the pickler wrote it: its parts in order, ``len()`` their bytes (written with `writev`)."""
@@ -63,6 +67,10 @@ class Gather:
         n = len(data)
         self.nbytes += n
         return n
+
+    def pickled(self) -> Gather:
+        """The pickle: these parts."""
+        return self
 
     def prepend(self, data: bytes) -> None:
         """Put `data` before the rest (a header)."""

@@ -320,9 +320,7 @@ def _run_attempt(obj: Any, dill: bool = False, head: bytes = b"", gather: bool =
         p.clear_memo()
     if ctx is not None:
         ctx.keep(reducer.attempt)
-    # a view, not getvalue()'s copy: a big in-band item is not copied again
-    data = buf.getbuffer() if isinstance(buf, MainScan) else buf
-    return Pickled(data, reducer.buffers, reducer.unshared, buf.names_main)
+    return Pickled(buf.pickled(), reducer.buffers, reducer.unshared, buf.names_main)
 
 
 def last_attempt() -> Any:

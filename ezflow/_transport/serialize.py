@@ -132,15 +132,10 @@ def _dumps(obj: Any, to_worker: bool, gather: bool) -> bytes | memoryview | Gath
 
 def _pickle_headed(obj: Any, gather: bool = False) -> tuple[memoryview | Gather, bool]:
     """The pickle after its header, and whether it may name something of ``__main__``."""
-    if gather:
-        parts = Gather()
-        parts.write(_PICKLE)
-        pickle.Pickler(parts, protocol=5).dump(obj)
-        return parts, parts.names_main
-    buf = MainScan()
+    buf = Gather() if gather else MainScan()
     buf.write(_PICKLE)
     pickle.Pickler(buf, protocol=5).dump(obj)
-    return buf.getbuffer(), buf.names_main
+    return buf.pickled(), buf.names_main
 
 
 def _headed(data: Any) -> bytes | memoryview | Gather:
